@@ -1,0 +1,26 @@
+//! trident-core: what every Trident model shares.
+//!
+//! The path of a text through a model, and the module for each step:
+//! 1. find the model's files ([`files`]) and read its config ([`config`]);
+//! 2. tokenize the text into ids with character offsets ([`text`]);
+//! 3. load the weights into the layers ([`weights`], [`nn`]);
+//! 4. embed ids, add positions, run attention and feed-forward layers ([`nn`]);
+//! 5. turn logits into probabilities and results (the pipelines of each model crate), or
+//!    into new tokens (generation).
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod files;
+pub mod nn;
+pub mod text;
+pub mod weights;
+
+pub use device::DeviceChoice;
+pub use error::{Error, Result};
+pub use files::{HubOptions, ModelFiles};
+pub use text::{Batch, Encoded, PaddingSide, TextEncoder};
+pub use weights::Checkpoint;
+
+/// The libtorch version Trident was built against (from the installed wheel).
+pub const LIBTORCH_VERSION: &str = env!("TRIDENT_LIBTORCH_VERSION");

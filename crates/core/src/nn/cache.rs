@@ -1,0 +1,106 @@
+//! The key/value cache of incremental decoding.
+//!
+//! Each step appends the new token's keys and values; beam search reorders the cache along
+//! the batch axis. Storage grows by doubling, so appending one token copies only that token.
+
+use crate::Result;
+use tch::{Kind, Tensor};
+
+/// Cached keys and values of one attention module, `[batch, heads, len, head_dim]`.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: i64,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append `k`, `v` (`[batch, heads, n, head_dim]`) and return all cached keys and values.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = k.size()[2];
+        let needed = self.len + n;
+        let capacity = self.k.as_ref().map_or(0, |t| t.size()[2]);
+        if needed > capacity {
+            let new_cap = needed.max(2 * capacity).max(16);
+            self.k = Some(Self::grow(self.k.as_ref(), k, self.len, new_cap)?);
+            self.v = Some(Self::grow(self.v.as_ref(), v, self.len, new_cap)?);
+        }
+        let (Some(kb), Some(vb)) = (&self.k, &self.v) else {
+            return Err(crate::Error::Input(
+                "KV cache buffers were not allocated".into(),
+            ));
+        };
+        kb.f_narrow(2, self.len, n)?.f_copy_(k)?;
+        vb.f_narrow(2, self.len, n)?.f_copy_(v)?;
+        self.len = needed;
+        Ok((kb.f_narrow(2, 0, needed)?, vb.f_narrow(2, 0, needed)?))
+    }
+
+    fn grow(old: Option<&Tensor>, like: &Tensor, len: i64, cap: i64) -> Result<Tensor> {
+        let mut size = like.size();
+        size[2] = cap;
+        let buf = Tensor::f_empty(size.as_slice(), (like.kind(), like.device()))?;
+        if let Some(old) = old {
+            buf.f_narrow(2, 0, len)?
+                .f_copy_(&old.f_narrow(2, 0, len)?)?;
+        }
+        Ok(buf)
+    }
+
+    /// The cached keys and values, if any.
+    pub fn get(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) if self.len > 0 => Ok(Some((
+                k.f_narrow(2, 0, self.len)?,
+                v.f_narrow(2, 0, self.len)?,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Keep batch rows in the order `beam_idx` (`[batch]` int64) gives: row `i` becomes
+    /// the old row `beam_idx[i]`.
+    pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
+        let idx = beam_idx.f_to_kind(Kind::Int64)?;
+        if let Some(k) = &self.k {
+            self.k = Some(k.f_index_select(0, &idx.f_to(k.device())?)?);
+        }
+        if let Some(v) = &self.v {
+            self.v = Some(v.f_index_select(0, &idx.f_to(v.device())?)?);
+        }
+        Ok(())
+    }
+}
+
+/// The caches of one decoder layer: its self-attention, and its cross-attention (filled once,
+/// from the encoder output, on the first step).
+#[derive(Debug, Default)]
+pub struct LayerCache {
+    /// Self-attention keys and values, growing by one position per step.
+    pub self_attn: KvCache,
+    /// Cross-attention keys and values of the encoder output.
+    pub cross_attn: KvCache,
+}
+
+impl LayerCache {
+    /// Reorder both caches along the batch axis.
+    pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
+        self.self_attn.reorder(beam_idx)?;
+        self.cross_attn.reorder(beam_idx)
+    }
+}

@@ -1,0 +1,51 @@
+//! The position-wise feed-forward network: `FFN(x) = W₂·act(W₁·x)`, or its gated form
+//! `W₂·(act(W₁·x) ⊙ V·x)` (T5 v1.1 gated-GELU).
+
+use super::linear::Linear;
+use crate::config::Activation;
+use tch::Tensor;
+
+/// A feed-forward block; projection names stay with the model crate.
+#[derive(Debug)]
+pub struct FeedForward {
+    /// Up-projection (BERT `intermediate.dense`, T5 `wi`/`wi_0`, GPT-2 `c_fc`).
+    pub up: Linear,
+    /// The ungated linear branch of a gated FFN (T5 `wi_1`).
+    pub gate: Option<Linear>,
+    /// Down-projection (BERT `output.dense`, T5 `wo`, GPT-2 `c_proj`).
+    pub down: Linear,
+    /// The non-linearity.
+    pub activation: Activation,
+}
+
+impl FeedForward {
+    /// `down(act(up(x)))`.
+    pub fn new(up: Linear, down: Linear, activation: Activation) -> Self {
+        FeedForward {
+            up,
+            gate: None,
+            down,
+            activation,
+        }
+    }
+
+    /// `down(act(up(x)) ⊙ linear(x))`.
+    pub fn gated(up: Linear, linear: Linear, down: Linear, activation: Activation) -> Self {
+        FeedForward {
+            up,
+            gate: Some(linear),
+            down,
+            activation,
+        }
+    }
+
+    /// `[..., hidden] → [..., hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let h = self.activation.forward(&self.up.forward(x)); // [..., intermediate]
+        let h = match &self.gate {
+            Some(linear) => h * linear.forward(x),
+            None => h,
+        };
+        self.down.forward(&h)
+    }
+}

@@ -1,0 +1,22 @@
+//! The building blocks every model is made of, each implemented once.
+//!
+//! Reading order follows the data: [`linear`] projections and embeddings, [`position`]al
+//! encodings, [`mask`]s, multi-head [`attention`] with its KV [`cache`], the
+//! [`feed_forward`] network, [`norm`]alisation, and the [`layer`] that wires them together.
+
+pub mod attention;
+pub mod cache;
+pub mod feed_forward;
+pub mod layer;
+pub mod linear;
+pub mod mask;
+pub mod norm;
+pub mod position;
+
+pub use attention::{MultiHeadAttention, Projections};
+pub use cache::{KvCache, LayerCache};
+pub use feed_forward::FeedForward;
+pub use layer::{LayerContext, NormPosition, TransformerLayer};
+pub use linear::{Embedding, Linear};
+pub use norm::Norm;
+pub use position::{relative_position_bucket, sinusoidal_table, RelativePositionBias};

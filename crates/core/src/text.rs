@@ -1,0 +1,381 @@
+//! Text to tensors: tokenize a batch of texts with padding and truncation, keeping every
+//! token's character offsets into the original string (as transformers' fast tokenizers do).
+
+use crate::files::ModelFiles;
+use crate::{Error, Result};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+use tokenizers::{Encoding, Tokenizer, TruncationDirection};
+
+/// One text, tokenized.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Encoded {
+    /// Token ids.
+    pub ids: Vec<i64>,
+    /// Segment ids (all 0 for a single text).
+    pub type_ids: Vec<i64>,
+    /// Token strings, as the vocabulary spells them.
+    pub tokens: Vec<String>,
+    /// Character (not byte) offsets `[start, end)` of each token in the text; `(0, 0)` for
+    /// special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    /// Whether each token is a special token (`[CLS]`, `</s>`, …).
+    pub special: Vec<bool>,
+    /// The index of the word each token belongs to, if any.
+    pub word_ids: Vec<Option<u32>>,
+}
+
+impl Encoded {
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether there are no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn from_encoding(e: &Encoding) -> Self {
+        Encoded {
+            ids: e.get_ids().iter().map(|&i| i as i64).collect(),
+            type_ids: e.get_type_ids().iter().map(|&i| i as i64).collect(),
+            tokens: e.get_tokens().to_vec(),
+            offsets: e.get_offsets().to_vec(),
+            special: e
+                .get_special_tokens_mask()
+                .iter()
+                .map(|&m| m == 1)
+                .collect(),
+            word_ids: e.get_word_ids().to_vec(),
+        }
+    }
+}
+
+/// Which side padding goes on: right for encoders, left for decoder-only generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PaddingSide {
+    /// Pad after the tokens.
+    #[default]
+    Right,
+    /// Pad before the tokens.
+    Left,
+}
+
+/// Several texts as padded tensors, `[batch, seq]` each.
+#[derive(Debug)]
+pub struct Batch {
+    /// `[batch, seq]` int64 token ids.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64, 1 for a real token and 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[batch, seq]` int64 segment ids.
+    pub token_type_ids: Tensor,
+    /// The unpadded encodings, in batch order.
+    pub encodings: Vec<Encoded>,
+    /// Where the padding went.
+    pub padding_side: PaddingSide,
+}
+
+impl Batch {
+    /// Pad `encodings` to the longest one with `pad_id` and stack them on `device`.
+    pub fn new(
+        encodings: Vec<Encoded>,
+        pad_id: i64,
+        side: PaddingSide,
+        device: Device,
+    ) -> Result<Self> {
+        if encodings.is_empty() {
+            return Err(Error::Input(
+                "an empty batch: give at least one text".into(),
+            ));
+        }
+        let width = encodings.iter().map(Encoded::len).max().unwrap_or(0);
+        let rows = encodings.len();
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut mask = Vec::with_capacity(rows * width);
+        let mut types = Vec::with_capacity(rows * width);
+        for e in &encodings {
+            let pad = width - e.len();
+            let (left, right) = match side {
+                PaddingSide::Right => (0, pad),
+                PaddingSide::Left => (pad, 0),
+            };
+            ids.extend(std::iter::repeat_n(pad_id, left));
+            mask.extend(std::iter::repeat_n(0i64, left));
+            types.extend(std::iter::repeat_n(0i64, left));
+            ids.extend_from_slice(&e.ids);
+            mask.extend(std::iter::repeat_n(1i64, e.len()));
+            types.extend_from_slice(&e.type_ids);
+            ids.extend(std::iter::repeat_n(pad_id, right));
+            mask.extend(std::iter::repeat_n(0i64, right));
+            types.extend(std::iter::repeat_n(0i64, right));
+        }
+        let shape = [rows as i64, width as i64];
+        let make = |v: &[i64]| -> Result<Tensor> {
+            Ok(Tensor::f_from_slice(v)?.f_reshape(shape)?.f_to(device)?)
+        };
+        Ok(Batch {
+            input_ids: make(&ids)?,
+            attention_mask: make(&mask)?,
+            token_type_ids: make(&types)?,
+            encodings,
+            padding_side: side,
+        })
+    }
+
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.encodings.len()
+    }
+
+    /// Whether the batch is empty (never true for a batch built by [`Batch::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.encodings.is_empty()
+    }
+}
+
+/// A Hugging Face tokenizer plus what tokenizer_config.json says about lengths and padding.
+#[derive(Clone)]
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    /// The longest input the model takes, when the checkpoint says.
+    pub model_max_length: Option<usize>,
+    /// The id used for padding.
+    pub pad_id: i64,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct TokenizerConfig {
+    model_max_length: Option<f64>,
+    pad_token: Option<serde_json::Value>,
+    do_lower_case: Option<bool>,
+    add_prefix_space: Option<bool>,
+}
+
+fn token_content(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+impl TextEncoder {
+    /// Load tokenizer.json (or build the tokenizer from vocab.txt, or vocab.json + merges.txt,
+    /// when tokenizer.json is absent), with tokenizer_config.json when present.
+    pub fn from_files(files: &ModelFiles) -> Result<Self> {
+        let config: TokenizerConfig = match files.get_optional("tokenizer_config.json")? {
+            Some(p) => crate::config::read_json(&p)?,
+            None => TokenizerConfig::default(),
+        };
+        let tokenizer = if let Some(path) = files.get_optional("tokenizer.json")? {
+            load_tokenizer_json(&path)?
+        } else if let Some(vocab) = files.get_optional("vocab.txt")? {
+            build_wordpiece(&vocab, config.do_lower_case.unwrap_or(true))?
+        } else if let (Some(vocab), Some(merges)) = (
+            files.get_optional("vocab.json")?,
+            files.get_optional("merges.txt")?,
+        ) {
+            build_byte_level_bpe(&vocab, &merges, config.add_prefix_space.unwrap_or(false))?
+        } else if files.get_optional("spiece.model")?.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{}: only spiece.model is present; Trident reads tokenizer.json. Create it once with Python: \
+                 `AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)`",
+                files.name()
+            )));
+        } else {
+            return Err(files.missing("tokenizer.json"));
+        };
+        Self::new(tokenizer, &config)
+    }
+
+    /// Load from a tokenizer.json file alone.
+    pub fn from_tokenizer_file(path: &Path) -> Result<Self> {
+        Self::new(load_tokenizer_json(path)?, &TokenizerConfig::default())
+    }
+
+    fn new(mut tokenizer: Tokenizer, config: &TokenizerConfig) -> Result<Self> {
+        // We pad and truncate ourselves; a tokenizer.json may carry its own settings.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        let pad_from_config = config.pad_token.as_ref().and_then(token_content);
+        let pad_id = pad_from_config
+            .iter()
+            .map(String::as_str)
+            .chain(["[PAD]", "<pad>", "<|endoftext|>"])
+            .find_map(|t| tokenizer.token_to_id(t))
+            .unwrap_or(0) as i64;
+        // HF writes a huge sentinel (1e30) when the length is unknown.
+        let model_max_length = config
+            .model_max_length
+            .filter(|&m| m > 0.0 && m < 1e9)
+            .map(|m| m as usize);
+        Ok(TextEncoder {
+            tokenizer,
+            model_max_length,
+            pad_id,
+        })
+    }
+
+    /// The underlying `tokenizers` tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Id of a token string, if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<i64> {
+        self.tokenizer.token_to_id(token).map(i64::from)
+    }
+
+    /// How many special tokens the post-processor adds around one text.
+    pub fn num_special_tokens(&self) -> usize {
+        use tokenizers::PostProcessor;
+        self.tokenizer
+            .get_post_processor()
+            .map(|p| p.added_tokens(false))
+            .unwrap_or(0)
+    }
+
+    /// Tokenize one text with the model's special tokens and no truncation.
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let e = self
+            .tokenizer
+            .encode_char_offsets(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Encoded::from_encoding(&e))
+    }
+
+    /// Tokenize one text into windows of at most `max_len` tokens (special tokens included),
+    /// consecutive windows sharing `stride` tokens, as transformers does with
+    /// `return_overflowing_tokens=True, stride=…`. A short text gives one window.
+    pub fn encode_windows(
+        &self,
+        text: &str,
+        max_len: usize,
+        stride: usize,
+    ) -> Result<Vec<Encoded>> {
+        let specials = self.num_special_tokens();
+        let room = max_len
+            .checked_sub(specials)
+            .filter(|&r| r > 0)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "max length {max_len} leaves no room for text after {specials} special tokens"
+                ))
+            })?;
+        if stride >= room {
+            return Err(Error::Input(format!(
+                "stride {stride} must be smaller than the {room} text tokens that fit in one window"
+            )));
+        }
+        let mut e = self
+            .tokenizer
+            .encode_char_offsets(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        e.truncate(room, stride, TruncationDirection::Right);
+        let e = self
+            .tokenizer
+            .post_process(e, None, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut windows = vec![Encoded::from_encoding(&e)];
+        windows.extend(e.get_overflowing().iter().map(Encoded::from_encoding));
+        Ok(windows)
+    }
+
+    /// Tokenize one text, keeping at most `max_len` tokens (special tokens included) from the
+    /// start. Returns the encoding and whether anything was cut.
+    pub fn encode_truncated(&self, text: &str, max_len: usize) -> Result<(Encoded, bool)> {
+        let full = self.encode(text)?;
+        if full.len() <= max_len {
+            return Ok((full, false));
+        }
+        let first = self
+            .encode_windows(text, max_len, 0)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Tokenizer("truncation produced no tokens".into()))?;
+        Ok((first, true))
+    }
+
+    /// Tokenize and pad several texts; each is truncated to `max_len` tokens when given.
+    pub fn encode_batch(
+        &self,
+        texts: &[&str],
+        max_len: Option<usize>,
+        side: PaddingSide,
+        device: Device,
+    ) -> Result<Batch> {
+        let encodings = texts
+            .iter()
+            .map(|t| match max_len {
+                Some(m) => self.encode_truncated(t, m).map(|(e, _)| e),
+                None => self.encode(t),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Batch::new(encodings, self.pad_id, side, device)
+    }
+
+    /// Turn ids back into text.
+    pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let ids: Vec<u32> = ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
+        self.tokenizer
+            .decode(&ids, skip_special_tokens)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+}
+
+fn build_wordpiece(vocab: &Path, lowercase: bool) -> Result<Tokenizer> {
+    use tokenizers::models::wordpiece::WordPiece;
+    use tokenizers::normalizers::BertNormalizer;
+    use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+    use tokenizers::processors::bert::BertProcessing;
+    let err = |e: tokenizers::Error| Error::Tokenizer(format!("{}: {e}", vocab.display()));
+    let model = WordPiece::from_file(&vocab.to_string_lossy())
+        .build()
+        .map_err(err)?;
+    let mut tok = Tokenizer::new(model);
+    let id = |t: &str| {
+        tok.token_to_id(t).ok_or_else(|| {
+            Error::Tokenizer(format!("{}: vocab.txt has no {t} token", vocab.display()))
+        })
+    };
+    let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+    tok.with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase)))
+        .with_pre_tokenizer(Some(BertPreTokenizer))
+        .with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )))
+        .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+    Ok(tok)
+}
+
+fn build_byte_level_bpe(vocab: &Path, merges: &Path, add_prefix_space: bool) -> Result<Tokenizer> {
+    use tokenizers::models::bpe::BPE;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let model = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+        .build()
+        .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab.display())))?;
+    let mut tok = Tokenizer::new(model);
+    let byte_level = ByteLevel::new(add_prefix_space, true, true);
+    tok.with_pre_tokenizer(Some(byte_level))
+        .with_decoder(Some(byte_level))
+        .with_post_processor(Some(byte_level));
+    Ok(tok)
+}
+
+/// Convert a `[batch, seq]` int64 tensor to rows of ids.
+pub fn tensor_to_rows(t: &Tensor) -> Result<Vec<Vec<i64>>> {
+    let t = t
+        .f_to_kind(Kind::Int64)?
+        .f_to(Device::Cpu)?
+        .f_contiguous()?;
+    Ok(Vec::<Vec<i64>>::try_from(&t)?)
+}

@@ -1,0 +1,94 @@
+//! `trident doctor`: what this installation can do, and what is wrong with it.
+
+use clap::Args;
+use std::process::ExitCode;
+use trident_core::files::{hub_reachable, HubOptions};
+
+/// Options of `trident doctor`.
+#[derive(Args, Debug)]
+pub struct DoctorArgs {
+    /// Do not try to reach the Hugging Face Hub.
+    #[arg(long)]
+    offline: bool,
+}
+
+/// Print the checks; exit 1 when libtorch cannot compute.
+pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    println!("trident         {}", env!("CARGO_PKG_VERSION"));
+    println!("libtorch        {}", trident_core::LIBTORCH_VERSION);
+    println!(
+        "threads         {} (change with --threads N)",
+        tch::get_num_threads()
+    );
+    // A real computation: catches a libtorch that loads but cannot run.
+    match tch::Tensor::f_ones([2, 2], (tch::Kind::Float, tch::Device::Cpu))
+        .and_then(|t| t.f_matmul(&t))
+        .and_then(|t| t.f_sum(tch::Kind::Float))
+        .map(|t| t.double_value(&[]))
+    {
+        Ok(v) if (v - 8.0).abs() < 1e-9 => println!("cpu compute     ok"),
+        Ok(v) => {
+            ok = false;
+            println!("cpu compute     WRONG: 2x2 ones matmul summed to {v}, expected 8");
+        }
+        Err(e) => {
+            ok = false;
+            println!("cpu compute     FAILED: {e}");
+        }
+    }
+    let cuda = tch::Cuda::is_available();
+    println!(
+        "cuda            {}",
+        if cuda {
+            format!("available, {} device(s)", tch::Cuda::device_count())
+        } else if cfg!(feature = "cuda") {
+            "not available (no visible GPU or driver)".to_string()
+        } else {
+            "not available (built without the `cuda` feature)".to_string()
+        }
+    );
+    println!(
+        "mps             {}",
+        if tch::utils::has_mps() {
+            "available"
+        } else {
+            "not available"
+        }
+    );
+    let hub = HubOptions::from_env();
+    let cache_state = if hub.cache_dir.is_dir() {
+        let models = std::fs::read_dir(&hub.cache_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("models--"))
+                    .count()
+            })
+            .unwrap_or(0);
+        format!("{models} model(s) cached")
+    } else {
+        "empty (created on first download)".to_string()
+    };
+    println!(
+        "model cache     {} ({cache_state})",
+        hub.cache_dir.display()
+    );
+    if args.offline || hub.offline {
+        println!("hub             offline mode (HF_HUB_OFFLINE or --offline): only cached models can be used");
+    } else {
+        match hub_reachable(&hub) {
+            Ok(()) => println!("hub             reachable at {}", hub.endpoint),
+            Err(e) => println!(
+                "hub             NOT reachable at {} ({e}); local directories and cached models still work",
+                hub.endpoint
+            ),
+        }
+    }
+    if ok {
+        println!("status          ok");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("status          BROKEN: reinstall libtorch with `make setup`");
+        Ok(ExitCode::from(1))
+    }
+}

@@ -1,0 +1,40 @@
+//! Subcommands of the `trident` binary.
+
+mod doctor;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Run transformer models from Hugging Face checkpoints: NER, sentiment, summarization,
+/// translation and text generation, on CPU or GPU, with no Python.
+///
+/// Models are given with --model as a local directory (config.json, model.safetensors,
+/// tokenizer.json) or a Hugging Face Hub id (e.g. dslim/bert-base-NER), fetched into the
+/// standard HF cache ($HF_HOME/hub). Set HF_HUB_OFFLINE=1 to use only what is cached.
+#[derive(Parser, Debug)]
+#[command(name = "trident", version, about, long_about)]
+pub struct Cli {
+    /// Number of CPU threads libtorch uses (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<i32>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Run the chosen subcommand; the exit code says whether everything succeeded.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        tch::set_num_threads(n);
+    }
+    match cli.command {
+        Command::Doctor(args) => doctor::run(args),
+    }
+}
