@@ -6,6 +6,13 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    // Library warnings (a text split into windows, a long text truncated, …) go to stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .init();
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -1,6 +1,9 @@
 //! Subcommands of the `trident` binary.
 
+mod common;
 mod doctor;
+mod encoders;
+pub mod io;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -24,6 +27,13 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Classify texts (sentiment and the like): the best label and its score per text.
+    #[command(visible_alias = "sentiment")]
+    Classify(encoders::ClassifyArgs),
+    /// Named-entity recognition: people, organisations, places… with character offsets.
+    Ner(encoders::NerArgs),
+    /// Sentence embeddings (mean-pooled, normalised), one vector per text.
+    Embed(encoders::EmbedArgs),
     /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
     Doctor(doctor::DoctorArgs),
 }
@@ -35,6 +45,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         tch::set_num_threads(n);
     }
     match cli.command {
+        Command::Classify(args) => encoders::classify(args),
+        Command::Ner(args) => encoders::ner(args),
+        Command::Embed(args) => encoders::embed(args),
         Command::Doctor(args) => doctor::run(args),
     }
 }

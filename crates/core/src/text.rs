@@ -318,6 +318,45 @@ impl TextEncoder {
         Batch::new(encodings, self.pad_id, side, device)
     }
 
+    /// The id of the unknown-token, when the vocabulary has one.
+    pub fn unk_id(&self) -> Option<i64> {
+        use tokenizers::models::ModelWrapper;
+        let unk = match self.tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+            ModelWrapper::Unigram(_) => None,
+        };
+        match unk {
+            Some(t) => self.token_id(&t),
+            None => ["<unk>", "[UNK]"].iter().find_map(|t| self.token_id(t)),
+        }
+    }
+
+    /// The prefix that marks a token continuing a word (`##` for WordPiece), if the model
+    /// has one; BPE vocabularies like GPT-2's and RoBERTa's do not.
+    pub fn continuing_subword_prefix(&self) -> Option<String> {
+        use tokenizers::models::ModelWrapper;
+        match self.tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => Some(m.continuing_subword_prefix.clone()),
+            ModelWrapper::BPE(m) => m.continuing_subword_prefix.clone(),
+            _ => None,
+        }
+        .filter(|p| !p.is_empty())
+    }
+
+    /// Join token strings into text with the tokenizer's decoder (`##ing` joins its word,
+    /// byte-level `Ġ` becomes a space), or with spaces when it has none.
+    pub fn tokens_to_string(&self, tokens: &[String]) -> Result<String> {
+        use tokenizers::Decoder;
+        match self.tokenizer.get_decoder() {
+            Some(d) => d
+                .decode(tokens.to_vec())
+                .map_err(|e| Error::Tokenizer(e.to_string())),
+            None => Ok(tokens.join(" ")),
+        }
+    }
+
     /// Turn ids back into text.
     pub fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
         let ids: Vec<u32> = ids.iter().filter(|&&i| i >= 0).map(|&i| i as u32).collect();
@@ -369,6 +408,38 @@ fn build_byte_level_bpe(vocab: &Path, merges: &Path, add_prefix_space: bool) -> 
         .with_decoder(Some(byte_level))
         .with_post_processor(Some(byte_level));
     Ok(tok)
+}
+
+/// Run `f` over `items` in batches of up to `batch_size`, grouping items of similar length
+/// (`len`) so that little compute goes to padding, and return the results in input order.
+/// `f` gets a slice of items and must return one result per item.
+pub fn by_length_batches<I, T>(
+    items: &[I],
+    batch_size: usize,
+    len: impl Fn(&I) -> usize,
+    mut f: impl FnMut(&[&I]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let batch_size = batch_size.max(1);
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(len(&items[i])));
+    let mut out: Vec<Option<T>> = (0..items.len()).map(|_| None).collect();
+    for chunk in order.chunks(batch_size) {
+        let group: Vec<&I> = chunk.iter().map(|&i| &items[i]).collect();
+        let results = f(&group)?;
+        if results.len() != chunk.len() {
+            return Err(Error::Input(format!(
+                "a batch of {} gave {} results",
+                chunk.len(),
+                results.len()
+            )));
+        }
+        for (&i, r) in chunk.iter().zip(results) {
+            out[i] = Some(r);
+        }
+    }
+    out.into_iter()
+        .map(|r| r.ok_or_else(|| Error::Input("a batch result is missing".into())))
+        .collect()
 }
 
 /// Convert a `[batch, seq]` int64 tensor to rows of ids.

@@ -248,6 +248,21 @@ impl Checkpoint {
     }
 }
 
+/// Build a model's modules on `device` with `build` (which declares parameters under the
+/// path it is given, with HF names), then fill them from the model's checkpoint.
+/// Returns the store that owns the parameters along with the model.
+pub fn build_and_load<T>(
+    files: &ModelFiles,
+    device: tch::Device,
+    build: impl FnOnce(&tch::nn::Path) -> Result<T>,
+) -> Result<(VarStore, T)> {
+    let ckpt = Checkpoint::open(files)?;
+    let vs = VarStore::new(device);
+    let model = build(&vs.root())?;
+    load(&vs, &ckpt)?;
+    Ok((vs, model))
+}
+
 /// What [`load`] did, for logs and tests.
 #[derive(Debug, Default)]
 pub struct LoadReport {

@@ -1,0 +1,207 @@
+//! Task heads on top of the encoder, and the loaded task models.
+
+use crate::config::{EncoderConfig, Family};
+use crate::model::Encoder;
+use tch::nn::{Path, VarStore};
+use tch::{Device, Tensor};
+use trident_core::nn::Linear;
+use trident_core::text::Batch;
+use trident_core::weights::build_and_load;
+use trident_core::{Error, ModelFiles, Result};
+
+/// The sequence-classification head of each family.
+#[derive(Debug)]
+pub enum SequenceHead {
+    /// BERT: `bert.pooler.dense` + tanh on `[CLS]`, then `classifier`.
+    Bert {
+        /// `bert.pooler.dense`.
+        pooler: Linear,
+        /// `classifier`.
+        classifier: Linear,
+    },
+    /// DistilBERT: `pre_classifier` + ReLU on `[CLS]`, then `classifier`.
+    DistilBert {
+        /// `pre_classifier`.
+        pre_classifier: Linear,
+        /// `classifier`.
+        classifier: Linear,
+    },
+    /// RoBERTa: `classifier.dense` + tanh on `<s>`, then `classifier.out_proj`.
+    Roberta {
+        /// `classifier.dense`.
+        dense: Linear,
+        /// `classifier.out_proj`.
+        out_proj: Linear,
+    },
+}
+
+impl SequenceHead {
+    fn new(root: &Path, c: &EncoderConfig, num_labels: i64) -> Result<Self> {
+        let h = c.hidden_size;
+        Ok(match c.family {
+            Family::Bert => SequenceHead::Bert {
+                pooler: Linear::new(&(root / "bert" / "pooler" / "dense"), h, h, true)?,
+                classifier: Linear::new(&(root / "classifier"), h, num_labels, true)?,
+            },
+            Family::DistilBert => SequenceHead::DistilBert {
+                pre_classifier: Linear::new(&(root / "pre_classifier"), h, h, true)?,
+                classifier: Linear::new(&(root / "classifier"), h, num_labels, true)?,
+            },
+            Family::Roberta => SequenceHead::Roberta {
+                dense: Linear::new(&(root / "classifier" / "dense"), h, h, true)?,
+                out_proj: Linear::new(&(root / "classifier" / "out_proj"), h, num_labels, true)?,
+            },
+        })
+    }
+
+    /// `[batch, seq, hidden]` → `[batch, labels]`, from the first token's hidden state.
+    pub fn forward(&self, hidden: &Tensor) -> Tensor {
+        let first = hidden.select(1, 0); // [batch, hidden]
+        match self {
+            SequenceHead::Bert { pooler, classifier } => {
+                classifier.forward(&pooler.forward(&first).tanh())
+            }
+            SequenceHead::DistilBert {
+                pre_classifier,
+                classifier,
+            } => classifier.forward(&pre_classifier.forward(&first).relu()),
+            SequenceHead::Roberta { dense, out_proj } => {
+                out_proj.forward(&dense.forward(&first).tanh())
+            }
+        }
+    }
+}
+
+fn num_labels(c: &EncoderConfig) -> Result<i64> {
+    match c.common.id2label.len() {
+        0 => Err(Error::Unsupported(
+            "config.json has no id2label: this is not a classification checkpoint".into(),
+        )),
+        n => Ok(n as i64),
+    }
+}
+
+fn check_architecture(
+    c: &EncoderConfig,
+    files: &ModelFiles,
+    suffix: &str,
+    task: &str,
+) -> Result<()> {
+    match c.common.architectures.first() {
+        Some(arch) if !arch.ends_with(suffix) => Err(Error::Unsupported(format!(
+            "{} is a {arch} checkpoint; {task} needs a *{suffix} checkpoint",
+            files.name()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A `*ForSequenceClassification` model.
+#[derive(Debug)]
+pub struct SequenceClassificationModel {
+    _vs: VarStore,
+    /// The encoder.
+    pub encoder: Encoder,
+    /// The head.
+    pub head: SequenceHead,
+}
+
+impl SequenceClassificationModel {
+    /// Load from config.json and the weights.
+    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
+        check_architecture(config, files, "ForSequenceClassification", "classification")?;
+        let n = num_labels(config)?;
+        let (vs, (encoder, head)) = build_and_load(files, device, |root| {
+            Ok((
+                Encoder::new(&(root / config.family.prefix()), config)?,
+                SequenceHead::new(root, config, n)?,
+            ))
+        })?;
+        Ok(SequenceClassificationModel {
+            _vs: vs,
+            encoder,
+            head,
+        })
+    }
+
+    /// `[batch, labels]` logits.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.encoder.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            Some(&batch.token_type_ids),
+        )?;
+        Ok(self.head.forward(&hidden))
+    }
+}
+
+/// A `*ForTokenClassification` model: `classifier` on every token.
+#[derive(Debug)]
+pub struct TokenClassificationModel {
+    _vs: VarStore,
+    /// The encoder.
+    pub encoder: Encoder,
+    /// `classifier`.
+    pub classifier: Linear,
+}
+
+impl TokenClassificationModel {
+    /// Load from config.json and the weights.
+    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
+        check_architecture(
+            config,
+            files,
+            "ForTokenClassification",
+            "token classification (NER)",
+        )?;
+        let n = num_labels(config)?;
+        let (vs, (encoder, classifier)) = build_and_load(files, device, |root| {
+            Ok((
+                Encoder::new(&(root / config.family.prefix()), config)?,
+                Linear::new(&(root / "classifier"), config.hidden_size, n, true)?,
+            ))
+        })?;
+        Ok(TokenClassificationModel {
+            _vs: vs,
+            encoder,
+            classifier,
+        })
+    }
+
+    /// `[batch, seq, labels]` logits.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.encoder.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            Some(&batch.token_type_ids),
+        )?;
+        Ok(self.classifier.forward(&hidden))
+    }
+}
+
+/// The bare encoder, for hidden states and sentence embeddings.
+#[derive(Debug)]
+pub struct EncoderModel {
+    _vs: VarStore,
+    /// The encoder.
+    pub encoder: Encoder,
+}
+
+impl EncoderModel {
+    /// Load the base model's weights (with or without the family prefix).
+    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
+        let (vs, encoder) = build_and_load(files, device, |root| {
+            Encoder::new(&(root / config.family.prefix()), config)
+        })?;
+        Ok(EncoderModel { _vs: vs, encoder })
+    }
+
+    /// `[batch, seq, hidden]` last hidden state.
+    pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
+        self.encoder.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            Some(&batch.token_type_ids),
+        )
+    }
+}

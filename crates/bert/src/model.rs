@@ -1,0 +1,197 @@
+//! The BERT-family encoder: embeddings, then a stack of post-LN transformer layers.
+//!
+//! ```text
+//! ids ─► word + position (+ token type) embeddings ─► LayerNorm
+//!     ─► N × [ x = LN(x + SelfAttention(x)); x = LN(x + FFN(x)) ] ─► hidden states
+//! ```
+
+use crate::config::{EncoderConfig, Family};
+use tch::nn::Path;
+use tch::{Kind, Tensor};
+use trident_core::nn::mask::padding_mask;
+use trident_core::nn::{
+    Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm, NormPosition,
+    Projections, TransformerLayer,
+};
+use trident_core::Result;
+
+/// Token, position and token-type embeddings, summed and normalised.
+#[derive(Debug)]
+pub struct Embeddings {
+    /// `word_embeddings`, `[vocab, hidden]`.
+    pub word_embeddings: Embedding,
+    /// `position_embeddings`, `[max_positions, hidden]`.
+    pub position_embeddings: Embedding,
+    /// `token_type_embeddings`, absent in DistilBERT.
+    pub token_type_embeddings: Option<Embedding>,
+    /// `LayerNorm`.
+    pub layer_norm: Norm,
+    /// RoBERTa counts positions from `pad_token_id + 1`, skipping padding.
+    roberta_padding_idx: Option<i64>,
+}
+
+impl Embeddings {
+    fn new(p: &Path, c: &EncoderConfig) -> Result<Self> {
+        Ok(Embeddings {
+            word_embeddings: Embedding::new(&(p / "word_embeddings"), c.vocab_size, c.hidden_size)?,
+            position_embeddings: Embedding::new(
+                &(p / "position_embeddings"),
+                c.max_position_embeddings,
+                c.hidden_size,
+            )?,
+            token_type_embeddings: if c.type_vocab_size > 0 {
+                Some(Embedding::new(
+                    &(p / "token_type_embeddings"),
+                    c.type_vocab_size,
+                    c.hidden_size,
+                )?)
+            } else {
+                None
+            },
+            layer_norm: Norm::layer_norm(&(p / "LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            roberta_padding_idx: (c.family == Family::Roberta).then_some(c.pad_token_id),
+        })
+    }
+
+    /// Position ids `[batch, seq]`: 0, 1, 2, … (BERT), or for RoBERTa `pad+1, pad+2, …` over
+    /// real tokens with padding kept at `pad`.
+    fn position_ids(&self, input_ids: &Tensor) -> Tensor {
+        let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
+        match self.roberta_padding_idx {
+            None => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
+                .unsqueeze(0)
+                .expand([batch, seq], false),
+            Some(pad) => {
+                let real = input_ids.ne(pad).to_kind(Kind::Int64);
+                real.cumsum(1, Kind::Int64) * &real + pad
+            }
+        }
+    }
+
+    /// `[batch, seq]` ids → `[batch, seq, hidden]`.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Tensor {
+        let mut x = self.word_embeddings.forward(input_ids)
+            + self
+                .position_embeddings
+                .forward(&self.position_ids(input_ids));
+        if let Some(types) = &self.token_type_embeddings {
+            x = match token_type_ids {
+                Some(t) => x + types.forward(t),
+                None => x + types.forward(&input_ids.zeros_like()),
+            };
+        }
+        self.layer_norm.forward(&x)
+    }
+}
+
+/// One encoder layer with BERT's weight names (`attention.self.query`, …).
+fn bert_layer(p: &Path, c: &EncoderConfig) -> Result<TransformerLayer> {
+    let h = c.hidden_size;
+    let attention = p / "attention";
+    let projections = Projections::Separate {
+        q: Linear::new(&(&attention / "self" / "query"), h, h, true)?,
+        k: Linear::new(&(&attention / "self" / "key"), h, h, true)?,
+        v: Linear::new(&(&attention / "self" / "value"), h, h, true)?,
+    };
+    Ok(TransformerLayer {
+        self_attention: MultiHeadAttention::new(
+            projections,
+            Linear::new(&(&attention / "output" / "dense"), h, h, true)?,
+            c.num_heads,
+            c.head_dim(),
+        ),
+        self_attention_norm: Norm::layer_norm(
+            &(&attention / "output" / "LayerNorm"),
+            h,
+            c.layer_norm_eps,
+        )?,
+        cross_attention: None,
+        feed_forward: FeedForward::new(
+            Linear::new(
+                &(p / "intermediate" / "dense"),
+                h,
+                c.intermediate_size,
+                true,
+            )?,
+            Linear::new(&(p / "output" / "dense"), c.intermediate_size, h, true)?,
+            c.activation,
+        ),
+        feed_forward_norm: Norm::layer_norm(&(p / "output" / "LayerNorm"), h, c.layer_norm_eps)?,
+        norm_position: NormPosition::Post,
+    })
+}
+
+/// One encoder layer with DistilBERT's weight names (`attention.q_lin`, `ffn.lin1`, …).
+fn distilbert_layer(p: &Path, c: &EncoderConfig) -> Result<TransformerLayer> {
+    let h = c.hidden_size;
+    let attention = p / "attention";
+    let projections = Projections::Separate {
+        q: Linear::new(&(&attention / "q_lin"), h, h, true)?,
+        k: Linear::new(&(&attention / "k_lin"), h, h, true)?,
+        v: Linear::new(&(&attention / "v_lin"), h, h, true)?,
+    };
+    Ok(TransformerLayer {
+        self_attention: MultiHeadAttention::new(
+            projections,
+            Linear::new(&(&attention / "out_lin"), h, h, true)?,
+            c.num_heads,
+            c.head_dim(),
+        ),
+        self_attention_norm: Norm::layer_norm(&(p / "sa_layer_norm"), h, c.layer_norm_eps)?,
+        cross_attention: None,
+        feed_forward: FeedForward::new(
+            Linear::new(&(p / "ffn" / "lin1"), h, c.intermediate_size, true)?,
+            Linear::new(&(p / "ffn" / "lin2"), c.intermediate_size, h, true)?,
+            c.activation,
+        ),
+        feed_forward_norm: Norm::layer_norm(&(p / "output_layer_norm"), h, c.layer_norm_eps)?,
+        norm_position: NormPosition::Post,
+    })
+}
+
+/// The base encoder (BertModel, DistilBertModel, RobertaModel without pooler).
+#[derive(Debug)]
+pub struct Encoder {
+    /// Its configuration.
+    pub config: EncoderConfig,
+    /// `embeddings`.
+    pub embeddings: Embeddings,
+    /// `encoder.layer.{i}` (DistilBERT: `transformer.layer.{i}`).
+    pub layers: Vec<TransformerLayer>,
+}
+
+impl Encoder {
+    /// Declare the encoder's weights under `p` (e.g. `bert`).
+    pub fn new(p: &Path, config: &EncoderConfig) -> Result<Self> {
+        let layers = (0..config.num_layers)
+            .map(|i| match config.family {
+                Family::DistilBert => distilbert_layer(&(p / "transformer" / "layer" / i), config),
+                _ => bert_layer(&(p / "encoder" / "layer" / i), config),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Encoder {
+            config: config.clone(),
+            embeddings: Embeddings::new(&(p / "embeddings"), config)?,
+            layers,
+        })
+    }
+
+    /// `[batch, seq]` ids and 1/0 mask → `[batch, seq, hidden]` last hidden state.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(input_ids, token_type_ids); // [batch, seq, hidden]
+        let mask = padding_mask(attention_mask, x.kind()); // [batch, 1, 1, seq], built once for all layers
+        let ctx = LayerContext {
+            mask: Some(&mask),
+            ..Default::default()
+        };
+        for layer in &self.layers {
+            x = layer.forward(&x, &ctx, None)?;
+        }
+        Ok(x)
+    }
+}

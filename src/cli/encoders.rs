@@ -1,0 +1,181 @@
+//! `trident classify` (alias `sentiment`), `trident ner` and `trident embed`.
+
+use super::common::ModelArgs;
+use super::io::{process, IoArgs};
+use clap::Args;
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use trident_bert::{
+    Aggregation, ClassifyOptions, Embedder, Entity, Label, NerOptions, PipelineOptions,
+    TextClassifier, TokenClassifier,
+};
+
+/// Texts processed between progress updates (and retried one by one if the group fails).
+const CHUNK: usize = 64;
+
+fn pipeline_options(model: &ModelArgs) -> PipelineOptions {
+    PipelineOptions {
+        device: model.device,
+        batch_size: model.batch_size as usize,
+    }
+}
+
+/// Options of `trident classify`.
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Return the K best labels per text with their scores ("all" for every label).
+    /// Without it, each text gets its best label, as transformers' pipeline returns.
+    #[arg(long, value_name = "K|all")]
+    top_k: Option<String>,
+    #[command(flatten)]
+    io: IoArgs,
+}
+
+/// Default model of `trident classify`.
+pub const CLASSIFY_MODEL: &str = "distilbert-base-uncased-finetuned-sst-2-english";
+
+/// Run `trident classify`.
+pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
+    let top_k = match args.top_k.as_deref() {
+        None => None,
+        Some("all") => Some(None),
+        Some(k) => Some(Some(
+            k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                anyhow::anyhow!("--top-k must be a positive number or 'all', not '{k}'")
+            })?,
+        )),
+    };
+    let files = args.model.files(CLASSIFY_MODEL)?;
+    let options = ClassifyOptions {
+        pipeline: pipeline_options(&args.model),
+        top_k: top_k.unwrap_or(Some(1)),
+        function: None,
+    };
+    let classifier = TextClassifier::from_pretrained(&files, options)?;
+    let render = |labels: &Vec<Label>| -> (Value, String) {
+        let text = labels
+            .iter()
+            .map(|l| format!("{}\t{:.4}", l.label, l.score))
+            .collect::<Vec<_>>()
+            .join("\t");
+        // Without --top-k, transformers returns the best label as a dict, not a list.
+        let value = match (top_k, labels.first()) {
+            (None, Some(best)) => json!(best),
+            _ => json!(labels),
+        };
+        (value, text)
+    };
+    process(
+        &args.io,
+        CHUNK,
+        |texts| Ok(classifier.run(texts)?),
+        render,
+        || classifier.tokens_processed(),
+    )
+}
+
+/// Options of `trident ner`.
+#[derive(Args, Debug)]
+pub struct NerArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// How token labels become entities: none (one per token), simple (group adjacent
+    /// tokens with the same tag), first, average or max (decide per word, then group).
+    #[arg(long, default_value = "simple", value_name = "STRATEGY")]
+    aggregation: Aggregation,
+    /// Split texts longer than the model's limit into windows sharing N tokens. Long texts
+    /// are always windowed (never cut); this sets the overlap and windows every text.
+    #[arg(long, value_name = "N")]
+    stride: Option<usize>,
+    /// Labels to leave out of the output (repeat the flag for several).
+    #[arg(long = "ignore-label", value_name = "LABEL", default_values_t = vec!["O".to_string()])]
+    ignore_labels: Vec<String>,
+    #[command(flatten)]
+    io: IoArgs,
+}
+
+/// Default model of `trident ner`.
+pub const NER_MODEL: &str = "dslim/bert-base-NER";
+
+/// Run `trident ner`.
+pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
+    let files = args.model.files(NER_MODEL)?;
+    let options = NerOptions {
+        pipeline: pipeline_options(&args.model),
+        aggregation: args.aggregation,
+        stride: args.stride,
+        ignore_labels: args.ignore_labels,
+    };
+    let ner = TokenClassifier::from_pretrained(&files, options)?;
+    let render = |entities: &Vec<Entity>| -> (Value, String) {
+        let lines: Vec<String> = entities
+            .iter()
+            .map(|e| match e {
+                Entity::Group {
+                    entity_group,
+                    score,
+                    word,
+                    start,
+                    end,
+                } => format!("{entity_group}\t{word}\t{start}..{end}\t{score:.4}"),
+                Entity::Token {
+                    entity,
+                    score,
+                    word,
+                    start,
+                    end,
+                    index,
+                } => format!("{entity}\t{word}\t{start}..{end}\t{score:.4}\ttoken {index}"),
+            })
+            .collect();
+        let text = if lines.is_empty() {
+            "(no entities)".to_string()
+        } else {
+            lines.join("\n")
+        };
+        (json!(entities), text + "\n")
+    };
+    process(
+        &args.io,
+        CHUNK,
+        |texts| Ok(ner.run(texts)?),
+        render,
+        || ner.tokens_processed(),
+    )
+}
+
+/// Options of `trident embed`.
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    io: IoArgs,
+}
+
+/// Default model of `trident embed`.
+pub const EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+/// Run `trident embed`.
+pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+    let files = args.model.files(EMBED_MODEL)?;
+    let embedder = Embedder::from_pretrained(&files, pipeline_options(&args.model))?;
+    let render = |e: &trident_bert::Embedding| -> (Value, String) {
+        let text = e
+            .embedding
+            .iter()
+            .map(|x| format!("{x:.6}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        (json!(e), text)
+    };
+    process(
+        &args.io,
+        CHUNK,
+        |texts| Ok(embedder.run(texts)?),
+        render,
+        || embedder.tokens_processed(),
+    )
+}

@@ -1,0 +1,362 @@
+//! Input and output shared by every text command.
+//!
+//! Input: texts as arguments, `--input FILE` (one text per line, or JSONL objects with a
+//! `text` field and an optional `id`), or stdin. A line that is not valid UTF-8 or not valid
+//! JSON becomes an error for that line only; the rest is still processed.
+//!
+//! Output: `--format text|json|jsonl` to stdout or `--output FILE`. `json` prints one array
+//! with one element per input (the pipeline's output, `null` for a failed input), as
+//! transformers' pipelines return for a list; `jsonl` prints `{"id", "result"}` per line.
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable lines.
+    Text,
+    /// One JSON array, one element per input (transformers' pipeline output).
+    Json,
+    /// One JSON object per input and line: {"id": …, "result": …}.
+    Jsonl,
+}
+
+/// Where texts come from and where results go.
+#[derive(Args, Debug, Clone)]
+pub struct IoArgs {
+    /// Texts to process. Without texts or --input, lines are read from stdin.
+    #[arg(value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// Read texts from FILE: one per line, or JSON Lines with a "text" field and an optional
+    /// "id" carried to the output ("-" for stdin).
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Write results to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// One input text, or why it could not be read.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The id from JSONL, else the 1-based position.
+    pub id: Value,
+    /// Where it came from, for messages (`line 3`, `argument 2`).
+    pub origin: String,
+    /// The text, or the reason it is unusable.
+    pub text: Result<String, String>,
+}
+
+fn parse_line(raw: &[u8], n: usize) -> Item {
+    let origin = format!("line {n}");
+    let id = Value::from(n);
+    let text = match std::str::from_utf8(raw) {
+        Err(e) => {
+            return Item {
+                id,
+                origin,
+                text: Err(format!(
+                    "not valid UTF-8 ({e}); re-encode the file as UTF-8"
+                )),
+            };
+        }
+        Ok(s) => s.strip_suffix('\r').unwrap_or(s),
+    };
+    if text.trim_start().starts_with('{') {
+        return match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(obj)) => {
+                let id = obj.get("id").cloned().unwrap_or(id);
+                match obj.get("text") {
+                    Some(Value::String(t)) => Item {
+                        id,
+                        origin,
+                        text: Ok(t.clone()),
+                    },
+                    _ => Item {
+                        id,
+                        origin,
+                        text: Err("JSON object without a string \"text\" field".into()),
+                    },
+                }
+            }
+            Ok(_) => Item {
+                id,
+                origin,
+                text: Err("expected a JSON object with a \"text\" field".into()),
+            },
+            Err(e) => Item {
+                id,
+                origin,
+                text: Err(format!("malformed JSON ({e})")),
+            },
+        };
+    }
+    Item {
+        id,
+        origin,
+        text: Ok(text.to_string()),
+    }
+}
+
+/// Read the inputs the user gave, in order.
+pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
+    if !args.texts.is_empty() {
+        anyhow::ensure!(
+            args.input.is_none(),
+            "give texts as arguments or with --input, not both"
+        );
+        return Ok(args
+            .texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Item {
+                id: Value::from(i + 1),
+                origin: format!("argument {}", i + 1),
+                text: Ok(t.clone()),
+            })
+            .collect());
+    }
+    let mut bytes = Vec::new();
+    match &args.input {
+        Some(path) if path.as_os_str() != "-" => {
+            bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read --input {}", path.display()))?;
+        }
+        _ => {
+            std::io::stdin()
+                .lock()
+                .read_to_end(&mut bytes)
+                .context("cannot read stdin")?;
+        }
+    }
+    // The newline that ends the last line does not start another one.
+    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(body
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .map(|(i, line)| parse_line(line, i + 1))
+        .collect())
+}
+
+/// Whether the input came from a file (progress bars are for files).
+pub fn from_file(args: &IoArgs) -> bool {
+    args.texts.is_empty() && args.input.as_ref().is_some_and(|p| p.as_os_str() != "-")
+}
+
+/// Writes results in the chosen format and counts failures.
+pub struct Output {
+    format: Format,
+    sink: Box<dyn Write>,
+    json: Vec<Value>,
+    /// Inputs that failed.
+    pub failed: usize,
+    /// Inputs that succeeded.
+    pub succeeded: usize,
+}
+
+impl Output {
+    /// Open stdout or `--output`.
+    pub fn open(args: &IoArgs) -> anyhow::Result<Self> {
+        let sink: Box<dyn Write> = match &args.output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create --output {}", p.display()))?,
+            )),
+            None => Box::new(std::io::stdout()),
+        };
+        Ok(Output {
+            format: args.format,
+            sink,
+            json: Vec::new(),
+            failed: 0,
+            succeeded: 0,
+        })
+    }
+
+    /// Record a result: `value` for json/jsonl, `text` for the text format.
+    pub fn ok(&mut self, item: &Item, value: Value, text: &str) -> anyhow::Result<()> {
+        self.succeeded += 1;
+        match self.format {
+            Format::Text => {
+                self.sink.write_all(text.as_bytes())?;
+                if !text.ends_with('\n') {
+                    self.sink.write_all(b"\n")?;
+                }
+            }
+            Format::Json => self.json.push(value),
+            Format::Jsonl => {
+                let line = serde_json::json!({"id": item.id, "result": value});
+                writeln!(self.sink, "{line}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Report a failed input on stderr (and as `null` in json output).
+    pub fn error(&mut self, item: &Item, message: &str) {
+        self.failed += 1;
+        eprintln!("error: {}: {message}", item.origin);
+        if self.format == Format::Json {
+            self.json.push(Value::Null);
+        }
+    }
+
+    /// Flush; for json, print the array.
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        if self.format == Format::Json {
+            let text = serde_json::to_string_pretty(&Value::Array(std::mem::take(&mut self.json)))?;
+            writeln!(self.sink, "{text}")?;
+        }
+        self.sink.flush()?;
+        Ok(())
+    }
+
+    /// The process exit code: 0 when every input succeeded, 1 otherwise.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        if self.failed == 0 {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// A progress bar on stderr for file input (drawn only when stderr is a terminal), and the
+/// closing one-line summary.
+pub struct Progress {
+    bar: ProgressBar,
+    start: Instant,
+    /// Tokens processed, for the summary.
+    pub tokens: usize,
+}
+
+impl Progress {
+    /// A bar over `len` texts, visible only when `show` and stderr is a terminal.
+    pub fn new(len: usize, show: bool) -> Self {
+        let bar = if show {
+            ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} texts [{elapsed_precise} < {eta}]")
+        {
+            bar.set_style(style);
+        }
+        Progress {
+            bar,
+            start: Instant::now(),
+            tokens: 0,
+        }
+    }
+
+    /// Count `n` more texts done.
+    pub fn inc(&self, n: usize) {
+        self.bar.inc(n as u64);
+    }
+
+    /// Clear the bar and print `N texts (F failed), T tokens, S s` on stderr.
+    pub fn finish(self, succeeded: usize, failed: usize) {
+        self.bar.finish_and_clear();
+        let secs = self.start.elapsed().as_secs_f64();
+        let failed_note = if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{} texts{failed_note}, {} tokens, {secs:.2} s",
+            succeeded + failed,
+            self.tokens
+        );
+    }
+}
+
+/// Run `run` over every readable input in chunks of `chunk` texts, writing each result with
+/// `render` (JSON value, text line) in input order. A chunk that fails is retried text by
+/// text, so one bad text costs only its own result. `tokens` reports the tokens processed so
+/// far, for the summary. Returns the exit code (1 when any input failed).
+pub fn process<T>(
+    args: &IoArgs,
+    chunk: usize,
+    mut run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
+    render: impl Fn(&T) -> (Value, String),
+    tokens: impl Fn() -> usize,
+) -> anyhow::Result<std::process::ExitCode> {
+    let items = read_inputs(args)?;
+    let mut output = Output::open(args)?;
+    let mut progress = Progress::new(items.len(), from_file(args));
+    for group in items.chunks(chunk.max(1)) {
+        let texts: Vec<&str> = group
+            .iter()
+            .filter_map(|i| i.text.as_deref().ok())
+            .collect();
+        let results: Vec<Result<T, String>> = match run(&texts) {
+            Ok(r) => r.into_iter().map(Ok).collect(),
+            Err(_) if texts.len() > 1 => texts
+                .iter()
+                .map(|t| {
+                    run(std::slice::from_ref(t))
+                        .map_err(|e| format!("{e:#}"))
+                        .and_then(|mut v| v.pop().ok_or_else(|| "no result".to_string()))
+                })
+                .collect(),
+            Err(e) => vec![Err(format!("{e:#}"))],
+        };
+        let mut results = results.into_iter();
+        for item in group {
+            match &item.text {
+                Err(why) => output.error(item, why),
+                Ok(_) => match results.next() {
+                    Some(Ok(r)) => {
+                        let (value, text) = render(&r);
+                        output.ok(item, value, &text)?;
+                    }
+                    Some(Err(why)) => output.error(item, &why),
+                    None => output.error(item, "no result"),
+                },
+            }
+        }
+        progress.inc(group.len());
+    }
+    progress.tokens = tokens();
+    let (code, succeeded, failed) = (output.exit_code(), output.succeeded, output.failed);
+    output.finish()?;
+    progress.finish(succeeded, failed);
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_become_items_with_per_line_errors() {
+        let good = parse_line(b"hello world", 1);
+        assert_eq!(good.text.unwrap(), "hello world");
+        let bad = parse_line(b"caf\xe9", 2);
+        assert!(bad.text.unwrap_err().contains("UTF-8"));
+        let json = parse_line(br#"{"id": "a7", "text": "Paris"}"#, 3);
+        assert_eq!(json.id, Value::from("a7"));
+        assert_eq!(json.text.unwrap(), "Paris");
+        let broken = parse_line(br#"{"id": 1, "text": "#, 4);
+        assert!(broken.text.unwrap_err().contains("malformed JSON"));
+        let crlf = parse_line(b"line\r", 5);
+        assert_eq!(crlf.text.unwrap(), "line");
+    }
+}
