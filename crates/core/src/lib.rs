@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod files;
 pub mod nn;
+pub mod testing;
 pub mod text;
 pub mod weights;
 

@@ -139,6 +139,9 @@ impl Batch {
 #[derive(Clone)]
 pub struct TextEncoder {
     tokenizer: Tokenizer,
+    /// The same tokenizer without its post-processor: windowing runs the post-processor once
+    /// per window itself (running it twice would trim byte-level offsets twice).
+    raw: Tokenizer,
     /// The longest input the model takes, when the checkpoint says.
     pub model_max_length: Option<usize>,
     /// The id used for padding.
@@ -213,8 +216,11 @@ impl TextEncoder {
             .model_max_length
             .filter(|&m| m > 0.0 && m < 1e9)
             .map(|m| m as usize);
+        let mut raw = tokenizer.clone();
+        raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         Ok(TextEncoder {
             tokenizer,
+            raw,
             model_max_length,
             pad_id,
         })
@@ -272,7 +278,7 @@ impl TextEncoder {
             )));
         }
         let mut e = self
-            .tokenizer
+            .raw
             .encode_char_offsets(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         e.truncate(room, stride, TruncationDirection::Right);
@@ -288,16 +294,21 @@ impl TextEncoder {
     /// Tokenize one text, keeping at most `max_len` tokens (special tokens included) from the
     /// start. Returns the encoding and whether anything was cut.
     pub fn encode_truncated(&self, text: &str, max_len: usize) -> Result<(Encoded, bool)> {
-        let full = self.encode(text)?;
-        if full.len() <= max_len {
-            return Ok((full, false));
+        let room = max_len.saturating_sub(self.num_special_tokens()).max(1);
+        let mut e = self
+            .raw
+            .encode_char_offsets(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let cut = e.len() > room;
+        if cut {
+            e.truncate(room, 0, TruncationDirection::Right);
+            e.take_overflowing();
         }
-        let first = self
-            .encode_windows(text, max_len, 0)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| Error::Tokenizer("truncation produced no tokens".into()))?;
-        Ok((first, true))
+        let e = self
+            .tokenizer
+            .post_process(e, None, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok((Encoded::from_encoding(&e), cut))
     }
 
     /// Tokenize and pad several texts; each is truncated to `max_len` tokens when given.

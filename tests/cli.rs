@@ -1,0 +1,147 @@
+//! End-to-end tests of the `trident` binary on the tiny fixtures: output formats, the
+//! bad-input cases (each gets a result or a per-line error, never a panic) and `doctor`.
+
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn fixture(name: &str) -> String {
+    trident::core::testing::fixture_dir(name).display().to_string()
+}
+
+fn trident(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .current_dir(std::env::temp_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or_default()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn tmp(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trident-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn help_and_doctor_work_from_another_directory() {
+    let help = trident(&["--help"], None);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in ["classify", "ner", "embed", "doctor"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
+    }
+    let doctor = trident(&["doctor", "--offline"], None);
+    let out = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{out}{}", stderr(&doctor));
+    assert!(out.contains("libtorch") && out.contains("2.13.0"), "{out}");
+    assert!(out.contains("model cache") && out.contains("offline mode"), "{out}");
+}
+
+#[test]
+fn ner_json_has_pipeline_fields() {
+    let o = trident(&["ner", "--model", &fixture("bert-tiny-ner"), "--device", "cpu", "--format", "json", "Angela Merkel met Emmanuel Macron in Berlin on Tuesday."], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let entities = v[0].as_array().unwrap();
+    assert!(!entities.is_empty());
+    for e in entities {
+        for key in ["entity_group", "score", "word", "start", "end"] {
+            assert!(e.get(key).is_some(), "missing {key} in {e}");
+        }
+    }
+    assert!(stderr(&o).contains("1 texts"), "summary line: {}", stderr(&o));
+}
+
+#[test]
+fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
+    let mut file = Vec::new();
+    file.extend_from_slice(b"{\"id\": \"a1\", \"text\": \"Angela Merkel visited Paris.\"}\n");
+    file.extend_from_slice(b"caf\xe9 au lait\n"); // invalid UTF-8
+    file.extend_from_slice(b"{\"id\": 7, \"text\": \n"); // malformed JSON
+    file.extend_from_slice(b"\n"); // empty text
+    file.extend_from_slice(b"   \t  \n"); // whitespace only
+    file.extend_from_slice("Zoë from 東京 loves 🍜 \u{1}\u{7} and rockets 🚀\n".as_bytes()); // emoji, CJK, control chars
+    let path = tmp("lines.jsonl", &file);
+    for (cmd, model) in [("ner", "bert-tiny-ner"), ("classify", "distilbert-tiny-sst2")] {
+        let o = trident(&[cmd, "--model", &fixture(model), "--device", "cpu", "--format", "jsonl", "--input", path.to_str().unwrap()], None);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("line 2") && err.contains("UTF-8"), "{cmd}: {err}");
+        assert!(err.contains("line 3") && err.contains("malformed JSON"), "{cmd}: {err}");
+        let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let ids: Vec<String> = lines.iter().map(|l| l["id"].to_string()).collect();
+        assert_eq!(ids, ["\"a1\"", "4", "5", "6"], "{cmd}: every readable line gets a result");
+        assert!(err.contains("6 texts (2 failed)"), "{cmd}: {err}");
+    }
+}
+
+#[test]
+fn a_one_megabyte_article_gets_a_result() {
+    let sentence = "Angela Merkel met Emmanuel Macron in Berlin on Tuesday. ";
+    let article: String = sentence.repeat(1_000_000 / sentence.len() + 1);
+    let o = trident(&["classify", "--model", &fixture("bert-tiny-sentiment"), "--device", "cpu", "--format", "json"], Some(article.as_bytes()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("truncated") || stderr(&o).contains("first"), "the cut is reported: {}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v[0]["label"].is_string());
+}
+
+#[test]
+fn broken_model_directories_get_clear_errors() {
+    let src = Path::new(&fixture("bert-tiny-ner")).to_path_buf();
+    let copy = |name: &str| {
+        let dir = std::env::temp_dir().join(format!("trident-broken-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
+        }
+        dir
+    };
+    let run = |dir: &Path| trident(&["ner", "--model", dir.to_str().unwrap(), "--device", "cpu", "Paris"], None);
+
+    let missing = copy("missing");
+    std::fs::remove_file(missing.join("model.safetensors")).unwrap();
+    let o = run(&missing);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing model.safetensors"), "{}", stderr(&o));
+
+    let truncated = copy("truncated");
+    let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
+    std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    let o = run(&truncated);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("truncated or corrupt"), "{}", stderr(&o));
+
+    let unsupported = copy("unsupported");
+    let config = std::fs::read_to_string(unsupported.join("config.json")).unwrap().replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
+    std::fs::write(unsupported.join("config.json"), config).unwrap();
+    let o = run(&unsupported);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("model_type 'llama'"), "{}", stderr(&o));
+    for s in [&o] {
+        assert!(!stderr(s).contains("panicked"), "{}", stderr(s));
+    }
+
+    let o = trident(&["ner", "--model", "./no/such/model", "Paris"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
+    let o = trident(&["ner", "--model", "org/not-cached-anywhere", "Paris"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("HF_HUB_OFFLINE"), "{}", stderr(&o));
+}
