@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn fixture(name: &str) -> String {
-    trident::core::testing::fixture_dir(name).display().to_string()
+    trident::core::testing::fixture_dir(name)
+        .display()
+        .to_string()
 }
 
 fn trident(args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -50,22 +52,42 @@ fn help_and_doctor_work_from_another_directory() {
     let out = String::from_utf8_lossy(&doctor.stdout);
     assert!(doctor.status.success(), "{out}{}", stderr(&doctor));
     assert!(out.contains("libtorch") && out.contains("2.13.0"), "{out}");
-    assert!(out.contains("model cache") && out.contains("offline mode"), "{out}");
+    assert!(
+        out.contains("model cache") && out.contains("offline mode"),
+        "{out}"
+    );
 }
 
 #[test]
 fn ner_json_has_pipeline_fields() {
-    let o = trident(&["ner", "--model", &fixture("bert-tiny-ner"), "--device", "cpu", "--format", "json", "Angela Merkel met Emmanuel Macron in Berlin on Tuesday."], None);
+    let o = trident(
+        &[
+            "ner",
+            "--model",
+            &fixture("bert-tiny-ner"),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "Angela Merkel met Emmanuel Macron in Berlin on Tuesday.",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
+    // A single text prints what transformers' pipeline returns for a string: the entity list.
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let entities = v[0].as_array().unwrap();
+    let entities = v.as_array().unwrap();
     assert!(!entities.is_empty());
     for e in entities {
         for key in ["entity_group", "score", "word", "start", "end"] {
             assert!(e.get(key).is_some(), "missing {key} in {e}");
         }
     }
-    assert!(stderr(&o).contains("1 texts"), "summary line: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 texts"),
+        "summary line: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -78,15 +100,44 @@ fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
     file.extend_from_slice(b"   \t  \n"); // whitespace only
     file.extend_from_slice("Zoë from 東京 loves 🍜 \u{1}\u{7} and rockets 🚀\n".as_bytes()); // emoji, CJK, control chars
     let path = tmp("lines.jsonl", &file);
-    for (cmd, model) in [("ner", "bert-tiny-ner"), ("classify", "distilbert-tiny-sst2")] {
-        let o = trident(&[cmd, "--model", &fixture(model), "--device", "cpu", "--format", "jsonl", "--input", path.to_str().unwrap()], None);
+    for (cmd, model) in [
+        ("ner", "bert-tiny-ner"),
+        ("classify", "distilbert-tiny-sst2"),
+    ] {
+        let o = trident(
+            &[
+                cmd,
+                "--model",
+                &fixture(model),
+                "--device",
+                "cpu",
+                "--format",
+                "jsonl",
+                "--input",
+                path.to_str().unwrap(),
+            ],
+            None,
+        );
         assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
         let err = stderr(&o);
-        assert!(err.contains("line 2") && err.contains("UTF-8"), "{cmd}: {err}");
-        assert!(err.contains("line 3") && err.contains("malformed JSON"), "{cmd}: {err}");
-        let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            err.contains("line 2") && err.contains("UTF-8"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("line 3") && err.contains("malformed JSON"),
+            "{cmd}: {err}"
+        );
+        let lines: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let ids: Vec<String> = lines.iter().map(|l| l["id"].to_string()).collect();
-        assert_eq!(ids, ["\"a1\"", "4", "5", "6"], "{cmd}: every readable line gets a result");
+        assert_eq!(
+            ids,
+            ["\"a1\"", "4", "5", "6"],
+            "{cmd}: every readable line gets a result"
+        );
         assert!(err.contains("6 texts (2 failed)"), "{cmd}: {err}");
     }
 }
@@ -95,9 +146,24 @@ fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
 fn a_one_megabyte_article_gets_a_result() {
     let sentence = "Angela Merkel met Emmanuel Macron in Berlin on Tuesday. ";
     let article: String = sentence.repeat(1_000_000 / sentence.len() + 1);
-    let o = trident(&["classify", "--model", &fixture("bert-tiny-sentiment"), "--device", "cpu", "--format", "json"], Some(article.as_bytes()));
+    let o = trident(
+        &[
+            "classify",
+            "--model",
+            &fixture("bert-tiny-sentiment"),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ],
+        Some(article.as_bytes()),
+    );
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("truncated") || stderr(&o).contains("first"), "the cut is reported: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("truncated") || stderr(&o).contains("first"),
+        "the cut is reported: {}",
+        stderr(&o)
+    );
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v[0]["label"].is_string());
 }
@@ -106,30 +172,57 @@ fn a_one_megabyte_article_gets_a_result() {
 fn broken_model_directories_get_clear_errors() {
     let src = Path::new(&fixture("bert-tiny-ner")).to_path_buf();
     let copy = |name: &str| {
-        let dir = std::env::temp_dir().join(format!("trident-broken-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("trident-broken-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for f in std::fs::read_dir(&src).unwrap().flatten() {
             std::fs::copy(f.path(), dir.join(f.file_name())).unwrap();
         }
         dir
     };
-    let run = |dir: &Path| trident(&["ner", "--model", dir.to_str().unwrap(), "--device", "cpu", "Paris"], None);
+    let run = |dir: &Path| {
+        trident(
+            &[
+                "ner",
+                "--model",
+                dir.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "Paris",
+            ],
+            None,
+        )
+    };
 
     let missing = copy("missing");
     std::fs::remove_file(missing.join("model.safetensors")).unwrap();
     let o = run(&missing);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("missing model.safetensors"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("missing model.safetensors"),
+        "{}",
+        stderr(&o)
+    );
 
     let truncated = copy("truncated");
     let bytes = std::fs::read(truncated.join("model.safetensors")).unwrap();
-    std::fs::write(truncated.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        truncated.join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
     let o = run(&truncated);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("truncated or corrupt"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("truncated or corrupt"),
+        "{}",
+        stderr(&o)
+    );
 
     let unsupported = copy("unsupported");
-    let config = std::fs::read_to_string(unsupported.join("config.json")).unwrap().replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
+    let config = std::fs::read_to_string(unsupported.join("config.json"))
+        .unwrap()
+        .replace("\"model_type\": \"bert\"", "\"model_type\": \"llama\"");
     std::fs::write(unsupported.join("config.json"), config).unwrap();
     let o = run(&unsupported);
     assert_eq!(o.status.code(), Some(2));
@@ -141,7 +234,78 @@ fn broken_model_directories_get_clear_errors() {
     let o = trident(&["ner", "--model", "./no/such/model", "Paris"], None);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("no such directory"), "{}", stderr(&o));
-    let o = trident(&["ner", "--model", "org/not-cached-anywhere", "Paris"], None);
+    let o = trident(
+        &["ner", "--model", "org/not-cached-anywhere", "Paris"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("HF_HUB_OFFLINE"), "{}", stderr(&o));
+}
+
+/// `trident ner|classify --format json "text"` prints what transformers' pipeline returns for
+/// the same checkpoint and text (scores to 1e-4).
+#[test]
+fn json_output_equals_the_transformers_pipeline() {
+    use trident::core::testing::{json_close, reference};
+    let r = reference("bert-tiny-ner").unwrap();
+    let long = r["long_text"].as_str().unwrap();
+    let mut checked = 0;
+    for case in r["pipelines"]["token-classification"].as_array().unwrap() {
+        let (Some(text), Some(strategy)) = (
+            case["input"].as_str(),
+            case["kwargs"]["aggregation_strategy"].as_str(),
+        ) else {
+            continue;
+        };
+        if text == long || text.trim().is_empty() || case["kwargs"].as_object().unwrap().len() != 1
+        {
+            continue;
+        }
+        let o = trident(
+            &[
+                "ner",
+                "--model",
+                &fixture("bert-tiny-ner"),
+                "--device",
+                "cpu",
+                "--format",
+                "json",
+                "--aggregation",
+                strategy,
+                text,
+            ],
+            None,
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let actual: Value = serde_json::from_slice(&o.stdout).unwrap();
+        json_close(&actual, &case["output"], 1e-4)
+            .unwrap_or_else(|e| panic!("ner {strategy} {text:?}: {e}"));
+        checked += 1;
+        if checked >= 10 {
+            break;
+        }
+    }
+    assert!(checked >= 5);
+    let r = reference("distilbert-tiny-sst2").unwrap();
+    let case = r["pipelines"]["text-classification"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kwargs"].as_object().unwrap().is_empty() && c["input"].is_string())
+        .unwrap();
+    let o = trident(
+        &[
+            "classify",
+            "--model",
+            &fixture("distilbert-tiny-sst2"),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            case["input"].as_str().unwrap(),
+        ],
+        None,
+    );
+    let actual: Value = serde_json::from_slice(&o.stdout).unwrap();
+    json_close(&actual, &case["output"], 1e-4).unwrap();
 }

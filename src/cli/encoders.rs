@@ -1,9 +1,9 @@
 //! `trident classify` (alias `sentiment`), `trident ner` and `trident embed`.
 
 use super::common::ModelArgs;
-use super::io::{process, IoArgs};
+use super::io::{process, IoArgs, Rendered};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::ExitCode;
 use trident_bert::{
     Aggregation, ClassifyOptions, Embedder, Entity, Label, NerOptions, PipelineOptions,
@@ -54,18 +54,19 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         function: None,
     };
     let classifier = TextClassifier::from_pretrained(&files, options)?;
-    let render = |labels: &Vec<Label>| -> (Value, String) {
+    let render = |labels: &Vec<Label>| -> Rendered {
         let text = labels
             .iter()
             .map(|l| format!("{}\t{:.4}", l.label, l.score))
             .collect::<Vec<_>>()
             .join("\t");
-        // Without --top-k, transformers returns the best label as a dict, not a list.
-        let value = match (top_k, labels.first()) {
-            (None, Some(best)) => json!(best),
-            _ => json!(labels),
+        // Without --top-k, transformers returns the best label of each text of a list as a
+        // dict, and `[dict]` for a single string.
+        let (value, alone) = match (top_k, labels.first()) {
+            (None, Some(best)) => (json!(best), Some(json!([best]))),
+            _ => (json!(labels), None),
         };
-        (value, text)
+        Rendered { value, alone, text }
     };
     process(
         &args.io,
@@ -109,7 +110,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
         ignore_labels: args.ignore_labels,
     };
     let ner = TokenClassifier::from_pretrained(&files, options)?;
-    let render = |entities: &Vec<Entity>| -> (Value, String) {
+    let render = |entities: &Vec<Entity>| -> Rendered {
         let lines: Vec<String> = entities
             .iter()
             .map(|e| match e {
@@ -135,7 +136,11 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
         } else {
             lines.join("\n")
         };
-        (json!(entities), text + "\n")
+        Rendered {
+            value: json!(entities),
+            alone: None,
+            text: text + "\n",
+        }
     };
     process(
         &args.io,
@@ -162,14 +167,18 @@ pub const EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(EMBED_MODEL)?;
     let embedder = Embedder::from_pretrained(&files, pipeline_options(&args.model))?;
-    let render = |e: &trident_bert::Embedding| -> (Value, String) {
+    let render = |e: &trident_bert::Embedding| -> Rendered {
         let text = e
             .embedding
             .iter()
             .map(|x| format!("{x:.6}"))
             .collect::<Vec<_>>()
             .join(" ");
-        (json!(e), text)
+        Rendered {
+            value: json!(e),
+            alone: None,
+            text,
+        }
     };
     process(
         &args.io,

@@ -158,11 +158,25 @@ pub fn from_file(args: &IoArgs) -> bool {
     args.texts.is_empty() && args.input.as_ref().is_some_and(|p| p.as_os_str() != "-")
 }
 
+/// One result as each output format shows it.
+pub struct Rendered {
+    /// The input's element in `json` output (and the `result` of `jsonl`).
+    pub value: Value,
+    /// What `json` prints instead when this is the only input, so that a single text prints
+    /// exactly what transformers' pipeline returns for a single string (which may differ
+    /// from its element in a list, e.g. `[{label, score}]` vs `{label, score}`).
+    /// `None`: the value itself.
+    pub alone: Option<Value>,
+    /// The `text` format.
+    pub text: String,
+}
+
 /// Writes results in the chosen format and counts failures.
 pub struct Output {
     format: Format,
     sink: Box<dyn Write>,
     json: Vec<Value>,
+    alone: Option<Value>,
     /// Inputs that failed.
     pub failed: usize,
     /// Inputs that succeeded.
@@ -183,24 +197,28 @@ impl Output {
             format: args.format,
             sink,
             json: Vec::new(),
+            alone: None,
             failed: 0,
             succeeded: 0,
         })
     }
 
-    /// Record a result: `value` for json/jsonl, `text` for the text format.
-    pub fn ok(&mut self, item: &Item, value: Value, text: &str) -> anyhow::Result<()> {
+    /// Record a result.
+    pub fn ok(&mut self, item: &Item, result: Rendered) -> anyhow::Result<()> {
         self.succeeded += 1;
         match self.format {
             Format::Text => {
-                self.sink.write_all(text.as_bytes())?;
-                if !text.ends_with('\n') {
+                self.sink.write_all(result.text.as_bytes())?;
+                if !result.text.ends_with('\n') {
                     self.sink.write_all(b"\n")?;
                 }
             }
-            Format::Json => self.json.push(value),
+            Format::Json => {
+                self.alone = Some(result.alone.unwrap_or_else(|| result.value.clone()));
+                self.json.push(result.value);
+            }
             Format::Jsonl => {
-                let line = serde_json::json!({"id": item.id, "result": value});
+                let line = serde_json::json!({"id": item.id, "result": result.value});
                 writeln!(self.sink, "{line}")?;
             }
         }
@@ -219,8 +237,12 @@ impl Output {
     /// Flush; for json, print the array.
     pub fn finish(mut self) -> anyhow::Result<()> {
         if self.format == Format::Json {
-            let text = serde_json::to_string_pretty(&Value::Array(std::mem::take(&mut self.json)))?;
-            writeln!(self.sink, "{text}")?;
+            // A single input prints what the pipeline returns for a string; several, a list.
+            let value = match (self.succeeded + self.failed, self.alone.take()) {
+                (1, Some(alone)) => alone,
+                _ => Value::Array(std::mem::take(&mut self.json)),
+            };
+            writeln!(self.sink, "{}", serde_json::to_string_pretty(&value)?)?;
         }
         self.sink.flush()?;
         Ok(())
@@ -288,14 +310,14 @@ impl Progress {
 }
 
 /// Run `run` over every readable input in chunks of `chunk` texts, writing each result with
-/// `render` (JSON value, text line) in input order. A chunk that fails is retried text by
+/// `render` in input order. A chunk that fails is retried text by
 /// text, so one bad text costs only its own result. `tokens` reports the tokens processed so
 /// far, for the summary. Returns the exit code (1 when any input failed).
 pub fn process<T>(
     args: &IoArgs,
     chunk: usize,
     mut run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
-    render: impl Fn(&T) -> (Value, String),
+    render: impl Fn(&T) -> Rendered,
     tokens: impl Fn() -> usize,
 ) -> anyhow::Result<std::process::ExitCode> {
     let items = read_inputs(args)?;
@@ -323,10 +345,7 @@ pub fn process<T>(
             match &item.text {
                 Err(why) => output.error(item, why),
                 Ok(_) => match results.next() {
-                    Some(Ok(r)) => {
-                        let (value, text) = render(&r);
-                        output.ok(item, value, &text)?;
-                    }
+                    Some(Ok(r)) => output.ok(item, render(&r))?,
                     Some(Err(why)) => output.error(item, &why),
                     None => output.error(item, "no result"),
                 },
