@@ -17,8 +17,7 @@ run_task() { # title, command, default model, local fallback, extra args...
     rm -f "$err"
     return
   fi
-  echo "($model is not available here: $(grep -m1 -E 'error' "$err" | cut -c1-160)"
-  echo " running the local checkpoint $fallback instead, whose weights are random: the output shows the pipeline, not real predictions)"
+  echo "($model is neither in the HF cache nor downloadable here; running the local $fallback instead, whose random weights show the pipeline, not real predictions)"
   rm -f "$err"
   "$BIN" "$cmd" --model "$fallback" --input "$ARTICLE" "$@"
 }

@@ -12,6 +12,7 @@ fn main() -> std::process::ExitCode {
         .with_max_level(tracing::Level::WARN)
         .without_time()
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli::run(args) {
         Ok(code) => code,

@@ -54,12 +54,13 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         function: None,
     };
     let classifier = TextClassifier::from_pretrained(&files, options)?;
-    let render = |labels: &Vec<Label>| -> Rendered {
-        let text = labels
+    let render = |input: &str, labels: &Vec<Label>| -> Rendered {
+        let scores = labels
             .iter()
             .map(|l| format!("{}\t{:.4}", l.label, l.score))
             .collect::<Vec<_>>()
             .join("\t");
+        let text = format!("{scores}\t{}", preview(input));
         // Without --top-k, transformers returns the best label of each text of a list as a
         // dict, and `[dict]` for a single string.
         let (value, alone) = match (top_k, labels.first()) {
@@ -75,6 +76,15 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
         render,
         || classifier.tokens_processed(),
     )
+}
+
+/// The start of a text on one line, for the text format.
+fn preview(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
+    }
 }
 
 /// Options of `trident ner`.
@@ -110,7 +120,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
         ignore_labels: args.ignore_labels,
     };
     let ner = TokenClassifier::from_pretrained(&files, options)?;
-    let render = |entities: &Vec<Entity>| -> Rendered {
+    let render = |_: &str, entities: &Vec<Entity>| -> Rendered {
         let lines: Vec<String> = entities
             .iter()
             .map(|e| match e {
@@ -139,7 +149,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
         Rendered {
             value: json!(entities),
             alone: None,
-            text: text + "\n",
+            text: text + "\n\n",
         }
     };
     process(
@@ -167,7 +177,7 @@ pub const EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(EMBED_MODEL)?;
     let embedder = Embedder::from_pretrained(&files, pipeline_options(&args.model))?;
-    let render = |e: &trident_bert::Embedding| -> Rendered {
+    let render = |_: &str, e: &trident_bert::Embedding| -> Rendered {
         let text = e
             .embedding
             .iter()

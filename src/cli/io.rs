@@ -310,14 +310,14 @@ impl Progress {
 }
 
 /// Run `run` over every readable input in chunks of `chunk` texts, writing each result with
-/// `render` in input order. A chunk that fails is retried text by
+/// `render(text, result)` in input order. A chunk that fails is retried text by
 /// text, so one bad text costs only its own result. `tokens` reports the tokens processed so
 /// far, for the summary. Returns the exit code (1 when any input failed).
 pub fn process<T>(
     args: &IoArgs,
     chunk: usize,
     mut run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
-    render: impl Fn(&T) -> Rendered,
+    render: impl Fn(&str, &T) -> Rendered,
     tokens: impl Fn() -> usize,
 ) -> anyhow::Result<std::process::ExitCode> {
     let items = read_inputs(args)?;
@@ -344,8 +344,8 @@ pub fn process<T>(
         for item in group {
             match &item.text {
                 Err(why) => output.error(item, why),
-                Ok(_) => match results.next() {
-                    Some(Ok(r)) => output.ok(item, render(&r))?,
+                Ok(text) => match results.next() {
+                    Some(Ok(r)) => output.ok(item, render(text, &r))?,
                     Some(Err(why)) => output.error(item, &why),
                     None => output.error(item, "no result"),
                 },
