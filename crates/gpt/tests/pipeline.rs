@@ -1,0 +1,323 @@
+//! The text-generation pipeline's own behaviour on the tiny GPT-2 fixture: reproducible
+//! sampling, stop strings, `--show-probs`, and bad input (empty and huge prompts,
+//! `max_new_tokens` 0 or beyond the context, temperature 0 when sampling, a model that is not
+//! GPT-2) giving a clear error or a sensible result.
+
+use serde_json::Value;
+use tch::{Kind, Tensor};
+use trident_core::generation::{generate, GenerationConfig, GenerationOptions};
+use trident_core::testing::{fixture_dir, reference};
+use trident_core::text::{Batch, PaddingSide};
+use trident_core::{DeviceChoice, Error, ModelFiles};
+use trident_gpt::{GenerateOptions, TextGenerator};
+
+const PROMPT: &str = "The United Nations said";
+
+fn load(generation: GenerationOptions, show_probs: Option<usize>) -> Result<TextGenerator, Error> {
+    let options = GenerateOptions {
+        device: DeviceChoice::Cpu,
+        batch_size: 4,
+        generation,
+        return_full_text: true,
+        show_probs,
+    };
+    TextGenerator::from_pretrained(&ModelFiles::local(fixture_dir("gpt2-tiny"))?, options)
+}
+
+fn new_tokens(n: usize) -> GenerationOptions {
+    GenerationOptions {
+        max_new_tokens: Some(n),
+        ..Default::default()
+    }
+}
+
+fn sampling(seed: u64) -> GenerationOptions {
+    GenerationOptions {
+        do_sample: Some(true),
+        seed: Some(seed),
+        num_return_sequences: Some(3),
+        ..new_tokens(20)
+    }
+}
+
+/// transformers' greedy continuation of PROMPT (20 new ids) from the fixture.
+fn greedy_reference() -> (Vec<i64>, Vec<i64>) {
+    let r = reference("gpt2-tiny").unwrap();
+    let case = r["generate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "greedy")
+        .unwrap();
+    assert_eq!(case["texts"][0], PROMPT);
+    let prompt: Vec<Vec<i64>> = serde_json::from_value(case["input_ids"].clone()).unwrap();
+    let out: Vec<Vec<i64>> = serde_json::from_value(case["output_ids"].clone()).unwrap();
+    let p = prompt[0].len();
+    (prompt[0].clone(), out[0][p..].to_vec())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_samples() {
+    let g = load(sampling(7), None).unwrap();
+    assert_eq!(
+        g.generation_config().temperature,
+        0.7,
+        "transformers' pipeline temperature"
+    );
+    let a = g.run(&[PROMPT, "Hello"]).unwrap();
+    let b = g.run(&[PROMPT, "Hello"]).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a[0].len(), 3, "num_return_sequences");
+    assert!(a[0].iter().all(|t| t.generated_text.starts_with(PROMPT)));
+    assert!(
+        a[0][0] != a[0][1] || a[0][1] != a[0][2],
+        "three samples, all the same: {:?}",
+        a[0]
+    );
+    let other = load(sampling(8), None)
+        .unwrap()
+        .run(&[PROMPT, "Hello"])
+        .unwrap();
+    assert_ne!(a, other, "another seed gives other samples");
+}
+
+#[test]
+fn generation_stops_at_a_stop_string() {
+    let (_, greedy) = greedy_reference();
+    let g = load(new_tokens(20), None).unwrap();
+    let full = g.tokenizer().decode(&greedy, true).unwrap();
+    // A stop string inside the greedy continuation, not at its start.
+    let stop = "BC";
+    let at = full
+        .find(stop)
+        .expect("the greedy continuation contains the stop string");
+    assert!(at > 0);
+    // Generation ends with the token that completes the stop string.
+    let n = (1..=greedy.len())
+        .find(|&n| {
+            g.tokenizer()
+                .decode(&greedy[..n], true)
+                .unwrap()
+                .contains(stop)
+        })
+        .unwrap();
+    let expected = g.tokenizer().decode(&greedy[..n], true).unwrap();
+    let stopped = load(
+        GenerationOptions {
+            stop_strings: vec![stop.into()],
+            ..new_tokens(20)
+        },
+        None,
+    )
+    .unwrap()
+    .run(&[PROMPT])
+    .unwrap();
+    assert_eq!(stopped[0][0].generated_text, format!("{PROMPT}{expected}"));
+    assert_eq!(stopped[0][0].generated_tokens, n);
+    assert!(n < greedy.len());
+}
+
+#[test]
+fn show_probs_reports_the_models_top_tokens_per_step() {
+    let (prompt_ids, greedy) = greedy_reference();
+    let g = load(new_tokens(6), Some(5)).unwrap();
+    let mut streamed_steps = 0;
+    let out = g
+        .run_streaming(&[PROMPT], &mut |p| {
+            streamed_steps += usize::from(p.step.is_some());
+            Ok(())
+        })
+        .unwrap();
+    let steps = out[0][0].steps.as_ref().unwrap();
+    assert_eq!(steps.len(), 6);
+    assert_eq!(
+        streamed_steps, 6,
+        "every step is streamed with its probabilities"
+    );
+    let ids: Vec<i64> = steps.iter().map(|s| s.id).collect();
+    assert_eq!(ids, greedy[..6], "the steps are the greedy tokens");
+    for s in steps {
+        assert_eq!(s.top.len(), 5);
+        assert_eq!(s.top[0].id, s.id, "greedy takes the most probable token");
+        assert_eq!(s.top[0].probability, s.probability);
+        assert_eq!(s.token, g.tokenizer().decode(&[s.id], false).unwrap());
+        assert!(s
+            .top
+            .windows(2)
+            .all(|w| w[0].probability >= w[1].probability));
+        let sum: f32 = s.top.iter().map(|t| t.probability).sum();
+        assert!(sum > 0.0 && sum <= 1.0 + 1e-5, "{sum}");
+    }
+    // The first step's numbers are the softmax of the model's last-position logits.
+    let ids = Tensor::from_slice(&prompt_ids).view([1, -1]);
+    let logits = g
+        .model()
+        .forward(&ids, &ids.ones_like())
+        .unwrap()
+        .select(1, -1)
+        .squeeze();
+    let probs = logits.softmax(-1, Kind::Float);
+    for t in &steps[0].top {
+        let p = probs.double_value(&[t.id]) as f32;
+        assert!((p - t.probability).abs() < 1e-6, "{} vs {p}", t.probability);
+    }
+    // In JSON, the steps come after generated_text.
+    let v: Value = serde_json::to_value(&out[0][0]).unwrap();
+    assert_eq!(v["steps"][0]["top"].as_array().unwrap().len(), 5);
+
+    let err = load(new_tokens(6), Some(0)).err().unwrap().to_string();
+    assert!(err.contains("show_probs"), "{err}");
+    let beams = GenerationOptions {
+        num_beams: Some(3),
+        ..new_tokens(6)
+    };
+    let err = load(beams, Some(3)).err().unwrap().to_string();
+    assert!(err.contains("beam"), "{err}");
+}
+
+#[test]
+fn an_empty_prompt_starts_from_bos() {
+    let g = load(new_tokens(8), None).unwrap();
+    let out = g.run(&[""]).unwrap();
+    let text = &out[0][0].generated_text;
+    assert_eq!(out[0][0].generated_tokens, 8);
+    // The same as generating from the BOS id itself.
+    let bos = g.model().config().bos_id().unwrap();
+    let input_ids = Tensor::from_slice(&[bos]).view([1, 1]);
+    let batch = Batch {
+        attention_mask: input_ids.ones_like(),
+        token_type_ids: input_ids.zeros_like(),
+        input_ids,
+        encodings: Vec::new(),
+        padding_side: PaddingSide::Left,
+    };
+    let seq = generate(g.model(), &batch, g.generation_config()).unwrap();
+    let expected = g.tokenizer().decode(seq[0].generated(), true).unwrap();
+    assert_eq!(text, &expected);
+    assert!(!text.is_empty());
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_keeps_its_end() {
+    // min_new_tokens keeps EOS away, so that all 10 new tokens need the room left for them.
+    let g = load(
+        GenerationOptions {
+            min_new_tokens: Some(10),
+            ..new_tokens(10)
+        },
+        None,
+    )
+    .unwrap();
+    assert_eq!(g.max_prompt_tokens(), 128 - 10);
+    let long = "The United Nations said that ".repeat(4000); // > 100,000 characters
+    assert!(long.len() > 100_000);
+    let full = g.tokenizer().encode(&long).unwrap();
+    let (kept, truncated) = g.encode_prompt(&long).unwrap();
+    assert!(truncated);
+    assert_eq!(kept.ids, full.ids[full.ids.len() - 118..]);
+    let out = g.run(&[long.as_str()]).unwrap();
+    assert!(out[0][0].prompt_truncated);
+    assert_eq!(out[0][0].generated_tokens, 10);
+    // The whole prompt, then the continuation of its last 118 tokens.
+    let input_ids = Tensor::from_slice(&kept.ids).view([1, -1]);
+    let batch = Batch {
+        attention_mask: input_ids.ones_like(),
+        token_type_ids: input_ids.zeros_like(),
+        input_ids,
+        encodings: Vec::new(),
+        padding_side: PaddingSide::Left,
+    };
+    let seq = generate(g.model(), &batch, g.generation_config()).unwrap();
+    let continuation = g.tokenizer().decode(seq[0].generated(), true).unwrap();
+    assert_eq!(out[0][0].generated_text, format!("{long}{continuation}"));
+    let (short, cut) = g.encode_prompt(PROMPT).unwrap();
+    assert!(!cut && short.len() == 6);
+}
+
+#[test]
+fn zero_new_tokens_returns_the_prompt() {
+    let g = load(new_tokens(0), None).unwrap();
+    let out = g.run(&[PROMPT]).unwrap();
+    assert_eq!(out[0][0].generated_text, PROMPT);
+    assert_eq!(out[0][0].generated_tokens, 0);
+    let options = GenerateOptions {
+        device: DeviceChoice::Cpu,
+        return_full_text: false,
+        generation: new_tokens(0),
+        ..Default::default()
+    };
+    let g = TextGenerator::from_pretrained(
+        &ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(),
+        options,
+    )
+    .unwrap();
+    assert_eq!(g.run(&[PROMPT]).unwrap()[0][0].generated_text, "");
+}
+
+#[test]
+fn bad_options_and_models_are_clear_errors() {
+    let err = |o: GenerationOptions| load(o, None).err().unwrap().to_string();
+    let e = err(GenerationOptions {
+        do_sample: Some(true),
+        temperature: Some(0.0),
+        ..new_tokens(5)
+    });
+    assert!(e.contains("temperature") && e.contains("greedy"), "{e}");
+    let e = err(new_tokens(128));
+    assert!(
+        e.contains("max_new_tokens 128") && e.contains("context"),
+        "{e}"
+    );
+    let e = err(GenerationOptions {
+        max_length: Some(500),
+        ..Default::default()
+    });
+    assert!(e.contains("max_length 500"), "{e}");
+    let e = err(GenerationOptions {
+        top_p: Some(1.5),
+        ..new_tokens(5)
+    });
+    assert!(e.contains("top_p"), "{e}");
+    // Temperature 0 without sampling is unused, as in transformers.
+    load(
+        GenerationOptions {
+            temperature: Some(0.0),
+            ..new_tokens(2)
+        },
+        None,
+    )
+    .unwrap();
+
+    let bert = TextGenerator::from_pretrained(
+        &ModelFiles::local(fixture_dir("bert-tiny-ner")).unwrap(),
+        GenerateOptions {
+            device: DeviceChoice::Cpu,
+            ..Default::default()
+        },
+    );
+    let e = bert.err().unwrap().to_string();
+    assert!(e.contains("not GPT-2"), "{e}");
+    let zero = GenerateOptions {
+        device: DeviceChoice::Cpu,
+        batch_size: 0,
+        ..Default::default()
+    };
+    let e =
+        TextGenerator::from_pretrained(&ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(), zero)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(e.contains("batch size"), "{e}");
+}
+
+#[test]
+fn defaults_follow_the_checkpoint_then_the_pipeline() {
+    let g = load(GenerationOptions::default(), None).unwrap();
+    let c: &GenerationConfig = g.generation_config();
+    // transformers' pipeline default is 256 new tokens; the fixture's context is 128, so half
+    // of it is left for the prompt.
+    assert_eq!(c.max_new_tokens, Some(64));
+    assert_eq!(g.max_prompt_tokens(), 64);
+    assert!(!c.do_sample, "greedy unless asked");
+    assert_eq!(c.eos_token_ids, vec![999], "generation_config.json");
+}
