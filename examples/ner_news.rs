@@ -11,12 +11,19 @@ use trident::core::{HubOptions, ModelFiles};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().unwrap_or_else(|| "dslim/bert-base-NER".to_string());
-    let path = args.next().unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/news_article.txt").to_string());
+    let model = args
+        .next()
+        .unwrap_or_else(|| "dslim/bert-base-NER".to_string());
+    let path = args.next().unwrap_or_else(|| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/news_article.txt").to_string()
+    });
     let article = std::fs::read_to_string(&path)?;
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
-    let options = NerOptions { aggregation: Aggregation::Simple, ..Default::default() };
+    let options = NerOptions {
+        aggregation: Aggregation::Simple,
+        ..Default::default()
+    };
     let ner = TokenClassifier::from_pretrained(&files, options)?;
 
     // The whole article at once: texts longer than the model's limit are windowed.

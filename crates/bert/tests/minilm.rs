@@ -8,28 +8,54 @@ use trident_core::{DeviceChoice, ModelFiles, TextEncoder};
 
 fn model_dir() -> std::path::PathBuf {
     let dir = fixture_dir("all-MiniLM-L6-v2");
-    assert!(dir.join("model.safetensors").is_file(), "{} is missing: run `make weights` (scripts/setup-minilm.sh)", dir.display());
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "{} is missing: run `make weights` (scripts/setup-minilm.sh)",
+        dir.display()
+    );
     dir
 }
 
 #[test]
 fn embeddings_match_sentence_transformers() {
     let r = reference("minilm").unwrap();
-    let sentences: Vec<&str> = r["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    let sentences: Vec<&str> = r["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
     let expected: Vec<Vec<f32>> = {
         let shape = r["embeddings"]["shape"].as_array().unwrap();
         let dim = shape[1].as_u64().unwrap() as usize;
-        let flat: Vec<f32> = r["embeddings"]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let flat: Vec<f32> = r["embeddings"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         flat.chunks(dim).map(<[f32]>::to_vec).collect()
     };
     let files = ModelFiles::local(model_dir()).unwrap();
-    let embedder = Embedder::from_pretrained(&files, PipelineOptions { device: DeviceChoice::Cpu, batch_size: 5 }).unwrap();
+    let embedder = Embedder::from_pretrained(
+        &files,
+        PipelineOptions {
+            device: DeviceChoice::Cpu,
+            batch_size: 5,
+        },
+    )
+    .unwrap();
     let ours = embedder.run(&sentences).unwrap();
     assert_eq!(ours.len(), expected.len());
     for ((s, a), e) in sentences.iter().zip(&ours).zip(&expected) {
         let cos = cosine_similarity(&a.embedding, e);
         assert!(cos >= 0.99999, "{s:?}: cosine {cos}");
-        let max_diff = a.embedding.iter().zip(e).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let max_diff = a
+            .embedding
+            .iter()
+            .zip(e)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(max_diff < 1e-4, "{s:?}: max abs difference {max_diff}");
     }
     // The tokenizer agrees too.

@@ -6,20 +6,31 @@ use serde_json::{json, Value};
 use tch::Device;
 use trident_bert::heads::{SequenceClassificationModel, TokenClassificationModel};
 use trident_bert::pipelines::classify::ScoreFunction;
-use trident_bert::{Aggregation, ClassifyOptions, EncoderConfig, NerOptions, PipelineOptions, TextClassifier, TokenClassifier};
+use trident_bert::{
+    Aggregation, ClassifyOptions, EncoderConfig, NerOptions, PipelineOptions, TextClassifier,
+    TokenClassifier,
+};
 use trident_core::testing::{assert_close, fixture_dir, int_tensor, json_close, reference, tensor};
 use trident_core::text::{Batch, PaddingSide};
 use trident_core::{DeviceChoice, ModelFiles, TextEncoder};
 
 const NER: &[&str] = &["bert-tiny-ner", "distilbert-tiny-ner", "roberta-tiny-ner"];
-const CLASSIFY: &[&str] = &["bert-tiny-sentiment", "bert-tiny-multilabel", "distilbert-tiny-sst2", "roberta-tiny-sentiment"];
+const CLASSIFY: &[&str] = &[
+    "bert-tiny-sentiment",
+    "bert-tiny-multilabel",
+    "distilbert-tiny-sst2",
+    "roberta-tiny-sentiment",
+];
 
 fn files(name: &str) -> ModelFiles {
     ModelFiles::local(fixture_dir(name)).unwrap()
 }
 
 fn cpu(batch_size: usize) -> PipelineOptions {
-    PipelineOptions { device: DeviceChoice::Cpu, batch_size }
+    PipelineOptions {
+        device: DeviceChoice::Cpu,
+        batch_size,
+    }
 }
 
 #[test]
@@ -31,7 +42,8 @@ fn tokenization_matches_the_fast_tokenizer() {
             let text = e["text"].as_str().unwrap();
             let ours = tok.encode(text).unwrap();
             let ids: Vec<i64> = serde_json::from_value(e["input_ids"].clone()).unwrap();
-            let offsets: Vec<(usize, usize)> = serde_json::from_value(e["offsets"].clone()).unwrap();
+            let offsets: Vec<(usize, usize)> =
+                serde_json::from_value(e["offsets"].clone()).unwrap();
             let tokens: Vec<String> = serde_json::from_value(e["tokens"].clone()).unwrap();
             assert_eq!(ours.ids, ids, "{name}: ids of {text:?}");
             assert_eq!(ours.offsets, offsets, "{name}: offsets of {text:?}");
@@ -43,8 +55,18 @@ fn tokenization_matches_the_fast_tokenizer() {
 fn reference_batch(r: &Value) -> Batch {
     let b = &r["batch"];
     let input_ids = int_tensor(&b["input_ids"]).unwrap();
-    let token_type_ids = if b["token_type_ids"].is_array() { int_tensor(&b["token_type_ids"]).unwrap() } else { input_ids.zeros_like() };
-    Batch { input_ids, attention_mask: int_tensor(&b["attention_mask"]).unwrap(), token_type_ids, encodings: Vec::new(), padding_side: PaddingSide::Right }
+    let token_type_ids = if b["token_type_ids"].is_array() {
+        int_tensor(&b["token_type_ids"]).unwrap()
+    } else {
+        input_ids.zeros_like()
+    };
+    Batch {
+        input_ids,
+        attention_mask: int_tensor(&b["attention_mask"]).unwrap(),
+        token_type_ids,
+        encodings: Vec::new(),
+        padding_side: PaddingSide::Right,
+    }
 }
 
 #[test]
@@ -56,32 +78,72 @@ fn logits_and_hidden_states_match_transformers() {
         let batch = reference_batch(&r);
         let (logits, hidden) = if NER.contains(name) {
             let m = TokenClassificationModel::load(&files, &config, Device::Cpu).unwrap();
-            (m.forward(&batch).unwrap(), m.encoder.forward(&batch.input_ids, &batch.attention_mask, Some(&batch.token_type_ids)).unwrap())
+            (
+                m.forward(&batch).unwrap(),
+                m.encoder
+                    .forward(
+                        &batch.input_ids,
+                        &batch.attention_mask,
+                        Some(&batch.token_type_ids),
+                    )
+                    .unwrap(),
+            )
         } else {
             let m = SequenceClassificationModel::load(&files, &config, Device::Cpu).unwrap();
-            (m.forward(&batch).unwrap(), m.encoder.forward(&batch.input_ids, &batch.attention_mask, Some(&batch.token_type_ids)).unwrap())
+            (
+                m.forward(&batch).unwrap(),
+                m.encoder
+                    .forward(
+                        &batch.input_ids,
+                        &batch.attention_mask,
+                        Some(&batch.token_type_ids),
+                    )
+                    .unwrap(),
+            )
         };
-        assert_close(&logits, &tensor(&r["batch"]["logits"]).unwrap(), 1e-4, &format!("{name}: logits"));
+        assert_close(
+            &logits,
+            &tensor(&r["batch"]["logits"]).unwrap(),
+            1e-4,
+            &format!("{name}: logits"),
+        );
         let first8 = hidden.narrow(2, 0, 8);
-        assert_close(&first8, &tensor(&r["batch"]["last_hidden_state_first8"]).unwrap(), 1e-4, &format!("{name}: hidden states"));
+        assert_close(
+            &first8,
+            &tensor(&r["batch"]["last_hidden_state_first8"]).unwrap(),
+            1e-4,
+            &format!("{name}: hidden states"),
+        );
     }
 }
 
 fn ner_options(kwargs: &Value) -> NerOptions {
-    let mut o = NerOptions { pipeline: cpu(kwargs["batch_size"].as_u64().unwrap_or(8) as usize), ..Default::default() };
+    let mut o = NerOptions {
+        pipeline: cpu(kwargs["batch_size"].as_u64().unwrap_or(8) as usize),
+        ..Default::default()
+    };
     if let Some(a) = kwargs["aggregation_strategy"].as_str() {
         o.aggregation = a.parse::<Aggregation>().unwrap();
     }
     o.stride = kwargs["stride"].as_u64().map(|s| s as usize);
     if let Some(labels) = kwargs["ignore_labels"].as_array() {
-        o.ignore_labels = labels.iter().map(|l| l.as_str().unwrap().to_string()).collect();
+        o.ignore_labels = labels
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
     }
     o
 }
 
 fn as_inputs(input: &Value) -> (Vec<String>, bool) {
     match input {
-        Value::Array(items) => (items.iter().map(|t| t.as_str().unwrap().to_string()).collect(), true),
+        Value::Array(items) => (
+            items
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect(),
+            true,
+        ),
         other => (vec![other.as_str().unwrap().to_string()], false),
     }
 }
@@ -93,17 +155,30 @@ fn ner_pipeline_matches_transformers_for_every_strategy() {
         let files = files(name);
         let mut checked = 0;
         for case in r["pipelines"]["token-classification"].as_array().unwrap() {
-            let pipeline = TokenClassifier::from_pretrained(&files, ner_options(&case["kwargs"])).unwrap();
+            let pipeline =
+                TokenClassifier::from_pretrained(&files, ner_options(&case["kwargs"])).unwrap();
             let (texts, is_list) = as_inputs(&case["input"]);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let out = pipeline.run(&refs).unwrap();
             let actual = if is_list { json!(out) } else { json!(out[0]) };
-            let too_long = texts.iter().any(|t| t.as_str() == r["long_text"].as_str().unwrap());
+            let too_long = texts
+                .iter()
+                .any(|t| t.as_str() == r["long_text"].as_str().unwrap());
             if too_long && case["kwargs"]["stride"].is_null() {
                 // transformers silently truncates a text beyond the model's limit when no
                 // stride is given; Trident windows it instead, so it finds entities past the cut.
-                let last_end = |v: &Value| v.as_array().unwrap().iter().map(|e| e["end"].as_u64().unwrap()).max().unwrap_or(0);
-                assert!(last_end(&actual) > last_end(&case["output"]), "{name}: long text not windowed");
+                let last_end = |v: &Value| {
+                    v.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["end"].as_u64().unwrap())
+                        .max()
+                        .unwrap_or(0)
+                };
+                assert!(
+                    last_end(&actual) > last_end(&case["output"]),
+                    "{name}: long text not windowed"
+                );
                 continue;
             }
             if let Err(e) = json_close(&actual, &case["output"], 1e-4) {
@@ -127,14 +202,26 @@ fn classification_pipeline_matches_transformers() {
                 Some(Value::Null) => None,
                 Some(k) => Some(k.as_u64().unwrap() as usize),
             };
-            let function = (kwargs["function_to_apply"].as_str() == Some("none")).then_some(ScoreFunction::None);
-            let pipeline = TextClassifier::from_pretrained(&files, ClassifyOptions { pipeline: cpu(8), top_k, function }).unwrap();
+            let function = (kwargs["function_to_apply"].as_str() == Some("none"))
+                .then_some(ScoreFunction::None);
+            let pipeline = TextClassifier::from_pretrained(
+                &files,
+                ClassifyOptions {
+                    pipeline: cpu(8),
+                    top_k,
+                    function,
+                },
+            )
+            .unwrap();
             let (texts, is_list) = as_inputs(&case["input"]);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let out = pipeline.run(&refs).unwrap();
             // transformers returns a bare dict per text for a list without top_k.
             let actual = match (is_list, kwargs.get("top_k")) {
-                (true, None) => json!(out.iter().map(|labels| json!(labels[0])).collect::<Vec<_>>()),
+                (true, None) => json!(out
+                    .iter()
+                    .map(|labels| json!(labels[0]))
+                    .collect::<Vec<_>>()),
                 (true, _) => json!(out),
                 (false, _) => json!(out[0]),
             };
@@ -150,12 +237,25 @@ fn classification_pipeline_matches_transformers() {
 fn a_text_alone_equals_the_text_in_a_padded_batch() {
     for name in NER {
         let r = reference(name).unwrap();
-        let texts: Vec<&str> = r["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-        let pipeline = TokenClassifier::from_pretrained(&files(name), NerOptions { pipeline: cpu(16), ..Default::default() }).unwrap();
+        let texts: Vec<&str> = r["texts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let pipeline = TokenClassifier::from_pretrained(
+            &files(name),
+            NerOptions {
+                pipeline: cpu(16),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let together = pipeline.run(&texts).unwrap();
         for (text, batched) in texts.iter().zip(&together) {
             let alone = pipeline.run(&[text]).unwrap().remove(0);
-            json_close(&json!(alone), &json!(batched), 1e-5).unwrap_or_else(|e| panic!("{name} on {text:?}: {e}"));
+            json_close(&json!(alone), &json!(batched), 1e-5)
+                .unwrap_or_else(|e| panic!("{name} on {text:?}: {e}"));
         }
     }
 }
@@ -164,13 +264,23 @@ fn a_text_alone_equals_the_text_in_a_padded_batch() {
 fn a_long_article_is_windowed_not_cut() {
     let r = reference("bert-tiny-ner").unwrap();
     let long = r["long_text"].as_str().unwrap();
-    let pipeline = TokenClassifier::from_pretrained(&files("bert-tiny-ner"), NerOptions { pipeline: cpu(4), ..Default::default() }).unwrap();
+    let pipeline = TokenClassifier::from_pretrained(
+        &files("bert-tiny-ner"),
+        NerOptions {
+            pipeline: cpu(4),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let entities = pipeline.run(&[long]).unwrap().remove(0);
     let last_end = entities.iter().map(|e| match e {
         trident_bert::Entity::Group { end, .. } | trident_bert::Entity::Token { end, .. } => *end,
     });
     // Entities are found past the first window's ~60 tokens (well into the text).
-    assert!(last_end.max().unwrap_or(0) > long.chars().count() / 2, "no entities in the second half of a long text");
+    assert!(
+        last_end.max().unwrap_or(0) > long.chars().count() / 2,
+        "no entities in the second half of a long text"
+    );
 }
 
 /// Without tokenizer.json, the tokenizer is built from vocab.txt (and tokenizer_config.json)
@@ -180,17 +290,34 @@ fn tokenizer_falls_back_to_vocab_txt() {
     let src = fixture_dir("bert-tiny-ner");
     let dir = std::env::temp_dir().join(format!("trident-vocab-txt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let tokenizer_json: Value = serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
-    let mut vocab: Vec<(String, u64)> = tokenizer_json["model"]["vocab"].as_object().unwrap().iter().map(|(t, i)| (t.clone(), i.as_u64().unwrap())).collect();
+    let tokenizer_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let mut vocab: Vec<(String, u64)> = tokenizer_json["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(t, i)| (t.clone(), i.as_u64().unwrap()))
+        .collect();
     vocab.sort_by_key(|(_, i)| *i);
     let lines: Vec<String> = vocab.into_iter().map(|(t, _)| t).collect();
     std::fs::write(dir.join("vocab.txt"), lines.join("\n") + "\n").unwrap();
-    std::fs::copy(src.join("tokenizer_config.json"), dir.join("tokenizer_config.json")).unwrap();
+    std::fs::copy(
+        src.join("tokenizer_config.json"),
+        dir.join("tokenizer_config.json"),
+    )
+    .unwrap();
     let from_vocab = TextEncoder::from_files(&ModelFiles::local(&dir).unwrap()).unwrap();
     let from_json = TextEncoder::from_files(&files("bert-tiny-ner")).unwrap();
-    for text in reference("bert-tiny-ner").unwrap()["texts"].as_array().unwrap() {
+    for text in reference("bert-tiny-ner").unwrap()["texts"]
+        .as_array()
+        .unwrap()
+    {
         let text = text.as_str().unwrap();
-        let (a, b) = (from_vocab.encode(text).unwrap(), from_json.encode(text).unwrap());
+        let (a, b) = (
+            from_vocab.encode(text).unwrap(),
+            from_json.encode(text).unwrap(),
+        );
         assert_eq!((a.ids, a.offsets), (b.ids, b.offsets), "{text:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();

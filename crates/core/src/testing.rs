@@ -48,7 +48,8 @@ pub fn tensor(v: &Value) -> Result<Tensor> {
 
 /// A nested JSON list of integers (`[[1, 2], [3, 4]]`) as an int64 tensor.
 pub fn int_tensor(v: &Value) -> Result<Tensor> {
-    let rows: Vec<Vec<i64>> = serde_json::from_value(v.clone()).map_err(|e| Error::Input(e.to_string()))?;
+    let rows: Vec<Vec<i64>> =
+        serde_json::from_value(v.clone()).map_err(|e| Error::Input(e.to_string()))?;
     let width = rows.first().map_or(0, Vec::len) as i64;
     let flat: Vec<i64> = rows.concat();
     Ok(Tensor::f_from_slice(&flat)?.f_reshape([rows.len() as i64, width])?)
@@ -60,7 +61,10 @@ pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> f64 {
     assert_eq!(actual.size(), expected.size(), "shapes differ");
     let a = actual.to_kind(Kind::Double).to_device(tch::Device::Cpu);
     let e = expected.to_kind(Kind::Double).to_device(tch::Device::Cpu);
-    let both_inf = a.isinf().logical_and(&e.isinf()).logical_and(&a.eq_tensor(&e));
+    let both_inf = a
+        .isinf()
+        .logical_and(&e.isinf())
+        .logical_and(&a.eq_tensor(&e));
     let diff = (a - e).abs().masked_fill(&both_inf, 0.0);
     diff.max().double_value(&[])
 }
@@ -77,7 +81,10 @@ pub fn json_close(actual: &Value, expected: &Value, tol: f64) -> std::result::Re
     fn walk(a: &Value, e: &Value, tol: f64, path: &str) -> std::result::Result<(), String> {
         match (a, e) {
             (Value::Number(x), Value::Number(y)) => {
-                let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+                let (x, y) = (
+                    x.as_f64().unwrap_or(f64::NAN),
+                    y.as_f64().unwrap_or(f64::NAN),
+                );
                 if (x - y).abs() <= tol {
                     Ok(())
                 } else {
@@ -86,9 +93,16 @@ pub fn json_close(actual: &Value, expected: &Value, tol: f64) -> std::result::Re
             }
             (Value::Array(x), Value::Array(y)) => {
                 if x.len() != y.len() {
-                    return Err(format!("{path}: {} items != {} items\nactual:   {a}\nexpected: {e}", x.len(), y.len()));
+                    return Err(format!(
+                        "{path}: {} items != {} items\nactual:   {a}\nexpected: {e}",
+                        x.len(),
+                        y.len()
+                    ));
                 }
-                x.iter().zip(y).enumerate().try_for_each(|(i, (x, y))| walk(x, y, tol, &format!("{path}[{i}]")))
+                x.iter()
+                    .zip(y)
+                    .enumerate()
+                    .try_for_each(|(i, (x, y))| walk(x, y, tol, &format!("{path}[{i}]")))
             }
             (Value::Object(x), Value::Object(y)) => {
                 let mut kx: Vec<&String> = x.keys().collect();
@@ -98,7 +112,8 @@ pub fn json_close(actual: &Value, expected: &Value, tol: f64) -> std::result::Re
                 if kx != ky {
                     return Err(format!("{path}: keys {kx:?} != {ky:?}"));
                 }
-                x.iter().try_for_each(|(k, v)| walk(v, &y[k], tol, &format!("{path}.{k}")))
+                x.iter()
+                    .try_for_each(|(k, v)| walk(v, &y[k], tol, &format!("{path}.{k}")))
             }
             _ if a == e => Ok(()),
             _ => Err(format!("{path}: {a} != {e}")),

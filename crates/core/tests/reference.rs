@@ -5,7 +5,9 @@ use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 use trident_core::nn::attention::naive_attention;
 use trident_core::nn::mask::{causal_padding_mask, padding_mask};
-use trident_core::nn::{relative_position_bucket, sinusoidal_table, KvCache, Linear, MultiHeadAttention, Projections};
+use trident_core::nn::{
+    relative_position_bucket, sinusoidal_table, KvCache, Linear, MultiHeadAttention, Projections,
+};
 use trident_core::testing::{assert_close, int_tensor, reference, tensor};
 
 fn core_ref() -> Value {
@@ -17,11 +19,20 @@ fn t5_buckets_match_transformers_in_both_directions() {
     let r = &core_ref()["t5_relative_position_bucket"];
     let start = r["relative_position"]["start"].as_i64().unwrap();
     let end = r["relative_position"]["end_inclusive"].as_i64().unwrap();
-    let (buckets, distance) = (r["num_buckets"].as_i64().unwrap(), r["max_distance"].as_i64().unwrap());
+    let (buckets, distance) = (
+        r["num_buckets"].as_i64().unwrap(),
+        r["max_distance"].as_i64().unwrap(),
+    );
     let rel = Tensor::arange_start(start, end + 1, (Kind::Int64, Device::Cpu));
     for (key, bidirectional) in [("bidirectional", true), ("unidirectional", false)] {
         let expected: Vec<i64> = serde_json::from_value(r[key].clone()).unwrap();
-        let actual = Vec::<i64>::try_from(&relative_position_bucket(&rel, bidirectional, buckets, distance)).unwrap();
+        let actual = Vec::<i64>::try_from(&relative_position_bucket(
+            &rel,
+            bidirectional,
+            buckets,
+            distance,
+        ))
+        .unwrap();
         assert_eq!(actual, expected, "{key} buckets");
     }
 }
@@ -29,15 +40,28 @@ fn t5_buckets_match_transformers_in_both_directions() {
 #[test]
 fn sinusoidal_table_matches_the_paper_formula() {
     let r = &core_ref()["sinusoidal"];
-    let table = sinusoidal_table(r["n_pos"].as_i64().unwrap(), r["dim"].as_i64().unwrap(), Device::Cpu);
-    assert_close(&table, &tensor(&r["table"]).unwrap(), 1e-6, "sinusoidal table");
+    let table = sinusoidal_table(
+        r["n_pos"].as_i64().unwrap(),
+        r["dim"].as_i64().unwrap(),
+        Device::Cpu,
+    );
+    assert_close(
+        &table,
+        &tensor(&r["table"]).unwrap(),
+        1e-6,
+        "sinusoidal table",
+    );
 }
 
 /// Our attention (the fused kernel) and the naive formula, both against the reference.
 #[test]
 fn masked_attention_matches_naive_softmax() {
     let r = &core_ref()["attention"];
-    let (q, k, v) = (tensor(&r["q"]).unwrap(), tensor(&r["k"]).unwrap(), tensor(&r["v"]).unwrap());
+    let (q, k, v) = (
+        tensor(&r["q"]).unwrap(),
+        tensor(&r["k"]).unwrap(),
+        tensor(&r["v"]).unwrap(),
+    );
     let head_dim = q.size()[3] as f64;
     let attention_mask = int_tensor(&r["attention_mask"]).unwrap();
     let position_bias = tensor(&r["position_bias"]).unwrap();
@@ -48,12 +72,26 @@ fn masked_attention_matches_naive_softmax() {
         } else {
             padding_mask(&attention_mask, Kind::Float)
         };
-        let bias = if c["uses_position_bias"].as_bool().unwrap() { &mask + &position_bias } else { mask };
-        let scale = if c["scaled"].as_bool().unwrap() { 1.0 / head_dim.sqrt() } else { 1.0 };
+        let bias = if c["uses_position_bias"].as_bool().unwrap() {
+            &mask + &position_bias
+        } else {
+            mask
+        };
+        let scale = if c["scaled"].as_bool().unwrap() {
+            1.0 / head_dim.sqrt()
+        } else {
+            1.0
+        };
         let expected = tensor(&c["output"]).unwrap();
-        let fused = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, scale, false);
+        let fused =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, scale, false);
         assert_close(&fused, &expected, 1e-5, &format!("{case}: fused attention"));
-        assert_close(&naive_attention(&q, &k, &v, Some(&bias), scale), &expected, 1e-5, &format!("{case}: naive attention"));
+        assert_close(
+            &naive_attention(&q, &k, &v, Some(&bias), scale),
+            &expected,
+            1e-5,
+            &format!("{case}: naive attention"),
+        );
     }
 }
 
@@ -74,12 +112,28 @@ fn multi_head_attention_module_splits_and_merges_heads() {
         tch::no_grad(|| l.weight.shallow_clone().copy_(&eye));
         l
     };
-    let attention = MultiHeadAttention::new(Projections::Separate { q: proj("q"), k: proj("k"), v: proj("v") }, proj("o"), h, d);
+    let attention = MultiHeadAttention::new(
+        Projections::Separate {
+            q: proj("q"),
+            k: proj("k"),
+            v: proj("v"),
+        },
+        proj("o"),
+        h,
+        d,
+    );
     // Cross-attention form: queries from `q`, keys and values both projected from `k`.
     let mask = padding_mask(&int_tensor(&r["attention_mask"]).unwrap(), Kind::Float);
-    let out = attention.forward(&merge(&q), Some(&merge(&k)), Some(&mask), None, None).unwrap();
+    let out = attention
+        .forward(&merge(&q), Some(&merge(&k)), Some(&mask), None, None)
+        .unwrap();
     let expected = naive_attention(&q, &k, &k, Some(&mask), 1.0 / (d as f64).sqrt());
-    assert_close(&out, &merge(&expected), 1e-5, "module vs per-head attention");
+    assert_close(
+        &out,
+        &merge(&expected),
+        1e-5,
+        "module vs per-head attention",
+    );
 }
 
 #[test]
