@@ -3,7 +3,10 @@
 mod common;
 mod doctor;
 mod encoders;
+mod generation_args;
 pub mod io;
+mod summarize;
+mod translate;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -34,6 +37,10 @@ enum Command {
     Ner(encoders::NerArgs),
     /// Sentence embeddings (mean-pooled, normalised), one vector per text.
     Embed(encoders::EmbedArgs),
+    /// Summarize documents (T5): long documents are split at sentence boundaries, not cut.
+    Summarize(summarize::SummarizeArgs),
+    /// Translate documents (T5), e.g. `translate --to de "The house is wonderful."`.
+    Translate(translate::TranslateArgs),
     /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
     Doctor(doctor::DoctorArgs),
 }
@@ -48,6 +55,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Classify(args) => encoders::classify(args),
         Command::Ner(args) => encoders::ner(args),
         Command::Embed(args) => encoders::embed(args),
+        Command::Summarize(args) => summarize::run(args),
+        Command::Translate(args) => translate::run(args),
         Command::Doctor(args) => doctor::run(args),
     }
 }

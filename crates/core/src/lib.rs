@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod generation;
 pub mod nn;
 pub mod testing;
 pub mod text;

@@ -1,0 +1,375 @@
+//! T5ForConditionalGeneration: an encoder stack and a decoder stack of pre-norm transformer
+//! layers sharing one embedding, with T5's relative position bias instead of absolute
+//! positions, and a language-model head.
+//!
+//! What sets T5 apart (see DESIGN.md's quirks): RMSNorm without bias; attention without the
+//! 1/√d scaling (folded into the initialisation); the position bias is computed by the first
+//! block of each stack and added in every block, from bidirectional buckets in the encoder
+//! and causal ones in the decoder; v1.0 ties `lm_head` to `shared` and rescales the decoder
+//! output by `d_model^-0.5` first, v1.1/flan-t5 has its own `lm_head` and a gated-GELU FFN.
+
+use crate::config::T5Config;
+use std::path::Path;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+use trident_core::generation::Decoder;
+use trident_core::nn::{
+    mask, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention, Norm,
+    NormPosition, Projections, RelativePositionBias, TransformerLayer,
+};
+use trident_core::weights::{self, Checkpoint};
+use trident_core::{Batch, ModelFiles, Result};
+
+/// `p.{q,k,v,o}`: T5Attention, unscaled, without biases.
+fn attention(p: &tch::nn::Path, c: &T5Config) -> Result<MultiHeadAttention> {
+    let inner = c.num_heads * c.d_kv;
+    let projections = Projections::Separate {
+        q: Linear::new(&(p / "q"), c.d_model, inner, false)?,
+        k: Linear::new(&(p / "k"), c.d_model, inner, false)?,
+        v: Linear::new(&(p / "v"), c.d_model, inner, false)?,
+    };
+    let out = Linear::new(&(p / "o"), inner, c.d_model, false)?;
+    Ok(MultiHeadAttention::new(projections, out, c.num_heads, c.d_kv).with_scale(1.0))
+}
+
+/// `p.DenseReluDense`: `wo(act(wi(x)))`, or gated `wo(act(wi_0(x)) · wi_1(x))`.
+fn feed_forward(p: &tch::nn::Path, c: &T5Config, config_path: &Path) -> Result<FeedForward> {
+    let p = p / "DenseReluDense";
+    let (activation, gated) = c.feed_forward(config_path)?;
+    let wo = Linear::new(&(&p / "wo"), c.d_ff, c.d_model, false)?;
+    Ok(if gated {
+        FeedForward::gated(
+            Linear::new(&(&p / "wi_0"), c.d_model, c.d_ff, false)?,
+            Linear::new(&(&p / "wi_1"), c.d_model, c.d_ff, false)?,
+            wo,
+            activation,
+        )
+    } else {
+        FeedForward::new(
+            Linear::new(&(&p / "wi"), c.d_model, c.d_ff, false)?,
+            wo,
+            activation,
+        )
+    })
+}
+
+fn rms_norm(p: &tch::nn::Path, c: &T5Config) -> Result<Norm> {
+    Norm::rms_norm(p, c.d_model, c.layer_norm_epsilon)
+}
+
+/// One stack (`encoder` or `decoder`): blocks, the shared position bias, a final norm.
+#[derive(Debug)]
+pub struct T5Stack {
+    /// `shared`, the token embedding both stacks use.
+    pub embed_tokens: Embedding,
+    /// `block.{i}`: self-attention (+ cross-attention in the decoder) and feed-forward.
+    pub block: Vec<TransformerLayer>,
+    /// `block.0.layer.0.SelfAttention.relative_attention_bias`, used by every block.
+    pub relative_attention_bias: RelativePositionBias,
+    /// `final_layer_norm`.
+    pub final_layer_norm: Norm,
+}
+
+impl T5Stack {
+    fn new(
+        p: &tch::nn::Path,
+        c: &T5Config,
+        shared: &Embedding,
+        is_decoder: bool,
+        config_path: &Path,
+    ) -> Result<Self> {
+        let layers = if is_decoder {
+            c.decoder_layers()
+        } else {
+            c.num_layers
+        };
+        let mut block = Vec::with_capacity(layers as usize);
+        for i in 0..layers {
+            let b = p / "block" / i;
+            // Sublayers are numbered: 0 self-attention, (1 cross-attention,) then the FFN.
+            let cross_attention = if is_decoder {
+                let l = &b / "layer" / 1;
+                Some((
+                    attention(&(&l / "EncDecAttention"), c)?,
+                    rms_norm(&(&l / "layer_norm"), c)?,
+                ))
+            } else {
+                None
+            };
+            let ff = &b / "layer" / if is_decoder { 2 } else { 1 };
+            let sa = &b / "layer" / 0;
+            block.push(TransformerLayer {
+                self_attention: attention(&(&sa / "SelfAttention"), c)?,
+                self_attention_norm: rms_norm(&(&sa / "layer_norm"), c)?,
+                cross_attention,
+                feed_forward: feed_forward(&ff, c, config_path)?,
+                feed_forward_norm: rms_norm(&(&ff / "layer_norm"), c)?,
+                norm_position: NormPosition::Pre,
+            });
+        }
+        let bias_path = p / "block" / 0 / "layer" / 0 / "SelfAttention" / "relative_attention_bias";
+        Ok(T5Stack {
+            embed_tokens: Embedding {
+                weight: shared.weight.shallow_clone(),
+            },
+            block,
+            relative_attention_bias: RelativePositionBias {
+                embedding: Embedding::new(
+                    &bias_path,
+                    c.relative_attention_num_buckets,
+                    c.num_heads,
+                )?,
+                bidirectional: !is_decoder,
+                num_buckets: c.relative_attention_num_buckets,
+                max_distance: c.relative_attention_max_distance,
+            },
+            final_layer_norm: rms_norm(&(p / "final_layer_norm"), c)?,
+        })
+    }
+
+    /// `[batch, n]` ids → `[batch, n, d_model]`.
+    ///
+    /// - `self_mask`: additive `[batch or 1, 1, n, k]` (padding for the encoder, causal for
+    ///   the decoder; None when every key may be seen);
+    /// - `encoder`: the encoder output and its additive `[batch, 1, 1, src]` mask (decoder);
+    /// - `caches`: one per block, for incremental decoding; positions continue from their
+    ///   length.
+    fn forward(
+        &self,
+        ids: &Tensor,
+        self_mask: Option<&Tensor>,
+        encoder: Option<(&Tensor, &Tensor)>,
+        mut caches: Option<&mut [LayerCache]>,
+    ) -> Result<Tensor> {
+        let n = ids.size()[1];
+        let offset = caches
+            .as_deref()
+            .and_then(|c| c.first())
+            .map_or(0, |c| c.self_attn.len());
+        let bias = self
+            .relative_attention_bias
+            .forward(n, offset + n, offset)?; // [1, heads, n, offset+n]
+        let ctx = LayerContext {
+            mask: self_mask,
+            position_bias: Some(&bias),
+            encoder_hidden: encoder.map(|(h, _)| h),
+            encoder_mask: encoder.map(|(_, m)| m),
+        };
+        let mut x = self.embed_tokens.forward(ids); // [batch, n, d_model]
+        for (i, layer) in self.block.iter().enumerate() {
+            let cache = caches.as_deref_mut().and_then(|c| c.get_mut(i));
+            x = layer.forward(&x, &ctx, cache)?;
+        }
+        Ok(self.final_layer_norm.forward(&x))
+    }
+}
+
+/// The outputs of a full (uncached) forward pass.
+#[derive(Debug)]
+pub struct Seq2SeqOutput {
+    /// `[batch, src, d_model]`.
+    pub encoder_last_hidden_state: Tensor,
+    /// `[batch, tgt, d_model]`, after the decoder's final norm.
+    pub decoder_last_hidden_state: Tensor,
+    /// `[batch, tgt, vocab]`.
+    pub logits: Tensor,
+}
+
+/// T5 with its language-model head, as transformers' `T5ForConditionalGeneration`.
+#[derive(Debug)]
+pub struct T5ForConditionalGeneration {
+    /// `shared`: the token embedding of both stacks.
+    pub shared: Embedding,
+    /// `encoder.*`.
+    pub encoder: T5Stack,
+    /// `decoder.*`.
+    pub decoder: T5Stack,
+    /// `lm_head`, or `shared` itself when tied.
+    pub lm_head: Linear,
+    /// The configuration.
+    pub config: T5Config,
+    device: Device,
+    _vars: VarStore,
+}
+
+impl T5ForConditionalGeneration {
+    /// Load config.json and the weights of `files` onto `device`.
+    pub fn from_pretrained(files: &ModelFiles, device: Device) -> Result<Self> {
+        let config_path = files.get("config.json")?;
+        let config = T5Config::from_file(&config_path)?;
+        Self::load(config, &config_path, &Checkpoint::open(files)?, device)
+    }
+
+    /// Build the model from `config` and fill it from `checkpoint` (`config_path` is named in
+    /// errors).
+    pub fn load(
+        config: T5Config,
+        config_path: &Path,
+        checkpoint: &Checkpoint,
+        device: Device,
+    ) -> Result<Self> {
+        let vars = VarStore::new(device);
+        let root = vars.root();
+        let c = &config;
+        let shared = Embedding::new(&(&root / "shared"), c.vocab_size, c.d_model)?;
+        let encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
+        let decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear::tied(&shared.weight)
+        } else {
+            Linear::new(&(&root / "lm_head"), c.d_model, c.vocab_size, false)?
+        };
+        weights::load(&vars, checkpoint)?;
+        Ok(T5ForConditionalGeneration {
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            config,
+            device,
+            _vars: vars,
+        })
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The additive cross-attention mask `[batch, 1, 1, src]` of a 1/0 attention mask.
+    pub fn encoder_mask(attention_mask: &Tensor) -> Tensor {
+        mask::padding_mask(attention_mask, Kind::Float)
+    }
+
+    /// Encoder: `[batch, src]` ids and 1/0 mask → `[batch, src, d_model]`.
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let self_mask = Self::encoder_mask(attention_mask);
+        self.encoder
+            .forward(input_ids, Some(&self_mask), None, None)
+    }
+
+    /// Decoder hidden states `[batch, n, d_model]` for `decoder_ids` `[batch, n]`, given the
+    /// encoder output and its additive mask. With `caches`, `decoder_ids` continue the
+    /// cached positions and their keys/values are appended.
+    pub fn decode_hidden(
+        &self,
+        decoder_ids: &Tensor,
+        encoder_hidden: &Tensor,
+        encoder_mask: &Tensor,
+        caches: Option<&mut [LayerCache]>,
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let n = decoder_ids.size()[1];
+        let past = caches
+            .as_deref()
+            .and_then(|c| c.first())
+            .map_or(0, |c| c.self_attn.len());
+        // One new token may see every cached one; several need the causal mask.
+        let causal = (n > 1).then(|| mask::causal_mask(n, past + n, Kind::Float, self.device));
+        self.decoder.forward(
+            decoder_ids,
+            causal.as_ref(),
+            Some((encoder_hidden, encoder_mask)),
+            caches,
+        )
+    }
+
+    /// The language-model head: `[…, d_model]` → `[…, vocab]`.
+    pub fn lm_logits(&self, decoder_hidden: &Tensor) -> Tensor {
+        if self.config.rescales_decoder_output() {
+            // Tied weights: rescale as Mesh TensorFlow did before the shared projection.
+            self.lm_head
+                .forward(&(decoder_hidden * (self.config.d_model as f64).powf(-0.5)))
+        } else {
+            self.lm_head.forward(decoder_hidden)
+        }
+    }
+
+    /// A full forward pass without caches (teacher forcing on `decoder_input_ids`).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        decoder_input_ids: &Tensor,
+    ) -> Result<Seq2SeqOutput> {
+        let encoder_last_hidden_state = self.encode(input_ids, attention_mask)?;
+        let decoder_last_hidden_state = self.decode_hidden(
+            decoder_input_ids,
+            &encoder_last_hidden_state,
+            &Self::encoder_mask(attention_mask),
+            None,
+        )?;
+        let logits = self.lm_logits(&decoder_last_hidden_state);
+        Ok(Seq2SeqOutput {
+            encoder_last_hidden_state,
+            decoder_last_hidden_state,
+            logits,
+        })
+    }
+
+    /// Empty caches, one per decoder block.
+    pub fn new_caches(&self) -> Vec<LayerCache> {
+        self.decoder
+            .block
+            .iter()
+            .map(|_| LayerCache::default())
+            .collect()
+    }
+}
+
+/// What T5 carries between generation steps.
+#[derive(Debug)]
+pub struct T5State {
+    /// `[rows, src, d_model]`.
+    pub encoder_hidden: Tensor,
+    /// Additive `[rows, 1, 1, src]`.
+    pub encoder_mask: Tensor,
+    /// One per decoder block: self-attention keys/values so far, and the cross-attention
+    /// keys/values of the encoder output, computed on the first step only.
+    pub caches: Vec<LayerCache>,
+}
+
+impl Decoder for T5ForConditionalGeneration {
+    type State = T5State;
+
+    fn initial_ids(&self, batch: &Batch) -> Result<Tensor> {
+        let rows = batch.input_ids.size()[0];
+        Ok(Tensor::f_full(
+            [rows, 1],
+            self.config.decoder_start(),
+            (Kind::Int64, self.device),
+        )?)
+    }
+
+    fn start(&self, batch: &Batch) -> Result<T5State> {
+        let input_ids = batch.input_ids.f_to(self.device)?;
+        let attention_mask = batch.attention_mask.f_to(self.device)?;
+        Ok(T5State {
+            encoder_hidden: self.encode(&input_ids, &attention_mask)?,
+            encoder_mask: Self::encoder_mask(&attention_mask),
+            caches: self.new_caches(),
+        })
+    }
+
+    fn step(&self, ids: &Tensor, state: &mut T5State) -> Result<Tensor> {
+        let hidden = self.decode_hidden(
+            ids,
+            &state.encoder_hidden,
+            &state.encoder_mask,
+            Some(&mut state.caches),
+        )?;
+        let last = hidden.f_select(1, hidden.size()[1] - 1)?; // [rows, d_model]
+        Ok(self.lm_logits(&last))
+    }
+
+    fn reorder(&self, state: &mut T5State, beam_idx: &Tensor) -> Result<()> {
+        let idx = beam_idx.f_to(self.device)?;
+        state.encoder_hidden = state.encoder_hidden.f_index_select(0, &idx)?;
+        state.encoder_mask = state.encoder_mask.f_index_select(0, &idx)?;
+        for cache in &mut state.caches {
+            cache.reorder(&idx)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,242 @@
+//! Summarization and translation against what transformers 4.x's pipelines printed on the
+//! fixtures (recorded as `task_specific_params` + `generate` + decode), and bad input.
+
+use serde_json::{json, Value};
+use trident_core::generation::GenerationOptions;
+use trident_core::testing::{fixture_dir, reference};
+use trident_core::{ModelFiles, TextEncoder};
+use trident_t5::pipelines::chunk::split_to_fit;
+use trident_t5::{Summarizer, SummarizerOptions, Translator, TranslatorOptions};
+
+const FIXTURES: [&str; 2] = ["t5-tiny", "t5-v1_1-tiny"];
+
+fn files(name: &str) -> ModelFiles {
+    ModelFiles::local(fixture_dir(name)).unwrap()
+}
+
+fn summarizer(name: &str, generation: GenerationOptions) -> Summarizer {
+    Summarizer::from_pretrained(
+        &files(name),
+        SummarizerOptions {
+            generation,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// Check every recorded case of `task`: each text alone, then all texts as one list.
+fn check_task(name: &str, task: &str, run: impl Fn(&[&str]) -> Vec<Value>) {
+    let r = reference(name).unwrap();
+    let cases = r[task].as_array().unwrap();
+    assert!(cases.len() >= 2, "{name} {task}: cases recorded");
+    for case in cases {
+        let (input, expected) = (&case["input"], &case["output"]);
+        match input {
+            Value::String(text) => {
+                let got = run(&[text.as_str()]);
+                assert_eq!(&Value::Array(got), expected, "{name} {task} {text:?}");
+            }
+            Value::Array(texts) => {
+                let texts: Vec<&str> = texts.iter().filter_map(Value::as_str).collect();
+                let got = run(&texts);
+                // transformers returns one list per text for a list input.
+                let got: Vec<Value> = got.into_iter().map(|v| json!([v])).collect();
+                assert_eq!(&Value::Array(got), expected, "{name} {task} list input");
+            }
+            other => panic!("unexpected input {other}"),
+        }
+    }
+}
+
+#[test]
+fn summaries_equal_the_transformers_pipeline() {
+    for name in FIXTURES {
+        let s = summarizer(name, GenerationOptions::default());
+        assert_eq!(s.prefix(), "summarize: ");
+        assert_eq!(s.max_input_tokens(), 512);
+        assert_eq!(s.generation_config().num_beams, 4, "task params apply");
+        check_task(name, "summarization", |texts| {
+            s.run(texts)
+                .unwrap()
+                .into_iter()
+                .map(|mut v| {
+                    assert_eq!(v.len(), 1);
+                    assert_eq!(v[0].chunks, 1);
+                    serde_json::to_value(v.remove(0)).unwrap()
+                })
+                .collect()
+        });
+    }
+}
+
+#[test]
+fn translations_equal_the_transformers_pipeline() {
+    for name in FIXTURES {
+        let t =
+            Translator::from_pretrained(&files(name), TranslatorOptions::new("en", "de")).unwrap();
+        assert_eq!(t.prefix(), "translate English to German: ");
+        check_task(name, "translation_en_to_de", |texts| {
+            t.run(texts)
+                .unwrap()
+                .into_iter()
+                .map(|mut v| serde_json::to_value(v.remove(0)).unwrap())
+                .collect()
+        });
+    }
+}
+
+#[test]
+fn explicit_options_override_the_task_defaults() {
+    let s = summarizer(
+        "t5-tiny",
+        GenerationOptions {
+            num_beams: Some(3),
+            num_return_sequences: Some(2),
+            max_new_tokens: Some(4),
+            ..Default::default()
+        },
+    );
+    let c = s.generation_config();
+    assert_eq!((c.num_beams, c.max_total_length(1)), (3, 5));
+    assert_eq!(c.no_repeat_ngram_size, 3, "untouched task defaults stay");
+    let out = s.run(&["Angela Merkel met Emmanuel Macron."]).unwrap();
+    assert_eq!(out[0].len(), 2, "two returned sequences");
+    assert!(out[0].iter().all(|o| o.generated_tokens <= 2 * 4));
+}
+
+#[test]
+fn unknown_language_pairs_are_named() {
+    let err = Translator::from_pretrained(&files("t5-tiny"), TranslatorOptions::new("en", "es"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("en → es") && err.contains("en → de") && err.contains("en → fr"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_options_and_inputs_are_clear_errors_or_sensible_results() {
+    let load_err = |o: GenerationOptions| {
+        Summarizer::from_pretrained(
+            &files("t5-tiny"),
+            SummarizerOptions {
+                generation: o,
+                ..Default::default()
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string()
+    };
+    let e = load_err(GenerationOptions {
+        num_beams: Some(0),
+        ..Default::default()
+    });
+    assert!(e.contains("num_beams must be at least 1"), "{e}");
+    let e = load_err(GenerationOptions {
+        top_p: Some(1.5),
+        ..Default::default()
+    });
+    assert!(e.contains("top_p must be in (0, 1]"), "{e}");
+
+    let s = summarizer("t5-tiny", GenerationOptions::default());
+    for empty in ["", "  \t\n"] {
+        let e = s.run(&[empty]).unwrap_err().to_string();
+        assert!(
+            e.contains("empty") && e.contains("nothing to summarize"),
+            "{e}"
+        );
+    }
+    // Zero new tokens: an empty summary, not an error.
+    let s = summarizer(
+        "t5-tiny",
+        GenerationOptions {
+            max_new_tokens: Some(0),
+            ..Default::default()
+        },
+    );
+    let out = s.run(&["Angela Merkel met Emmanuel Macron."]).unwrap();
+    assert_eq!(out[0][0].summary_text, "");
+    assert_eq!(out[0][0].generated_tokens, 0);
+}
+
+/// A long document from the fixture sentences.
+fn document(bytes: usize) -> String {
+    let r = reference("t5-tiny").unwrap();
+    let sentences: Vec<&str> = r["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|t| !t.trim().is_empty())
+        .collect();
+    let mut doc = String::new();
+    let mut i = 0;
+    while doc.len() < bytes {
+        doc.push_str(sentences[i % sentences.len()]);
+        doc.push(if i % 7 == 6 { '\n' } else { ' ' });
+        i += 1;
+    }
+    doc
+}
+
+#[test]
+fn a_long_document_is_split_at_sentences_not_cut() {
+    let tok = TextEncoder::from_files(&files("t5-tiny")).unwrap();
+    let doc = document(6_000);
+    let prefix = "summarize: ";
+    let pieces = split_to_fit(&tok, prefix, &doc, 512).unwrap();
+    assert!(
+        pieces.len() > 1,
+        "a document of 6 kB does not fit 512 tokens"
+    );
+    for piece in &pieces {
+        let p = &piece.text;
+        let encoded = tok.encode(&format!("{prefix}{p}")).unwrap();
+        assert!(encoded.len() <= 512);
+        assert_eq!(
+            encoded.ids, piece.encoded.ids,
+            "the piece's own encoding is returned"
+        );
+        // Pieces end at sentence ends (every fixture sentence ends with . ! or ?).
+        assert!(p.ends_with(['.', '!', '?']), "{p:?}");
+    }
+    let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+    let joined: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(words(&joined.join(" ")), words(&doc), "nothing is lost");
+
+    let s = summarizer(
+        "t5-tiny",
+        GenerationOptions {
+            max_new_tokens: Some(2),
+            num_beams: Some(1),
+            ..Default::default()
+        },
+    );
+    let out = s.run(&[&doc]).unwrap();
+    assert_eq!(out[0][0].chunks, pieces.len());
+}
+
+#[test]
+fn a_one_megabyte_document_is_chunked_and_processed() {
+    let tok = TextEncoder::from_files(&files("t5-tiny")).unwrap();
+    let doc = document(1 << 20);
+    let pieces = split_to_fit(&tok, "summarize: ", &doc, 512).unwrap();
+    assert!(pieces.len() > 100, "{} pieces", pieces.len());
+    assert!(pieces.iter().all(|p| p.encoded.len() <= 512));
+    let words: usize = pieces
+        .iter()
+        .map(|p| p.text.split_whitespace().count())
+        .sum();
+    assert_eq!(words, doc.split_whitespace().count(), "nothing is lost");
+    // A single sentence longer than the limit falls back to word, then token, boundaries.
+    let run_on = "x".repeat(5_000);
+    let pieces = split_to_fit(&tok, "summarize: ", &run_on, 64).unwrap();
+    assert!(pieces.len() > 1);
+    assert!(pieces.iter().all(|p| p.encoded.len() <= 64));
+    let joined: String = pieces.iter().map(|p| p.text.as_str()).collect();
+    assert_eq!(joined, run_on);
+}

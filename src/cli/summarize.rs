@@ -1,0 +1,106 @@
+//! `trident summarize`: summaries of documents with a T5 checkpoint.
+
+use super::common::ModelArgs;
+use super::generation_args::GenerationArgs;
+use super::io::{process, IoArgs, Rendered};
+use clap::Args;
+use serde::Serialize;
+use std::cell::Cell;
+use std::process::ExitCode;
+use trident_t5::{Summarizer, SummarizerOptions, Summary};
+
+/// Texts handed to the pipeline at once (and retried one by one if the group fails).
+pub(super) const CHUNK: usize = 16;
+
+/// Default model of `trident summarize` and `trident translate`.
+pub const T5_MODEL: &str = "t5-small";
+
+/// Options of `trident summarize`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  trident summarize --format json \"The United Nations said on Monday...\"
+  trident summarize --input articles.txt --num-beams 4 --max-new-tokens 60 --output summaries.jsonl --format jsonl
+  trident summarize --model google/flan-t5-base --input report.txt --resummarize
+
+The model's task_specific_params[\"summarization\"] (prefix \"summarize: \", beams, lengths) apply first,
+as in transformers' summarization pipeline; the flags above override them.")]
+pub struct SummarizeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Longest input in tokens; longer documents are split at sentence boundaries, each piece
+    /// is summarized, and the summaries are joined (default: the tokenizer's limit, 512 for
+    /// T5).
+    #[arg(long, value_name = "N")]
+    max_input_tokens: Option<usize>,
+    /// When a document had to be split, summarize the joined summaries once more.
+    #[arg(long)]
+    resummarize: bool,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    #[command(flatten)]
+    io: IoArgs,
+}
+
+/// One input's outputs as each format shows them: `texts` are the output texts, `values`
+/// their JSON objects. A single output is its object (an element of transformers' list); several
+/// (--num-return-sequences) are a list. A lone input prints transformers' list.
+pub(super) fn render<T: Serialize>(values: &[T], texts: Vec<&str>) -> Rendered {
+    let list = serde_json::json!(values);
+    let value = match values {
+        [one] => serde_json::json!(one),
+        _ => list.clone(),
+    };
+    Rendered {
+        value,
+        alone: Some(list),
+        text: texts.join("\n"),
+    }
+}
+
+/// Tell the user on stderr that a document was split.
+pub(super) fn note_split(input: &str, chunks: usize, limit: usize, done: &str) {
+    if chunks > 1 {
+        let start: String = input
+            .split_whitespace()
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!(
+            "note: the text starting \"{start}…\" is longer than the model's {limit}-token input: \
+             it was split at sentence boundaries into {chunks} pieces, {done} one by one and \
+             joined"
+        );
+    }
+}
+
+/// Run `trident summarize`.
+pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
+    let files = args.model.files(T5_MODEL)?;
+    let summarizer = Summarizer::from_pretrained(
+        &files,
+        SummarizerOptions {
+            device: args.model.device,
+            generation: args.generation.options(),
+            max_input_tokens: args.max_input_tokens,
+            batch_size: args.model.batch_size as usize,
+            resummarize: args.resummarize,
+        },
+    )?;
+    let limit = summarizer.max_input_tokens();
+    let tokens = Cell::new(0);
+    let render_one = |input: &str, summaries: &Vec<Summary>| -> Rendered {
+        if let Some(first) = summaries.first() {
+            note_split(input, first.chunks, limit, "summarized");
+            tokens.set(tokens.get() + first.generated_tokens);
+        }
+        let texts = summaries.iter().map(|s| s.summary_text.as_str()).collect();
+        render(summaries, texts)
+    };
+    process(
+        &args.io,
+        CHUNK,
+        |texts| Ok(summarizer.run(texts)?),
+        render_one,
+        || tokens.get(),
+    )
+}

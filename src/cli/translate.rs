@@ -1,0 +1,71 @@
+//! `trident translate --to de [--from en]`: translations with a T5 checkpoint.
+
+use super::common::ModelArgs;
+use super::generation_args::GenerationArgs;
+use super::io::{process, IoArgs, Rendered};
+use super::summarize::{note_split, render, CHUNK, T5_MODEL};
+use clap::Args;
+use std::cell::Cell;
+use std::process::ExitCode;
+use trident_t5::{Translation, Translator, TranslatorOptions};
+
+/// Options of `trident translate`.
+#[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  trident translate --to de \"The house is wonderful.\"
+  trident translate --to fr --input sentences.txt --format jsonl --num-beams 4
+
+The model's task_specific_params[\"translation_<from>_to_<to>\"] (prefix, beams, lengths) apply first, as in
+transformers' translation pipeline; the flags above override them.")]
+pub struct TranslateArgs {
+    /// Target language code: de, fr or ro for t5-small (the pairs of the model's
+    /// task_specific_params; models without them, like flan-t5, take any of en, de, fr, ro,
+    /// es, it, pt, nl, ru, zh, ja).
+    #[arg(long, value_name = "LANG")]
+    to: String,
+    /// Source language code.
+    #[arg(long, value_name = "LANG", default_value = "en")]
+    from: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Longest input in tokens; longer documents are split at sentence boundaries, each piece
+    /// is translated, and the translations are joined (default: the tokenizer's limit, 512
+    /// for T5).
+    #[arg(long, value_name = "N")]
+    max_input_tokens: Option<usize>,
+    #[command(flatten)]
+    generation: GenerationArgs,
+    #[command(flatten)]
+    io: IoArgs,
+}
+
+/// Run `trident translate`.
+pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
+    let files = args.model.files(T5_MODEL)?;
+    let mut options = TranslatorOptions::new(&args.from, &args.to);
+    options.device = args.model.device;
+    options.generation = args.generation.options();
+    options.max_input_tokens = args.max_input_tokens;
+    options.batch_size = args.model.batch_size as usize;
+    let translator = Translator::from_pretrained(&files, options)?;
+    let limit = translator.max_input_tokens();
+    let tokens = Cell::new(0);
+    let render_one = |input: &str, translations: &Vec<Translation>| -> Rendered {
+        if let Some(first) = translations.first() {
+            note_split(input, first.chunks, limit, "translated");
+            tokens.set(tokens.get() + first.generated_tokens);
+        }
+        let texts = translations
+            .iter()
+            .map(|t| t.translation_text.as_str())
+            .collect();
+        render(translations, texts)
+    };
+    process(
+        &args.io,
+        CHUNK,
+        |texts| Ok(translator.run(texts)?),
+        render_one,
+        || tokens.get(),
+    )
+}
