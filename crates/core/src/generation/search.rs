@@ -4,7 +4,7 @@
 
 use super::logits::{apply, LogitsProcessor};
 use super::stream::{Hooks, StopStrings, Token};
-use super::{Decoder, GenerationConfig, Sequence};
+use super::{Decoder, EarlyStopping, GenerationConfig, Sequence};
 use crate::text::tensor_to_rows;
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -184,12 +184,223 @@ fn gather_beams(t: &Tensor, idx: &Tensor) -> Result<Tensor> {
     Ok(t.f_gather(1, &index.f_expand(shape.as_slice(), false)?, false)?)
 }
 
+/// The beams of every input during beam search, `[batch, beams, …]` tensors on the CPU:
+/// the hypotheses still running and the best finished ones, with transformers' bookkeeping
+/// (scores in float32, `-1e9` for "out of the running"), so that ties and rounding agree.
+struct Beams {
+    batch: i64,
+    beams: i64,
+    prompt_len: usize,
+    /// `[batch, beams, max_len]` token ids, filler after the current length.
+    running: Tensor,
+    /// `[batch, beams]` summed log-probabilities.
+    running_scores: Tensor,
+    /// `[batch, beams, max_len]` the best finished hypotheses, best first.
+    finished: Tensor,
+    /// `[batch, beams]` their length-penalised scores (`-1e9` for empty slots).
+    finished_scores: Tensor,
+    /// `[batch, beams]` which slots hold a finished hypothesis.
+    finished_done: Tensor,
+    /// `[batch, beams]` their lengths, initial ids included.
+    finished_lens: Tensor,
+    /// `[batch, 1]` whether a running beam may still beat the worst finished one.
+    improvable: Tensor,
+}
+
+impl Beams {
+    /// Every beam starts as a copy of its input; only the first is live, so that the first
+    /// step does not pick `k` copies of the same continuation.
+    fn new(rows: &[Vec<i64>], beams: usize, max_len: usize, fill: i64) -> Result<Self> {
+        let (batch, beams) = (rows.len() as i64, beams as i64);
+        let prompt_len = rows.first().map_or(0, Vec::len);
+        let ids = (Kind::Int64, Device::Cpu);
+        let floats = (Kind::Float, Device::Cpu);
+        let running = Tensor::f_full([batch, beams, max_len as i64], fill, ids)?;
+        running.f_narrow(2, 0, prompt_len as i64)?.f_copy_(
+            &ids_tensor(rows, Device::Cpu)?
+                .f_unsqueeze(1)?
+                .f_expand([batch, beams, prompt_len as i64], false)?,
+        )?;
+        let running_scores = Tensor::f_full([batch, beams], OUT, floats)?;
+        let _ = running_scores.f_narrow(1, 0, 1)?.f_fill_(0.0)?;
+        Ok(Beams {
+            batch,
+            beams,
+            prompt_len,
+            finished: running.f_detach_copy()?,
+            running,
+            running_scores,
+            finished_scores: Tensor::f_full([batch, beams], OUT, floats)?,
+            finished_done: Tensor::f_zeros([batch, beams], (Kind::Bool, Device::Cpu))?,
+            finished_lens: Tensor::f_full([batch, beams], prompt_len as i64, ids)?,
+            improvable: Tensor::f_ones([batch, 1], (Kind::Bool, Device::Cpu))?,
+        })
+    }
+
+    /// The running sequences so far, `[batch·beams, cur_len]`.
+    fn so_far(&self, cur_len: usize) -> Result<Tensor> {
+        Ok(self
+            .running
+            .f_narrow(2, 0, cur_len as i64)?
+            .f_reshape([self.batch * self.beams, cur_len as i64])?)
+    }
+
+    /// The candidates `top_index` names (indices into `[beams · vocab]`): their source beam
+    /// `[batch, k]` and their sequences `[batch, k, max_len]` with the new token written.
+    fn candidates(
+        &self,
+        top_index: &Tensor,
+        vocab: i64,
+        cur_len: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let from_beam = top_index.f_floor_divide_scalar(vocab)?;
+        let token = top_index.f_remainder(vocab)?;
+        let sequences = gather_beams(&self.running, &from_beam)?;
+        sequences
+            .f_narrow(2, cur_len as i64, 1)?
+            .f_copy_(&token.f_unsqueeze(-1)?)?;
+        Ok((from_beam, sequences))
+    }
+
+    /// Take one step: of the `k` candidates (`scores` `[batch, k]`, best first, `ends` which
+    /// of them end here), the best `beams` that do not end keep running; those that end and
+    /// rank among the first `beams` compete for the finished slots. Returns, per running beam,
+    /// the beam it continues (`[batch, beams]`).
+    #[allow(clippy::too_many_arguments)]
+    fn advance(
+        &mut self,
+        candidates: &Tensor,
+        from_beam: &Tensor,
+        scores: &Tensor,
+        ends: &Tensor,
+        cur_len: usize,
+        length_penalty: f64,
+        early: EarlyStopping,
+    ) -> Result<Tensor> {
+        let k = scores.size()[1];
+        // The best `beams` candidates that go on.
+        let live = scores + ends.f_to_kind(Kind::Float)?.f_mul_scalar(OUT)?;
+        let (_, next) = live.f_topk(self.beams, -1, true, true)?;
+        self.running = gather_beams(candidates, &next)?;
+        self.running_scores = live.f_gather(1, &next, false)?;
+
+        // Candidates that end among the first `beams` compete with the finished ones, unless
+        // the input is full (early_stopping=true) or cannot improve any more.
+        let first = Tensor::f_arange(k, (Kind::Int64, Device::Cpu))?
+            .f_lt(self.beams)?
+            .f_unsqueeze(0)?;
+        let just_done = ends.f_logical_and(&first)?;
+        let full = if early == EarlyStopping::WhenBeamsFull {
+            self.finished_done.f_all_dims(Some(&[-1i64][..]), true)?
+        } else {
+            Tensor::f_zeros([self.batch, 1], (Kind::Bool, Device::Cpu))?
+        };
+        let generated = (cur_len + 1 - self.prompt_len) as f64;
+        let out = |mask: &Tensor| -> Result<Tensor> {
+            Ok(mask.f_to_kind(Kind::Float)?.f_mul_scalar(OUT)?)
+        };
+        // The same additions, in the same order, as the reference (float32 rounding).
+        let finished = scores.f_div_scalar(generated.powf(length_penalty))?
+            + out(&full)?
+            + out(&self.improvable.f_logical_not()?)?
+            + out(&just_done.f_logical_not()?)?;
+        let merged_scores = Tensor::f_cat(&[&self.finished_scores, &finished], 1)?;
+        let (_, keep) = merged_scores.f_topk(self.beams, -1, true, true)?;
+        let lens = Tensor::f_full(
+            [self.batch, k],
+            (cur_len + 1) as i64,
+            (Kind::Int64, Device::Cpu),
+        )?;
+        let merge = |old: &Tensor, new: &Tensor| -> Result<Tensor> {
+            gather_beams(&Tensor::f_cat(&[old, new], 1)?, &keep)
+        };
+        self.finished = merge(&self.finished, candidates)?;
+        self.finished_scores = merged_scores.f_gather(1, &keep, false)?;
+        self.finished_done = merge(&self.finished_done, &just_done)?;
+        self.finished_lens = merge(&self.finished_lens, &lens)?;
+        Ok(from_beam.f_gather(1, &next, false)?)
+    }
+
+    /// After a step to `cur_len`: can the best running beam still beat the worst finished
+    /// one? `false` mode judges it at the current length, `never` (with a positive length
+    /// penalty) at the longest possible one.
+    fn update_improvable(
+        &mut self,
+        cur_len: usize,
+        max_len: usize,
+        length_penalty: f64,
+        early: EarlyStopping,
+    ) -> Result<()> {
+        let best_len = if early == EarlyStopping::Never && length_penalty > 0.0 {
+            max_len - self.prompt_len
+        } else {
+            cur_len - self.prompt_len
+        };
+        let best_running = self
+            .running_scores
+            .f_narrow(1, 0, 1)?
+            .f_div_scalar((best_len as f64).powf(length_penalty))?;
+        let worst_finished = self
+            .finished_scores
+            .f_min_dim(1, true)?
+            .0
+            .f_where_scalarother(&self.finished_done, OUT)?;
+        let can = best_running
+            .f_gt_tensor(&worst_finished)?
+            .f_any_dims(Some(&[-1i64][..]), true)?;
+        self.improvable = self.improvable.f_logical_and(&can)?;
+        Ok(())
+    }
+
+    /// Whether to take another step: some input can improve, not every input is full
+    /// (early_stopping=true), and not every candidate of this step ended.
+    fn go_on(&self, ends: &Tensor, early: EarlyStopping) -> Result<bool> {
+        let all_full =
+            early == EarlyStopping::WhenBeamsFull && bool::try_from(&self.finished_done.f_all()?)?;
+        Ok(bool::try_from(&self.improvable.f_any()?)?
+            && !all_full
+            && !bool::try_from(&ends.f_all()?)?)
+    }
+
+    /// The best `n` finished hypotheses of each input, trimmed to the longest of them.
+    fn best(&self, n: usize) -> Result<Vec<Sequence>> {
+        let ret = n as i64;
+        let lens = Vec::<Vec<i64>>::try_from(&self.finished_lens.f_narrow(1, 0, ret)?)?;
+        let width = lens
+            .iter()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(self.prompt_len as i64);
+        let rows = tensor_to_rows(
+            &self
+                .finished
+                .f_narrow(1, 0, ret)?
+                .f_narrow(2, 0, width)?
+                .f_reshape([self.batch * ret, width])?,
+        )?;
+        let scores =
+            Vec::<f32>::try_from(&self.finished_scores.f_narrow(1, 0, ret)?.f_reshape([-1])?)?;
+        Ok(rows
+            .into_iter()
+            .zip(scores)
+            .enumerate()
+            .map(|(i, (ids, score))| Sequence {
+                input: i / n,
+                ids,
+                prompt_len: self.prompt_len,
+                len: lens[i / n][i % n] as usize,
+                score: Some(f64::from(score)),
+            })
+            .collect())
+    }
+}
+
 /// Beam search over `rows` (one per input, not yet repeated), as transformers' vectorised
 /// `_beam_search`: at each step the `k = max(2, 1 + #eos) · num_beams` best continuations of
-/// all beams are taken; those that end (EOS, length limit, stop string) and rank among the
-/// first `num_beams` become finished hypotheses scored `sum log p / generated_len^length_penalty`;
-/// the best `num_beams` others keep running. Bookkeeping runs on the CPU in float32, as the
-/// reference does, so that ties and rounding agree.
+/// all beams are taken (or drawn, when sampling); those that end (EOS, length limit, stop
+/// string) may become finished hypotheses scored `sum log p / generated_len^length_penalty`,
+/// the best `num_beams` others keep running (see [`Beams`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn beam_search<D: Decoder + ?Sized>(
     decoder: &D,
@@ -206,8 +417,7 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
     let eos = &config.eos_token_ids;
     let k = (2.max(1 + eos.len()) * config.num_beams) as i64;
     let processors = config.processors(prompt_len);
-    let lp = config.length_penalty;
-    let early = config.early_stopping;
+    let (lp, early) = (config.length_penalty, config.early_stopping);
     // Unwritten positions hold the pad id, or EOS when the pad id is 0 or absent (this is how
     // transformers' `pad_token_id or eos_token_id[0]` reads), or -1 without EOS.
     let fill = match (eos.first(), config.pad_token_id) {
@@ -216,35 +426,14 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         (Some(&e), _) => e,
     };
     let mut rng = Rng::new(config.seed);
-    let cpu = (Kind::Int64, Device::Cpu);
-
-    // [batch, beams, max_len]: every beam starts as a copy of its input.
-    let start = ids_tensor(&rows, Device::Cpu)?;
-    let mut running = Tensor::f_full([batch, beams, max_len as i64], fill, cpu)?;
-    running.f_narrow(2, 0, prompt_len as i64)?.f_copy_(
-        &start
-            .f_unsqueeze(1)?
-            .f_expand([batch, beams, prompt_len as i64], false)?,
-    )?;
-    // Only the first beam is live at first, so the first step does not pick k copies of
-    // the same continuation.
-    let mut running_scores = Tensor::f_full([batch, beams], OUT, (Kind::Float, Device::Cpu))?;
-    let _ = running_scores.f_narrow(1, 0, 1)?.f_fill_(0.0)?;
-    let mut finished = running.f_detach_copy()?;
-    let mut finished_scores = Tensor::f_full([batch, beams], OUT, (Kind::Float, Device::Cpu))?;
-    let mut finished_done = Tensor::f_zeros([batch, beams], (Kind::Bool, Device::Cpu))?;
-    let mut finished_lens = Tensor::f_full([batch, beams], prompt_len as i64, cpu)?;
-    let mut improvable = Tensor::f_ones([batch, 1], (Kind::Bool, Device::Cpu))?;
-    let first_beams = Tensor::f_arange(k, cpu)?.f_lt(beams)?.f_unsqueeze(0)?; // [1, k]
-    let batch_offset = Tensor::f_arange(batch, cpu)?
+    let mut b = Beams::new(&rows, config.num_beams, max_len, fill)?;
+    let batch_offset = Tensor::f_arange(batch, (Kind::Int64, Device::Cpu))?
         .f_mul_scalar(beams)?
         .f_unsqueeze(1)?;
 
     let mut cur_len = prompt_len;
     loop {
-        let so_far = running
-            .f_narrow(2, 0, cur_len as i64)?
-            .f_reshape([batch * beams, cur_len as i64])?;
+        let so_far = b.so_far(cur_len)?;
         let ids = if cur_len == prompt_len {
             so_far.shallow_clone()
         } else {
@@ -257,146 +446,62 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         let log_probs = logits.f_log_softmax(-1, Kind::Float)?;
         let log_probs = apply(&processors, &tensor_to_rows(&so_far)?, log_probs)?;
         let total = (log_probs.f_view([batch, beams, vocab])?.f_to(Device::Cpu)?
-            + running_scores.f_unsqueeze(-1)?)
+            + b.running_scores.f_unsqueeze(-1)?)
         .f_reshape([batch, beams * vocab])?;
 
         // The k best continuations over all beams (or k drawn without replacement).
         let (top_scores, top_index) = if config.do_sample {
             let mut picks = Vec::with_capacity((batch * k) as usize);
             for mut p in probabilities(&total)? {
-                picks.extend(
-                    rng.categorical_distinct(&mut p, k as usize)?
-                        .into_iter()
-                        .map(|i| i as i64),
-                );
+                let drawn = rng.categorical_distinct(&mut p, k as usize)?;
+                picks.extend(drawn.into_iter().map(|i| i as i64));
             }
             let index = Tensor::f_from_slice(&picks)?.f_view([batch, k])?;
             (total.f_gather(1, &index, false)?, index)
         } else {
             total.f_topk(k, -1, true, true)?
         };
-        let from_beam = top_index.f_floor_divide_scalar(vocab)?; // [batch, k]
-        let token = top_index.f_remainder(vocab)?;
-        let candidates = gather_beams(&running, &from_beam)?; // [batch, k, max_len]
-        candidates
-            .f_narrow(2, cur_len as i64, 1)?
-            .f_copy_(&token.f_unsqueeze(-1)?)?;
+        let (from_beam, candidates) = b.candidates(&top_index, vocab, cur_len)?;
 
-        // Which candidates end here.
-        let tokens = Vec::<i64>::try_from(&token.f_reshape([-1])?)?;
-        let cand_rows = if stops.is_active() {
-            tensor_to_rows(
-                &candidates
-                    .f_narrow(2, prompt_len as i64, (cur_len + 1 - prompt_len) as i64)?
-                    .f_reshape([batch * k, -1])?,
-            )?
-        } else {
-            Vec::new()
-        };
-        let mut ends = Vec::with_capacity(tokens.len());
-        for (i, t) in tokens.iter().enumerate() {
-            let stop = match cand_rows.get(i) {
-                Some(r) => stops.hit(r)?,
-                None => false,
-            };
-            ends.push(eos.contains(t) || cur_len + 1 >= max_len || stop);
+        // Which candidates end here: EOS, the length limit, or a stop string.
+        let generated = tensor_to_rows(
+            &candidates
+                .f_narrow(2, prompt_len as i64, (cur_len + 1 - prompt_len) as i64)?
+                .f_reshape([batch * k, -1])?,
+        )?;
+        let mut ends = Vec::with_capacity(generated.len());
+        for row in &generated {
+            let last = row.last().copied().unwrap_or(-1);
+            ends.push(eos.contains(&last) || cur_len + 1 >= max_len || stops.hit(row)?);
         }
         let ends = Tensor::f_from_slice(&ends)?.f_view([batch, k])?;
-        let ends_f = ends.f_to_kind(Kind::Float)?;
 
-        // The best `beams` candidates that go on.
-        let live_scores = &top_scores + ends_f.f_mul_scalar(OUT)?;
-        let (_, next) = live_scores.f_topk(beams, -1, true, true)?;
-        running = gather_beams(&candidates, &next)?;
-        running_scores = live_scores.f_gather(1, &next, false)?;
-        let source = from_beam.f_gather(1, &next, false)?;
-
-        // Candidates that end, among the first `beams`, compete with the finished ones.
-        let just_done = ends.f_logical_and(&first_beams)?;
-        let generated = (cur_len + 1 - prompt_len) as f64;
-        // With early_stopping=true an input whose beams are all finished takes no more.
-        let full = if early == super::EarlyStopping::WhenBeamsFull {
-            finished_done.f_all_dims(Some(&[-1i64][..]), true)?
-        } else {
-            Tensor::f_zeros([batch, 1], (Kind::Bool, Device::Cpu))?
-        };
-        let scores = top_scores.f_div_scalar(generated.powf(lp))?
-            + full.f_to_kind(Kind::Float)?.f_mul_scalar(OUT)?;
-        let scores = scores + improvable.f_logical_not()?.f_to_kind(Kind::Float)? * OUT;
-        let scores = scores + just_done.f_logical_not()?.f_to_kind(Kind::Float)? * OUT;
-        let merged_scores = Tensor::f_cat(&[&finished_scores, &scores], 1)?;
-        let (_, keep) = merged_scores.f_topk(beams, -1, true, true)?;
-        finished = gather_beams(&Tensor::f_cat(&[&finished, &candidates], 1)?, &keep)?;
-        finished_scores = merged_scores.f_gather(1, &keep, false)?;
-        finished_done =
-            Tensor::f_cat(&[&finished_done, &just_done], 1)?.f_gather(1, &keep, false)?;
-        let cand_lens = Tensor::f_full([batch, k], (cur_len + 1) as i64, cpu)?;
-        finished_lens =
-            Tensor::f_cat(&[&finished_lens, &cand_lens], 1)?.f_gather(1, &keep, false)?;
-
+        let source = b.advance(
+            &candidates,
+            &from_beam,
+            &top_scores,
+            &ends,
+            cur_len,
+            lp,
+            early,
+        )?;
         // The decoder's caches follow the beams that go on.
         let beam_idx = (source + &batch_offset).f_reshape([-1])?;
         decoder.reorder(state, &beam_idx.f_to(device)?)?;
         cur_len += 1;
-
-        // Can a running beam still beat the worst finished one?
-        let best_len = if early == super::EarlyStopping::Never && lp > 0.0 {
-            max_len - prompt_len
-        } else {
-            cur_len - prompt_len
-        };
-        let best_running = running_scores
-            .f_narrow(1, 0, 1)?
-            .f_div_scalar((best_len as f64).powf(lp))?;
-        let worst_finished = finished_scores
-            .f_min_dim(1, true)?
-            .0
-            .f_where_scalarother(&finished_done, OUT)?;
-        improvable = improvable.f_logical_and(
-            &best_running
-                .f_gt_tensor(&worst_finished)?
-                .f_any_dims(Some(&[-1i64][..]), true)?,
-        )?;
-        let all_full = bool::try_from(&finished_done.f_all()?)?
-            && early == super::EarlyStopping::WhenBeamsFull;
-        let go_on =
-            bool::try_from(&improvable.f_any()?)? && !all_full && !bool::try_from(&ends.f_all()?)?;
-        if !go_on {
+        b.update_improvable(cur_len, max_len, lp, early)?;
+        if !b.go_on(&ends, early)? {
             break;
         }
     }
 
-    // The best `num_return_sequences` hypotheses of each input, trimmed to the longest.
-    let ret = config.num_return_sequences as i64;
-    let lens = Vec::<Vec<i64>>::try_from(&finished_lens.f_narrow(1, 0, ret)?)?;
-    let width = lens
-        .iter()
-        .flatten()
-        .copied()
-        .max()
-        .unwrap_or(prompt_len as i64);
-    let best = tensor_to_rows(
-        &finished
-            .f_narrow(1, 0, ret)?
-            .f_narrow(2, 0, width)?
-            .f_reshape([batch * ret, width])?,
-    )?;
-    let scores = Vec::<f32>::try_from(&finished_scores.f_narrow(1, 0, ret)?.f_reshape([-1])?)?;
-    let mut out = Vec::with_capacity(best.len());
-    for (i, (ids, score)) in best.into_iter().zip(scores).enumerate() {
-        let len = lens[i / ret as usize][i % ret as usize] as usize;
-        for &id in &ids[prompt_len..len] {
+    let best = b.best(config.num_return_sequences)?;
+    for (i, s) in best.iter().enumerate() {
+        for &id in s.generated() {
             hooks.emit(Token { sequence: i, id })?;
         }
-        out.push(Sequence {
-            input: i / ret as usize,
-            ids,
-            prompt_len,
-            len,
-            score: Some(f64::from(score)),
-        });
     }
-    Ok(out)
+    Ok(best)
 }
 
 #[cfg(test)]

@@ -62,11 +62,6 @@ impl<'a> StopStrings<'a> {
         })
     }
 
-    /// Whether there are stop strings to check.
-    pub(crate) fn is_active(&self) -> bool {
-        !self.strings.is_empty()
-    }
-
     /// Whether the text of `generated` (new tokens only) contains a stop string. Checked after
     /// every token, so the first match ends inside the newest token.
     pub(crate) fn hit(&self, generated: &[i64]) -> Result<bool> {
