@@ -3,6 +3,7 @@
 mod common;
 mod doctor;
 mod encoders;
+mod generate;
 mod generation_args;
 pub mod io;
 mod summarize;
@@ -41,6 +42,8 @@ enum Command {
     Summarize(summarize::SummarizeArgs),
     /// Translate documents (T5), e.g. `translate --to de "The house is wonderful."`.
     Translate(translate::TranslateArgs),
+    /// Continue a prompt with GPT-2, streaming the text as it is generated.
+    Generate(generate::GenerateArgs),
     /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
     Doctor(doctor::DoctorArgs),
 }
@@ -57,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Embed(args) => encoders::embed(args),
         Command::Summarize(args) => summarize::run(args),
         Command::Translate(args) => translate::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Doctor(args) => doctor::run(args),
     }
 }

@@ -22,5 +22,5 @@ pub mod pipelines;
 pub use config::GPT2Config;
 pub use model::{GPT2LMHeadModel, GPT2Model, GPT2State};
 pub use pipelines::generate::{
-    GenerateOptions, GeneratedText, StepProbs, TextGenerator, TokenProb,
+    GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator, TokenProb,
 };
