@@ -365,6 +365,15 @@ impl Decoder for T5ForConditionalGeneration {
 
     fn reorder(&self, state: &mut T5State, beam_idx: &Tensor) -> Result<()> {
         let idx = beam_idx.f_to(self.device)?;
+        if idx.size()[0] == state.encoder_hidden.size()[0] {
+            // Beams moving among the copies of one input: the encoder output and the
+            // cross-attention keys/values are the same for all of them, so only the
+            // self-attention caches move (saving a copy of every cross-attention cache a step).
+            for cache in &mut state.caches {
+                cache.self_attn.reorder(&idx)?;
+            }
+            return Ok(());
+        }
         state.encoder_hidden = state.encoder_hidden.f_index_select(0, &idx)?;
         state.encoder_mask = state.encoder_mask.f_index_select(0, &idx)?;
         for cache in &mut state.caches {

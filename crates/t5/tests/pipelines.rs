@@ -218,6 +218,57 @@ fn a_long_document_is_split_at_sentences_not_cut() {
     );
     let out = s.run(&[&doc]).unwrap();
     assert_eq!(out[0][0].chunks, pieces.len());
+
+    // --resummarize: the joined piece summaries are summarized once more.
+    let again = Summarizer::from_pretrained(
+        &files("t5-tiny"),
+        SummarizerOptions {
+            generation: GenerationOptions {
+                max_new_tokens: Some(2),
+                num_beams: Some(1),
+                ..Default::default()
+            },
+            resummarize: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let twice = again.run(&[&doc]).unwrap();
+    let direct = s.run(&[&out[0][0].summary_text]).unwrap();
+    assert_eq!(twice[0][0].summary_text, direct[0][0].summary_text);
+    assert_eq!(twice[0][0].chunks, pieces.len());
+}
+
+#[test]
+fn a_checkpoint_without_task_params_gets_t5_prompts_and_its_own_defaults() {
+    // flan-t5 style: no task_specific_params in config.json.
+    let dir = std::env::temp_dir().join(format!("trident-t5-notask-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(fixture_dir("t5-tiny")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    config
+        .as_object_mut()
+        .unwrap()
+        .remove("task_specific_params");
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let local = ModelFiles::local(&dir).unwrap();
+
+    let t = Translator::from_pretrained(&local, TranslatorOptions::new("en", "es")).unwrap();
+    assert_eq!(t.prefix(), "translate English to Spanish: ");
+    assert_eq!(t.generation_config().num_beams, 1);
+    let err = Translator::from_pretrained(&local, TranslatorOptions::new("en", "xx"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unknown language code 'xx'"), "{err}");
+    let s = Summarizer::from_pretrained(&local, SummarizerOptions::default()).unwrap();
+    assert_eq!(s.prefix(), "");
+    assert_eq!(s.generation_config().max_length, 20);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -40,8 +40,12 @@ pub trait Decoder {
     fn step(&self, ids: &Tensor, state: &mut Self::State) -> Result<Tensor>;
 
     /// Reorder the state's rows: row `i` becomes the old row `beam_idx[i]` (`[rows]` int64).
-    /// The engine also uses this to repeat each input for beams or returned sequences, so
-    /// `beam_idx` may be longer than the current number of rows.
+    ///
+    /// The engine calls it once, before the first step, to repeat each input for its beams or
+    /// returned sequences (`beam_idx` longer than the current rows); after that, reorders keep
+    /// the number of rows and only move rows among the copies of one input. State that is
+    /// the same for every copy of an input (an encoder output, cross-attention keys and
+    /// values) may therefore be left alone by those.
     fn reorder(&self, state: &mut Self::State, beam_idx: &Tensor) -> Result<()>;
 }
 
