@@ -415,9 +415,14 @@ fn build_byte_level_bpe(vocab: &Path, merges: &Path, add_prefix_space: bool) -> 
         .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab.display())))?;
     let mut tok = Tokenizer::new(model);
     let byte_level = ByteLevel::new(add_prefix_space, true, true);
+    // No post-processor: like transformers' GPT2TokenizerFast, no special tokens are added and
+    // offsets keep their leading space (a byte-level post-processor would trim it).
     tok.with_pre_tokenizer(Some(byte_level))
-        .with_decoder(Some(byte_level))
-        .with_post_processor(Some(byte_level));
+        .with_decoder(Some(byte_level));
+    // GPT-2's end-of-text marker is one token even inside text, as in the released tokenizer.
+    if tok.token_to_id("<|endoftext|>").is_some() {
+        tok.add_special_tokens(&[tokenizers::AddedToken::from("<|endoftext|>", true)]);
+    }
     Ok(tok)
 }
 

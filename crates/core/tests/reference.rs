@@ -141,7 +141,8 @@ fn kv_cache_appends_and_reorders_like_transformers() {
     let r = &core_ref()["kv_cache"];
     let t = |key: &str| tensor(&r[key]).unwrap();
     let mut cache = KvCache::new();
-    cache.append(&t("k1"), &t("v1")).unwrap();
+    let (k1, _) = cache.append(&t("k1"), &t("v1")).unwrap();
+    assert_eq!(k1.size(), t("k1").size());
     let (k, v) = cache.append(&t("k2"), &t("v2")).unwrap();
     assert_eq!(cache.len(), r["seq_len_after"].as_i64().unwrap());
     assert_close(&k, &t("k_concat"), 0.0, "appended keys");
@@ -157,7 +158,8 @@ fn kv_cache_appends_and_reorders_like_transformers() {
     let mut expected = Vec::new();
     for i in 0..40 {
         let x = &step + i as f64;
-        cache.append(&x, &x).unwrap();
+        let (k, _) = cache.append(&x, &x).unwrap();
+        assert_eq!(k.size()[2], i + 1);
         expected.push(x);
     }
     let (k, _) = cache.get().unwrap().unwrap();

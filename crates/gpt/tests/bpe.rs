@@ -76,8 +76,7 @@ fn real_gpt2_bpe_gives_transformers_ids_and_round_trips() {
 /// fallback builds a plain byte-level BPE that spells it out. Ignored until core registers
 /// the special token for vocab.json + merges.txt checkpoints.
 #[test]
-#[ignore = "needs core: the vocab.json + merges.txt fallback does not register <|endoftext|> as a special token"]
-fn special_tokens_in_text_need_core() {
+fn end_of_text_inside_text_is_one_token() {
     let tok = encoder();
     for case in cases()
         .iter()
@@ -98,8 +97,7 @@ fn special_tokens_in_text_need_core() {
 /// `(5, 11)`); core's fallback builds its byte-level post-processor with `trim_offsets`, which
 /// gives `(6, 11)`. Ignored until core builds it as GPT2TokenizerFast does.
 #[test]
-#[ignore = "needs core: the vocab.json + merges.txt fallback trims byte-level offsets, GPT2TokenizerFast does not"]
-fn offsets_keep_the_leading_space_need_core() {
+fn offsets_keep_the_leading_space() {
     let tok = encoder();
     for case in cases()
         .iter()

@@ -1,0 +1,202 @@
+//! Trident's side of the benchmark (scripts/bench/run.py drives it, alternating with
+//! transformers and CTranslate2): load a model, run one workload on fixed inputs, and print
+//! one JSON line with the load time, the run time, the work done and the peak RSS.
+//!
+//! ```sh
+//! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json
+//! ```
+//! WORKLOAD: ner | classify | embed | t5-greedy | t5-beam4 | gpt2-greedy-b1 | gpt2-greedy-b8 |
+//! gpt2-topp-b1.
+//!
+//! Without arguments (as `cargo test --all-targets` runs it), every workload runs once on the
+//! tiny fixtures in weights/ with a few new tokens: a smoke check that the benchmark still
+//! works, not a measurement.
+
+use std::time::Instant;
+use trident::bert::{
+    ClassifyOptions, Embedder, NerOptions, PipelineOptions, TextClassifier, TokenClassifier,
+};
+use trident::core::generation::GenerationOptions;
+use trident::core::{DeviceChoice, ModelFiles};
+use trident::gpt::{GenerateOptions, TextGenerator};
+use trident::t5::{Summarizer, SummarizerOptions};
+
+/// Peak resident memory of this process, from /proc (kB).
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn exact(new_tokens: usize, beams: usize) -> GenerationOptions {
+    GenerationOptions {
+        max_new_tokens: Some(new_tokens),
+        min_new_tokens: Some(new_tokens),
+        num_beams: Some(beams),
+        early_stopping: None,
+        ..Default::default()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.as_slice() {
+        [workload, model, inputs] => {
+            let texts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(inputs)?)?;
+            println!("{}", run(workload, &ModelFiles::local(model)?, &texts, 1)?);
+        }
+        [] => smoke()?,
+        _ => anyhow::bail!("usage: workloads WORKLOAD MODEL_DIR INPUTS.json"),
+    }
+    Ok(())
+}
+
+/// Every workload once on the tiny fixtures, with 8 new tokens instead of 64/128.
+fn smoke() -> anyhow::Result<()> {
+    let texts = vec!["Angela Merkel met Emmanuel Macron in Berlin on Tuesday.".to_string(); 8];
+    for (workload, fixture) in [
+        ("ner", "bert-tiny-ner"),
+        ("classify", "bert-tiny-sentiment"),
+        ("embed", "bert-tiny-sentiment"),
+        ("t5-greedy", "t5-tiny"),
+        ("t5-beam4", "t5-tiny"),
+        ("gpt2-greedy-b1", "gpt2-tiny"),
+        ("gpt2-greedy-b8", "gpt2-tiny"),
+        ("gpt2-topp-b1", "gpt2-tiny"),
+    ] {
+        let files = ModelFiles::local(trident::core::testing::fixture_dir(fixture))?;
+        let line = run(workload, &files, &texts, 16)?;
+        anyhow::ensure!(
+            line["units"].as_u64().unwrap_or(0) > 0,
+            "{workload}: no work done"
+        );
+    }
+    println!("benchmark smoke check: every workload ran");
+    Ok(())
+}
+
+/// Run one workload; `scale` divides the number of new tokens (1 for real measurements).
+fn run(
+    workload: &str,
+    files: &ModelFiles,
+    texts: &[String],
+    scale: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let cpu = DeviceChoice::Cpu;
+    let (t5_new, gpt_new) = (64 / scale, 128 / scale);
+    let start = Instant::now();
+    // Each arm: load (timed as load), then run (timed as run); returns units of work done.
+    let (load_s, run_s, units, unit) = match workload {
+        "ner" => {
+            let p = TokenClassifier::from_pretrained(
+                files,
+                NerOptions {
+                    pipeline: PipelineOptions {
+                        device: cpu,
+                        batch_size: 8,
+                    },
+                    ..Default::default()
+                },
+            )?;
+            let load = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.run(&refs)?;
+            (
+                load,
+                t.elapsed().as_secs_f64(),
+                p.tokens_processed(),
+                "tokens",
+            )
+        }
+        "classify" => {
+            let p = TextClassifier::from_pretrained(
+                files,
+                ClassifyOptions {
+                    pipeline: PipelineOptions {
+                        device: cpu,
+                        batch_size: 32,
+                    },
+                    ..Default::default()
+                },
+            )?;
+            let load = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.run(&refs)?;
+            (load, t.elapsed().as_secs_f64(), refs.len(), "sentences")
+        }
+        "embed" => {
+            let p = Embedder::from_pretrained(
+                files,
+                PipelineOptions {
+                    device: cpu,
+                    batch_size: 32,
+                },
+            )?;
+            let load = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.run(&refs)?;
+            (load, t.elapsed().as_secs_f64(), refs.len(), "sentences")
+        }
+        "t5-greedy" | "t5-beam4" => {
+            let beams = if workload == "t5-beam4" { 4 } else { 1 };
+            let options = SummarizerOptions {
+                device: cpu,
+                generation: exact(t5_new, beams),
+                batch_size: refs.len(),
+                ..Default::default()
+            };
+            let p = Summarizer::from_pretrained(files, options)?;
+            let load = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.run(&refs)?;
+            (
+                load,
+                t.elapsed().as_secs_f64(),
+                refs.len() * t5_new,
+                "new tokens",
+            )
+        }
+        "gpt2-greedy-b1" | "gpt2-greedy-b8" | "gpt2-topp-b1" => {
+            let batch = if workload == "gpt2-greedy-b8" { 8 } else { 1 };
+            let mut generation = exact(gpt_new, 1);
+            if workload == "gpt2-topp-b1" {
+                generation.do_sample = Some(true);
+                generation.top_p = Some(0.9);
+                generation.top_k = Some(0);
+                generation.seed = Some(0);
+            }
+            let p = TextGenerator::from_pretrained(
+                files,
+                GenerateOptions {
+                    device: cpu,
+                    batch_size: batch,
+                    generation,
+                    ..Default::default()
+                },
+            )?;
+            let load = start.elapsed().as_secs_f64();
+            let t = Instant::now();
+            p.run(&refs[..batch])?;
+            (
+                load,
+                t.elapsed().as_secs_f64(),
+                batch * gpt_new,
+                "new tokens",
+            )
+        }
+        other => anyhow::bail!("unknown workload {other}"),
+    };
+    Ok(serde_json::json!({
+        "system": "trident", "workload": workload, "load_s": load_s, "run_s": run_s,
+        "units": units, "unit": unit, "peak_rss_kb": peak_rss_kb(), "threads": tch::get_num_threads(),
+    }))
+}

@@ -1,0 +1,190 @@
+"""Run the benchmark: every workload on Trident, transformers and CTranslate2 (float32, int8),
+alternating systems run by run, and write BENCHMARKS.md.
+
+    make bench            # or: .venv-fixtures/bin/python scripts/bench/run.py [--runs 5] [--only ner,classify]
+
+Each measurement is a fresh process (load time and peak RSS are per process); timings are
+medians over --runs runs. Nothing else should run on the machine meanwhile.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / ".bench"
+PY = sys.executable
+
+# workload -> (model directory under .bench/models, inputs file, systems)
+WORKLOADS = {
+    "ner": ("bert-base-ner", "ner", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "classify": ("bert-6x768-cls", "classify", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "embed": ("all-MiniLM-L6-v2", "embed", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "t5-greedy": ("t5-small", "t5", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "t5-beam4": ("t5-small", "t5", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "gpt2-greedy-b1": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "gpt2-greedy-b8": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "gpt2-topp-b1": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+}
+DESCRIPTION = {
+    "ner": "NER, bert-base (9 labels), 64 paragraphs of 120–200 tokens, batch 8",
+    "classify": "classification, 6×768 BERT, 256 sentences, batch 32",
+    "embed": "embeddings, all-MiniLM-L6-v2 (real), 256 sentences, batch 32",
+    "t5-greedy": "T5-small, 8 inputs of ~400 tokens, exactly 64 new tokens, greedy",
+    "t5-beam4": "T5-small, 8 inputs of ~400 tokens, exactly 64 new tokens, beam 4",
+    "gpt2-greedy-b1": "GPT-2 124M, 32-token prompt, 128 new tokens, greedy, batch 1",
+    "gpt2-greedy-b8": "GPT-2 124M, 32-token prompt, 128 new tokens, greedy, batch 8",
+    "gpt2-topp-b1": "GPT-2 124M, 32-token prompt, 128 new tokens, top-p 0.9 sampling, batch 1",
+}
+
+
+def trident_bench_binary():
+    out = subprocess.run(["cargo", "bench", "--bench", "workloads", "--no-run", "--message-format", "json"],
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "workloads" and msg.get("executable"):
+            return msg["executable"]
+    raise SystemExit("could not find the workloads bench binary")
+
+
+def measure(system, workload, model, inputs, threads, binary):
+    if system == "trident":
+        cmd = [binary, workload, str(model), str(inputs)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    else:
+        cmd = [PY, str(ROOT / "scripts/bench/peers.py"), "--system", system, "--workload", workload,
+               "--model", str(model), "--inputs", str(inputs), "--threads", str(threads)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine():
+    cpu = "unknown"
+    flags = []
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma"))]
+    except OSError:
+        pass
+    return cpu, flags
+
+
+def bounds(threads):
+    """Measured matmul FLOP/s and memory bandwidth, for the physical bound of each workload."""
+    import torch
+    torch.set_num_threads(threads)
+    a = torch.randn(2048, 2048)
+    for _ in range(3):
+        a @ a
+    t = time.perf_counter()
+    n = 10
+    for _ in range(n):
+        a @ a
+    flops = n * 2 * 2048 ** 3 / (time.perf_counter() - t)
+    x = torch.empty(256 * 1024 * 1024 // 4)  # 256 MB
+    x.fill_(1.0)
+    t = time.perf_counter()
+    for _ in range(5):
+        x.sum()
+    bw = 5 * x.numel() * 4 / (time.perf_counter() - t)
+    return flops, bw
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="")
+    ap.add_argument("--systems", default="")
+    ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    a = ap.parse_args()
+    only = [w for w in a.only.split(",") if w] or list(WORKLOADS)
+    keep = [s for s in a.systems.split(",") if s]
+    subprocess.run([PY, str(ROOT / "scripts/bench/make_models.py"), "--out", str(BENCH)], check=True)
+    binary = trident_bench_binary()
+    results = {}
+    for w in only:
+        model_name, inputs_name, systems = WORKLOADS[w]
+        systems = [s for s in systems if not keep or s in keep]
+        model, inputs = BENCH / "models" / model_name, BENCH / "inputs" / f"{inputs_name}.json"
+        for s in systems:
+            if s.startswith("ct2"):
+                subprocess.run([PY, str(ROOT / "scripts/bench/peers.py"), "--prepare", "--system", s, "--workload", w,
+                                "--model", str(model), "--inputs", str(inputs)], check=False, capture_output=True)
+        for r in range(a.runs):
+            # Alternate the order run by run so that drift affects every system alike.
+            order = systems if r % 2 == 0 else list(reversed(systems))
+            for s in order:
+                m = measure(s, w, model, inputs, a.threads, binary)
+                results.setdefault(w, {}).setdefault(s, []).append(m)
+                print(w, s, r, json.dumps(m), flush=True)
+    flops, bw = bounds(a.threads)
+    write(a, results, flops, bw)
+
+
+def median(ms, key):
+    vals = [m[key] for m in ms if key in m]
+    return statistics.median(vals) if vals else None
+
+
+def write(a, results, flops, bw):
+    import torch
+    import transformers
+    try:
+        import ctranslate2
+        ct2v = ctranslate2.__version__
+    except ImportError:
+        ct2v = "not installed"
+    cpu, flags = machine()
+    lines = [
+        "# Benchmarks", "",
+        f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores; "
+        f"flags: {' '.join(flags)}), {a.threads} threads for every system, {a.runs} runs per system, "
+        "alternating; medians. Each run is a fresh process: load time and peak RSS are per process.", "",
+        f"Versions: Trident {open(ROOT / 'Cargo.toml').read().split('version = \"')[1].split('\"')[0]} "
+        f"(tch 0.26, libtorch {torch.__version__}), transformers {transformers.__version__} on torch "
+        f"{torch.__version__}, CTranslate2 {ct2v}, Python {platform.python_version()}.", "",
+        "Reproduce: `make bench` (creates the random full-size checkpoints under .bench/, then runs "
+        "`scripts/bench/run.py`).", "",
+        f"Measured bounds on this machine: f32 matmul {flops / 1e9:.0f} GFLOP/s; memory read "
+        f"bandwidth {bw / 1e9:.1f} GB/s.", "",
+        "| workload | system | throughput | unit/s | ms per unit | load s | peak RSS MB | vs transformers | vs CT2 f32 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for w, systems in results.items():
+        base = {}
+        for s, ms in systems.items():
+            run, units = median(ms, "run_s"), median(ms, "units")
+            base[s] = units / run if run else None
+        for s, ms in systems.items():
+            run, units, load, rss = median(ms, "run_s"), median(ms, "units"), median(ms, "load_s"), median(ms, "peak_rss_kb")
+            if run is None:
+                err = next((m["error"] for m in ms if "error" in m), "failed")
+                lines.append(f"| {w} | {s} | failed: {err} | | | | | | |")
+                continue
+            unit = next(m["unit"] for m in ms if "unit" in m)
+            tput = units / run
+            rel = lambda other: f"{tput / base[other]:.2f}×" if base.get(other) else "–"
+            lines.append(f"| {w} | {s} | {tput:.1f} | {unit}/s | {1000 / tput:.2f} | {load:.2f} | {rss / 1024:.0f} | "
+                         f"{rel('transformers')} | {rel('ct2-float32')} |")
+    lines += ["", "Workloads:", ""] + [f"- `{w}`: {DESCRIPTION[w]}" for w in results]
+    Path(a.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
