@@ -176,6 +176,11 @@ impl Encoder {
         })
     }
 
+    /// The device the weights are on.
+    pub fn device(&self) -> tch::Device {
+        self.embeddings.word_embeddings.weight.device()
+    }
+
     /// `[batch, seq]` ids and 1/0 mask → `[batch, seq, hidden]` last hidden state.
     pub fn forward(
         &self,

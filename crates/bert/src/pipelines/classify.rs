@@ -1,12 +1,11 @@
 //! Text classification (sentiment and the like): `{label, score}` per text, as
 //! transformers' `text-classification` pipeline returns.
 
-use super::{load_common, max_tokens, PipelineOptions};
+use super::{load_common, max_tokens, run_batches, PipelineOptions};
 use crate::config::EncoderConfig;
 use crate::heads::SequenceClassificationModel;
 use serde::Serialize;
 use tch::Kind;
-use trident_core::text::{by_length_batches, Batch, PaddingSide};
 use trident_core::{Encoded, Error, ModelFiles, Result, TextEncoder};
 
 /// One label with its score.
@@ -128,29 +127,19 @@ impl TextClassifier {
 
     /// Classify already tokenized texts.
     pub fn run_encoded(&self, encodings: &[Encoded]) -> Result<Vec<Classification>> {
-        self.tokens.fetch_add(
-            encodings.iter().map(Encoded::len).sum(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let device = self
-            .model
-            .encoder
-            .embeddings
-            .word_embeddings
-            .weight
-            .device();
-        by_length_batches(
-            encodings,
+        let (batch_size, device) = (
             self.options.pipeline.batch_size,
-            Encoded::len,
-            |group| {
-                let batch = Batch::new(
-                    group.iter().map(|e| (*e).clone()).collect(),
-                    self.tokenizer.pad_id,
-                    PaddingSide::Right,
-                    device,
-                )?;
-                let logits = tch::no_grad(|| self.model.forward(&batch))?.to_kind(Kind::Float); // [batch, labels]
+            self.model.encoder.device(),
+        );
+        run_batches(
+            encodings,
+            |e| e,
+            batch_size,
+            &self.tokenizer,
+            device,
+            &self.tokens,
+            |batch, _| {
+                let logits = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, labels]
                 let scores = match self.function {
                     ScoreFunction::Softmax => logits.softmax(-1, Kind::Float),
                     ScoreFunction::Sigmoid => logits.sigmoid(),

@@ -2,12 +2,11 @@
 //! state, pooled over real tokens (1_Pooling/config.json), then L2-normalised when
 //! modules.json lists a Normalize module.
 
-use super::{load_common, PipelineOptions};
+use super::{load_common, run_batches, PipelineOptions};
 use crate::heads::EncoderModel;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use trident_core::config::read_json;
-use trident_core::text::{by_length_batches, Batch, PaddingSide};
 use trident_core::{Error, ModelFiles, Result, TextEncoder};
 
 /// One text's embedding.
@@ -119,29 +118,16 @@ impl Embedder {
             .iter()
             .map(|t| Ok(self.tokenizer.encode_truncated(t, self.max_len)?.0))
             .collect::<Result<Vec<_>>>()?;
-        self.tokens.fetch_add(
-            encodings.iter().map(|e| e.len()).sum(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let device = self
-            .model
-            .encoder
-            .embeddings
-            .word_embeddings
-            .weight
-            .device();
-        by_length_batches(
+        let device = self.model.encoder.device();
+        run_batches(
             &encodings,
+            |e| e,
             self.batch_size,
-            |e| e.len(),
-            |group| {
-                let batch = Batch::new(
-                    group.iter().map(|e| (*e).clone()).collect(),
-                    self.tokenizer.pad_id,
-                    PaddingSide::Right,
-                    device,
-                )?;
-                let hidden = tch::no_grad(|| self.model.forward(&batch))?.to_kind(Kind::Float); // [batch, seq, hidden]
+            &self.tokenizer,
+            device,
+            &self.tokens,
+            |batch, _| {
+                let hidden = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, seq, hidden]
                 let pooled = self.pool(&hidden, &batch.attention_mask); // [batch, hidden]
                 let pooled = if self.normalize {
                     l2_normalize(&pooled)

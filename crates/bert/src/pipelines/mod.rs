@@ -6,7 +6,8 @@ pub mod embed;
 pub mod ner;
 
 use crate::config::EncoderConfig;
-use trident_core::{DeviceChoice, ModelFiles, Result, TextEncoder};
+use trident_core::text::{by_length_batches, Batch, PaddingSide};
+use trident_core::{DeviceChoice, Encoded, ModelFiles, Result, TextEncoder};
 
 /// Options every encoder pipeline takes.
 #[derive(Debug, Clone)]
@@ -40,4 +41,30 @@ pub(crate) fn load_common(
 pub(crate) fn max_tokens(config: &EncoderConfig, tokenizer: &TextEncoder) -> usize {
     let model = config.max_input_tokens();
     tokenizer.model_max_length.map_or(model, |t| t.min(model))
+}
+
+/// Run `forward` over tokenized items in length-sorted, right-padded batches, on the model's
+/// device and without gradients, counting the tokens; results come back in input order.
+/// `forward` gets the padded batch and the items in it, and returns one result per item.
+pub(crate) fn run_batches<I, T>(
+    items: &[I],
+    encoding: impl Fn(&I) -> &Encoded,
+    batch_size: usize,
+    tokenizer: &TextEncoder,
+    device: tch::Device,
+    tokens: &std::sync::atomic::AtomicUsize,
+    mut forward: impl FnMut(&Batch, &[&I]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let total: usize = items.iter().map(|i| encoding(i).len()).sum();
+    tokens.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+    by_length_batches(
+        items,
+        batch_size,
+        |i| encoding(i).len(),
+        |group| {
+            let encodings = group.iter().map(|i| encoding(i).clone()).collect();
+            let batch = Batch::new(encodings, tokenizer.pad_id, PaddingSide::Right, device)?;
+            tch::no_grad(|| forward(&batch, group))
+        },
+    )
 }

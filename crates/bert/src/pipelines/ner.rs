@@ -3,12 +3,11 @@
 //! `ignore_labels` (default `["O"]`); character offsets into the original text; and long
 //! texts split into overlapping windows whose entities are merged.
 
-use super::{load_common, max_tokens, PipelineOptions};
+use super::{load_common, max_tokens, run_batches, PipelineOptions};
 use crate::heads::TokenClassificationModel;
 use serde::Serialize;
 use std::str::FromStr;
 use tch::Kind;
-use trident_core::text::{by_length_batches, Batch, PaddingSide};
 use trident_core::{Encoded, Error, ModelFiles, Result, TextEncoder};
 
 /// How token predictions become entities.
@@ -239,30 +238,20 @@ impl TokenClassifier {
         for (i, text) in texts.iter().enumerate() {
             windows.extend(self.windows(text, i)?);
         }
-        self.tokens.fetch_add(
-            windows.iter().map(|w| w.encoding.len()).sum(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        let device = self
-            .model
-            .encoder
-            .embeddings
-            .word_embeddings
-            .weight
-            .device();
-        // Scores [seq, labels] per window.
-        let scores = by_length_batches(
-            &windows,
+        let (batch_size, device) = (
             self.options.pipeline.batch_size,
-            |w| w.encoding.len(),
-            |group| {
-                let batch = Batch::new(
-                    group.iter().map(|w| w.encoding.clone()).collect(),
-                    self.tokenizer.pad_id,
-                    PaddingSide::Right,
-                    device,
-                )?;
-                let logits = tch::no_grad(|| self.model.forward(&batch))?.to_kind(Kind::Float); // [batch, seq, labels]
+            self.model.encoder.device(),
+        );
+        // Scores [seq, labels] per window.
+        let scores = run_batches(
+            &windows,
+            |w| &w.encoding,
+            batch_size,
+            &self.tokenizer,
+            device,
+            &self.tokens,
+            |batch, group| {
+                let logits = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, seq, labels]
                 let probs = logits.softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
                 group
                     .iter()
