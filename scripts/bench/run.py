@@ -150,12 +150,13 @@ def write(a, results, flops, bw):
     except ImportError:
         ct2v = "not installed"
     cpu, flags = machine()
+    version = open(ROOT / "Cargo.toml").read().split('version = "')[1].split('"')[0]
     lines = [
         "# Benchmarks", "",
         f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores; "
         f"flags: {' '.join(flags)}), {a.threads} threads for every system, {a.runs} runs per system, "
         "alternating; medians. Each run is a fresh process: load time and peak RSS are per process.", "",
-        f"Versions: Trident {open(ROOT / 'Cargo.toml').read().split('version = \"')[1].split('\"')[0]} "
+        f"Versions: Trident {version} "
         f"(tch 0.26, libtorch {torch.__version__}), transformers {transformers.__version__} on torch "
         f"{torch.__version__}, CTranslate2 {ct2v}, Python {platform.python_version()}.", "",
         "Reproduce: `make bench` (creates the random full-size checkpoints under .bench/, then runs "
