@@ -85,6 +85,7 @@ pub fn candidate_names(name: &str) -> Vec<String> {
 /// One memory-mapped safetensors file with its parsed header.
 struct Shard {
     path: PathBuf,
+    file: std::fs::File,
     mmap: Mmap,
     header_len: usize,
     metadata: Metadata,
@@ -104,10 +105,41 @@ impl Shard {
         })?;
         Ok(Shard {
             path: path.to_path_buf(),
+            file,
             mmap,
             header_len,
             metadata,
         })
+    }
+
+    /// Read a tensor's bytes straight into `dst` when it is a contiguous CPU tensor of the
+    /// stored dtype and size, so that loading neither pages in the mapped file (peak memory
+    /// stays at the model's size) nor makes an intermediate copy. Returns whether it did.
+    #[cfg(unix)]
+    fn read_into(&self, info: &TensorInfo, dst: &Tensor) -> Result<bool> {
+        use std::os::unix::fs::FileExt;
+        let (start, end) = (info.data_offsets.0, info.data_offsets.1);
+        let fits = kind_of(info.dtype) == Some(dst.kind())
+            && dst.device() == tch::Device::Cpu
+            && dst.is_contiguous()
+            && dst.numel() * dst.kind().elt_size_in_bytes() == end - start;
+        if !fits || end == start {
+            return Ok(false);
+        }
+        // SAFETY: `dst` is a contiguous CPU tensor of exactly `end - start` bytes (checked
+        // above) that nothing else reads or writes while we fill it.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(dst.data_ptr() as *mut u8, end - start) };
+        let offset = (8 + self.header_len + start) as u64;
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|e| Error::io(&self.path, e))?;
+        Ok(true)
+    }
+
+    #[cfg(not(unix))]
+    fn read_into(&self, _info: &TensorInfo, _dst: &Tensor) -> Result<bool> {
+        Ok(false)
     }
 
     fn info(&self, name: &str) -> Option<&TensorInfo> {
@@ -294,9 +326,12 @@ pub fn load(vs: &VarStore, ckpt: &Checkpoint) -> Result<LoadReport> {
                 ),
             ));
         }
-        let src = shard.tensor(&stored, info)?;
-        let mut dst = var.shallow_clone();
-        tch::no_grad(|| dst.f_copy_(&src))?;
+        if !shard.read_into(info, var)? {
+            // Another dtype or device: read, then convert while copying.
+            let src = shard.tensor(&stored, info)?;
+            let mut dst = var.shallow_clone();
+            tch::no_grad(|| dst.f_copy_(&src))?;
+        }
         used.insert(stored);
     }
     if !missing.is_empty() {
