@@ -38,10 +38,6 @@ pub struct GenerateArgs {
     model: ModelArgs,
     #[command(flatten)]
     generation: GenerationArgs,
-    /// Stop an output once its text contains S (the same as --stop-strings; repeat the flag
-    /// for several).
-    #[arg(long = "stop", value_name = "S")]
-    stop: Vec<String>,
     /// Output only the generated continuation, without the prompt (transformers'
     /// return_full_text=False).
     #[arg(long)]
@@ -58,8 +54,7 @@ pub struct GenerateArgs {
 /// Run `trident generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(GPT_MODEL)?;
-    let mut generation = args.generation.options();
-    generation.stop_strings.extend(args.stop.iter().cloned());
+    let generation = args.generation.options();
     let text = args.io.format == Format::Text;
     let options = GenerateOptions {
         device: args.model.device,

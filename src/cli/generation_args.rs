@@ -57,8 +57,8 @@ pub struct GenerationArgs {
     /// Outputs per input (at most --num-beams with beam search; needs beams or sampling).
     #[arg(long, value_name = "N")]
     pub num_return_sequences: Option<usize>,
-    /// Stop an output once its text contains S (repeat the flag for several).
-    #[arg(long = "stop-strings", value_name = "S")]
+    /// Stop an output once its text contains S (repeat the flag for several; `--stop` for short).
+    #[arg(long = "stop-strings", visible_alias = "stop", value_name = "S")]
     pub stop_strings: Vec<String>,
     /// Never generate WORD (repeat the flag for several).
     #[arg(long = "bad-words", value_name = "WORD")]
