@@ -178,7 +178,7 @@ pub struct GPT2LMHeadModel {
     _vs: VarStore,
     /// `transformer`, the base model.
     pub transformer: GPT2Model,
-    /// `lm_head`, `[vocab, n_embd]`: the very tensor of `transformer.wte` when tied.
+    /// `lm_head`: the very tensor of `transformer.wte` when tied (then `[n_embd, vocab]`).
     pub lm_head: Linear,
     device: Device,
 }
@@ -205,17 +205,26 @@ impl GPT2LMHeadModel {
 
     /// Load the weights of `files` for `config`.
     pub fn load(files: &ModelFiles, config: &GPT2Config, device: Device) -> Result<Self> {
-        let (vs, (transformer, lm_head)) = build_and_load(files, device, |root| {
+        let (vs, (mut transformer, lm_head)) = build_and_load(files, device, |root| {
             let transformer = GPT2Model::new(&(root / "transformer"), config)?;
-            // Every released GPT-2 ties the head to the token embeddings: one tensor, stored
-            // once (checkpoints omit `lm_head.weight` or repeat wte in it).
             let lm_head = if config.tie_word_embeddings {
-                Linear::tied(&transformer.wte.weight)
+                None
             } else {
-                Linear::new(&(root / "lm_head"), config.n_embd, config.vocab_size, false)?
+                Some(Linear::new(
+                    &(root / "lm_head"),
+                    config.n_embd,
+                    config.vocab_size,
+                    false,
+                )?)
             };
             Ok((transformer, lm_head))
         })?;
+        // Every released GPT-2 ties the head to the token embeddings: one tensor, stored once
+        // (checkpoints omit `lm_head.weight` or repeat wte in it), laid out for the head.
+        let lm_head = match lm_head {
+            Some(head) => head,
+            None => transformer.wte.tie_head()?,
+        };
         Ok(GPT2LMHeadModel {
             _vs: vs,
             transformer,

@@ -109,9 +109,7 @@ impl T5Stack {
         }
         let bias_path = p / "block" / 0 / "layer" / 0 / "SelfAttention" / "relative_attention_bias";
         Ok(T5Stack {
-            embed_tokens: Embedding {
-                weight: shared.weight.shallow_clone(),
-            },
+            embed_tokens: Embedding::from_weight(shared.weight.shallow_clone()),
             block,
             relative_attention_bias: RelativePositionBias {
                 embedding: Embedding::new(

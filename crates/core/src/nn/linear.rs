@@ -74,20 +74,79 @@ impl Linear {
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
 #[derive(Debug)]
 pub struct Embedding {
-    /// `[num, dim]`.
+    /// `[num, dim]`, or `[dim, num]` once tied to an output head by [`Embedding::tie_head`].
     pub weight: Tensor,
+    transposed: bool,
 }
 
 impl Embedding {
     /// An `nn.Embedding` named `p`.
     pub fn new(p: &Path, num: i64, dim: i64) -> Result<Self> {
-        Ok(Embedding {
-            weight: p.f_zeros_no_train("weight", &[num, dim])?,
+        Ok(Embedding::from_weight(
+            p.f_zeros_no_train("weight", &[num, dim])?,
+        ))
+    }
+
+    /// A table over an existing `[num, dim]` weight (shared embeddings, as in T5).
+    pub fn from_weight(weight: Tensor) -> Self {
+        Embedding {
+            weight,
+            transposed: false,
+        }
+    }
+
+    /// Tie an output head to this table (`logits = x·tableᵀ`), in the layout a matrix-vector
+    /// product streams fastest: the loaded table is re-stored `[dim, num]` in place (no second
+    /// copy is kept), lookups then read its columns, and the returned head is an `[in, out]`
+    /// projection over the same memory. Call it after the weights are loaded.
+    pub fn tie_head(&mut self) -> Result<Linear> {
+        if !self.transposed {
+            let transposed = self.weight.f_t_copy()?.f_contiguous()?; // [dim, num]
+            let mut shared = self.weight.shallow_clone();
+            tch::no_grad(|| shared.f_set_data(&transposed))?;
+            self.transposed = true;
+        }
+        Ok(Linear {
+            weight: self.weight.shallow_clone(),
+            bias: None,
+            layout: Layout::InOut,
         })
     }
 
     /// `[...] ids → [..., dim]`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, -1, false, false)
+        if self.transposed {
+            let mut shape = ids.size();
+            shape.push(self.weight.size()[0]);
+            // Columns of the [dim, num] table, gathered then laid out [n, dim].
+            self.weight
+                .index_select(1, &ids.reshape([-1]))
+                .t_()
+                .reshape(shape.as_slice())
+        } else {
+            Tensor::embedding(&self.weight, ids, -1, false, false)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// A tied head in the `[in, out]` layout computes `x·Wᵀ`, and lookups still return rows.
+    #[test]
+    fn tied_head_keeps_lookups_and_computes_x_times_table_transposed() {
+        let table = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
+        let mut emb = Embedding::from_weight(table.copy());
+        let ids = Tensor::from_slice(&[3i64, 0, 6, 3]).view([2, 2]);
+        let before = emb.forward(&ids);
+        let head = emb.tie_head().unwrap();
+        assert_eq!(emb.weight.size(), vec![4, 7]);
+        assert!(emb.forward(&ids).allclose(&before, 0.0, 0.0, false));
+        let x = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
+        assert!(head
+            .forward(&x)
+            .allclose(&x.matmul(&table.t_copy()), 1e-6, 1e-6, false));
     }
 }
