@@ -98,7 +98,9 @@ impl Embedding {
     /// Tie an output head to this table (`logits = x·tableᵀ`), in the layout a matrix-vector
     /// product streams fastest: the loaded table is re-stored `[dim, num]` in place (no second
     /// copy is kept), lookups then read its columns, and the returned head is an `[in, out]`
-    /// projection over the same memory. Call it after the weights are loaded.
+    /// projection over the same memory. Call it after the weights are loaded, and only on a
+    /// table no other `Embedding` shares (T5's `shared` table, used by both stacks, is not one:
+    /// the other handles would keep reading it as `[num, dim]`).
     pub fn tie_head(&mut self) -> Result<Linear> {
         if !self.transposed {
             let transposed = self.weight.f_t_copy()?.f_contiguous()?; // [dim, num]
