@@ -126,11 +126,7 @@ impl SequenceClassificationModel {
 
     /// `[batch, labels]` logits.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = self.encoder.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            Some(&batch.token_type_ids),
-        )?;
+        let hidden = self.encoder.forward_batch(batch)?;
         Ok(self.head.forward(&hidden))
     }
 }
@@ -170,11 +166,7 @@ impl TokenClassificationModel {
 
     /// `[batch, seq, labels]` logits.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = self.encoder.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            Some(&batch.token_type_ids),
-        )?;
+        let hidden = self.encoder.forward_batch(batch)?;
         Ok(self.classifier.forward(&hidden))
     }
 }
@@ -198,10 +190,6 @@ impl EncoderModel {
 
     /// `[batch, seq, hidden]` last hidden state.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        self.encoder.forward(
-            &batch.input_ids,
-            &batch.attention_mask,
-            Some(&batch.token_type_ids),
-        )
+        self.encoder.forward_batch(batch)
     }
 }

@@ -181,6 +181,15 @@ impl Encoder {
         self.embeddings.word_embeddings.weight.device()
     }
 
+    /// A padded batch → `[batch, seq, hidden]` last hidden state.
+    pub fn forward_batch(&self, batch: &trident_core::Batch) -> Result<Tensor> {
+        self.forward(
+            &batch.input_ids,
+            &batch.attention_mask,
+            Some(&batch.token_type_ids),
+        )
+    }
+
     /// `[batch, seq]` ids and 1/0 mask → `[batch, seq, hidden]` last hidden state.
     pub fn forward(
         &self,

@@ -196,23 +196,30 @@ impl TokenClassifier {
     /// The windows of one text: one when it fits (and no stride is asked), else overlapping
     /// windows of the model's length.
     fn windows(&self, text: &str, index: usize) -> Result<Vec<Window>> {
-        let whole = self.tokenizer.encode(text)?;
-        if self.options.stride.is_none() && whole.len() <= self.max_len {
-            return Ok(vec![Window {
-                text: index,
-                encoding: whole,
-                index_offset: 0,
-            }]);
-        }
+        // With --stride every text is windowed directly; otherwise a text that fits is run
+        // whole, and only a longer one is tokenized again into windows.
+        let whole_len = match self.options.stride {
+            Some(_) => None,
+            None => {
+                let whole = self.tokenizer.encode(text)?;
+                if whole.len() <= self.max_len {
+                    return Ok(vec![Window {
+                        text: index,
+                        encoding: whole,
+                        index_offset: 0,
+                    }]);
+                }
+                Some(whole.len())
+            }
+        };
         let room = self
             .max_len
             .saturating_sub(self.tokenizer.num_special_tokens());
         let stride = self.options.stride.unwrap_or(room / 4);
         let windows = self.tokenizer.encode_windows(text, self.max_len, stride)?;
-        if self.options.stride.is_none() {
+        if let Some(len) = whole_len {
             tracing::warn!(
-                "a text of {} tokens was split into {} overlapping windows (stride {stride})",
-                whole.len(),
+                "a text of {len} tokens was split into {} overlapping windows (stride {stride})",
                 windows.len()
             );
         }
