@@ -3,10 +3,12 @@
 //! one JSON line with the load time, the run time, the work done and the peak RSS.
 //!
 //! ```sh
-//! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json
+//! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json [DTYPE]
 //! ```
 //! WORKLOAD: ner | classify | embed | t5-greedy | t5-beam4 | gpt2-greedy-b1 | gpt2-greedy-b8 |
-//! gpt2-topp-b1.
+//! gpt2-topp-b1; DTYPE: f32 (default) | bf16 | int8. With `TRIDENT_BENCH_OUTPUT=FILE` the
+//! pipeline's results are also written to FILE as JSON, for run.py to measure what bf16 and
+//! int8 change against f32.
 //!
 //! Without arguments (as `cargo test --all-targets` runs it), every workload runs once on the
 //! tiny fixtures in weights/ with a few new tokens: a smoke check that the benchmark still
@@ -17,7 +19,7 @@ use trident::bert::{
     ClassifyOptions, Embedder, NerOptions, PipelineOptions, TextClassifier, TokenClassifier,
 };
 use trident::core::generation::GenerationOptions;
-use trident::core::{DeviceChoice, ModelFiles};
+use trident::core::{DeviceChoice, Dtype, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
 use trident::t5::{Summarizer, SummarizerOptions};
 
@@ -49,12 +51,20 @@ fn main() -> anyhow::Result<()> {
         .filter(|a| !a.starts_with("--"))
         .collect();
     match args.as_slice() {
-        [workload, model, inputs] => {
+        [workload, model, inputs, dtype @ ..] if dtype.len() <= 1 => {
             let texts: Vec<String> = serde_json::from_str(&std::fs::read_to_string(inputs)?)?;
-            println!("{}", run(workload, &ModelFiles::local(model)?, &texts, 1)?);
+            let dtype = match dtype.first() {
+                Some(d) => d.parse()?,
+                None => Dtype::F32,
+            };
+            let (line, outputs) = run(workload, &ModelFiles::local(model)?, &texts, 1, dtype)?;
+            if let Ok(path) = std::env::var("TRIDENT_BENCH_OUTPUT") {
+                std::fs::write(path, outputs.to_string())?;
+            }
+            println!("{line}");
         }
         [] => smoke()?,
-        _ => anyhow::bail!("usage: workloads WORKLOAD MODEL_DIR INPUTS.json"),
+        _ => anyhow::bail!("usage: workloads WORKLOAD MODEL_DIR INPUTS.json [f32|bf16|int8]"),
     }
     Ok(())
 }
@@ -73,35 +83,40 @@ fn smoke() -> anyhow::Result<()> {
         ("gpt2-topp-b1", "gpt2-tiny"),
     ] {
         let files = ModelFiles::local(trident::core::testing::fixture_dir(fixture))?;
-        let line = run(workload, &files, &texts, 16)?;
-        anyhow::ensure!(
-            line["units"].as_u64().unwrap_or(0) > 0,
-            "{workload}: no work done"
-        );
+        for dtype in [Dtype::F32, Dtype::Int8] {
+            let (line, _) = run(workload, &files, &texts, 16, dtype)?;
+            anyhow::ensure!(
+                line["units"].as_u64().unwrap_or(0) > 0,
+                "{workload} ({dtype}): no work done"
+            );
+        }
     }
     println!("benchmark smoke check: every workload ran");
     Ok(())
 }
 
-/// Run one workload; `scale` divides the number of new tokens (1 for real measurements).
+/// Run one workload in `dtype`; `scale` divides the number of new tokens (1 for real
+/// measurements). Returns the measurement line and the pipeline's results.
 fn run(
     workload: &str,
     files: &ModelFiles,
     texts: &[String],
     scale: usize,
-) -> anyhow::Result<serde_json::Value> {
+    dtype: Dtype,
+) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let cpu = DeviceChoice::Cpu;
     let (t5_new, gpt_new) = (64 / scale, 128 / scale);
     let start = Instant::now();
     // Each arm: load (timed as load), then run (timed as run); returns units of work done.
-    let (load_s, run_s, units, unit) = match workload {
+    let (load_s, run_s, units, unit, outputs) = match workload {
         "ner" => {
             let p = TokenClassifier::from_pretrained(
                 files,
                 NerOptions {
                     pipeline: PipelineOptions {
                         device: cpu,
+                        dtype,
                         batch_size: 8,
                     },
                     ..Default::default()
@@ -109,12 +124,13 @@ fn run(
             )?;
             let load = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            p.run(&refs)?;
+            let out = p.run(&refs)?;
             (
                 load,
                 t.elapsed().as_secs_f64(),
                 p.tokens_processed(),
                 "tokens",
+                serde_json::to_value(out)?,
             )
         }
         "classify" => {
@@ -123,6 +139,7 @@ fn run(
                 ClassifyOptions {
                     pipeline: PipelineOptions {
                         device: cpu,
+                        dtype,
                         batch_size: 32,
                     },
                     ..Default::default()
@@ -130,26 +147,42 @@ fn run(
             )?;
             let load = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            p.run(&refs)?;
-            (load, t.elapsed().as_secs_f64(), refs.len(), "sentences")
+            let out = p.run(&refs)?;
+            let run = t.elapsed().as_secs_f64();
+            (
+                load,
+                run,
+                refs.len(),
+                "sentences",
+                serde_json::to_value(out)?,
+            )
         }
         "embed" => {
             let p = Embedder::from_pretrained(
                 files,
                 PipelineOptions {
                     device: cpu,
+                    dtype,
                     batch_size: 32,
                 },
             )?;
             let load = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            p.run(&refs)?;
-            (load, t.elapsed().as_secs_f64(), refs.len(), "sentences")
+            let out = p.run(&refs)?;
+            let run = t.elapsed().as_secs_f64();
+            (
+                load,
+                run,
+                refs.len(),
+                "sentences",
+                serde_json::to_value(out)?,
+            )
         }
         "t5-greedy" | "t5-beam4" => {
             let beams = if workload == "t5-beam4" { 4 } else { 1 };
             let options = SummarizerOptions {
                 device: cpu,
+                dtype,
                 generation: exact(t5_new, beams),
                 batch_size: refs.len(),
                 ..Default::default()
@@ -157,12 +190,13 @@ fn run(
             let p = Summarizer::from_pretrained(files, options)?;
             let load = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            p.run(&refs)?;
+            let out = p.run(&refs)?;
             (
                 load,
                 t.elapsed().as_secs_f64(),
                 refs.len() * t5_new,
                 "new tokens",
+                serde_json::to_value(out)?,
             )
         }
         "gpt2-greedy-b1" | "gpt2-greedy-b8" | "gpt2-topp-b1" => {
@@ -178,6 +212,7 @@ fn run(
                 files,
                 GenerateOptions {
                     device: cpu,
+                    dtype,
                     batch_size: batch,
                     generation,
                     ..Default::default()
@@ -185,18 +220,21 @@ fn run(
             )?;
             let load = start.elapsed().as_secs_f64();
             let t = Instant::now();
-            p.run(&refs[..batch])?;
+            let out = p.run(&refs[..batch])?;
             (
                 load,
                 t.elapsed().as_secs_f64(),
                 batch * gpt_new,
                 "new tokens",
+                serde_json::to_value(out)?,
             )
         }
         other => anyhow::bail!("unknown workload {other}"),
     };
-    Ok(serde_json::json!({
-        "system": "trident", "workload": workload, "load_s": load_s, "run_s": run_s,
-        "units": units, "unit": unit, "peak_rss_kb": peak_rss_kb(), "threads": tch::get_num_threads(),
-    }))
+    let line = serde_json::json!({
+        "system": "trident", "dtype": dtype.to_string(), "workload": workload, "load_s": load_s,
+        "run_s": run_s, "units": units, "unit": unit, "peak_rss_kb": peak_rss_kb(),
+        "threads": tch::get_num_threads(),
+    });
+    Ok((line, outputs))
 }

@@ -9,7 +9,7 @@
 
 use std::io::Write;
 use trident::core::generation::{generate_with, GenerationConfig, Hooks, Token};
-use trident::core::{HubOptions, ModelFiles, PaddingSide, TextEncoder};
+use trident::core::{Dtype, HubOptions, ModelFiles, PaddingSide, TextEncoder};
 use trident::t5::{T5ForConditionalGeneration, Translator, TranslatorOptions};
 
 fn main() -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     // 2. The engine underneath, greedy, printing tokens as they come.
-    let t5 = T5ForConditionalGeneration::from_pretrained(&files, tch::Device::Cpu)?;
+    let t5 = T5ForConditionalGeneration::from_pretrained(&files, tch::Device::Cpu, Dtype::F32)?;
     let tokenizer = TextEncoder::from_files(&files)?;
     let config = GenerationConfig {
         max_new_tokens: Some(40),

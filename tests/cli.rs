@@ -90,6 +90,40 @@ fn ner_json_has_pipeline_fields() {
     );
 }
 
+/// `--dtype` reaches every model family, and an unknown one is refused with the choices.
+#[test]
+fn dtype_option_runs_each_family_and_rejects_unknown_names() {
+    let text = "Angela Merkel met Emmanuel Macron in Berlin on Tuesday.";
+    for dtype in ["bf16", "int8"] {
+        for (cmd, model, extra) in [
+            ("ner", "bert-tiny-ner", vec![]),
+            ("classify", "bert-tiny-sentiment", vec![]),
+            ("summarize", "t5-tiny", vec!["--max-new-tokens", "4"]),
+            ("generate", "gpt2-tiny", vec!["--max-new-tokens", "4"]),
+        ] {
+            let model = fixture(model);
+            let mut args = vec![cmd, "--model", &model, "--dtype", dtype, "--format", "json"];
+            args.extend(extra);
+            args.push(text);
+            let o = trident(&args, None);
+            assert!(o.status.success(), "{cmd} --dtype {dtype}: {}", stderr(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert!(
+                !v.as_array().unwrap().is_empty(),
+                "{cmd} --dtype {dtype}: {v}"
+            );
+        }
+    }
+    let model = fixture("bert-tiny-ner");
+    let o = trident(&["ner", "--model", &model, "--dtype", "fp64", text], None);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("fp64") && err.contains("bf16") && err.contains("int8"),
+        "{err}"
+    );
+}
+
 #[test]
 fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
     let mut file = Vec::new();

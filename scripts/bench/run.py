@@ -21,17 +21,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / ".bench"
 PY = sys.executable
+OUTPUTS = BENCH / "outputs"  # the first run's results of each Trident dtype, for accuracy
 
+SYSTEMS = ["trident", "trident-bf16", "trident-int8", "transformers", "ct2-float32", "ct2-int8"]
 # workload -> (model directory under .bench/models, inputs file, systems)
 WORKLOADS = {
-    "ner": ("bert-base-ner", "ner", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "classify": ("bert-6x768-cls", "classify", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "embed": ("all-MiniLM-L6-v2", "embed", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "t5-greedy": ("t5-small", "t5", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "t5-beam4": ("t5-small", "t5", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "gpt2-greedy-b1": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "gpt2-greedy-b8": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
-    "gpt2-topp-b1": ("gpt2", "gpt2", ["trident", "transformers", "ct2-float32", "ct2-int8"]),
+    "ner": ("bert-base-ner", "ner", SYSTEMS),
+    "classify": ("bert-6x768-cls", "classify", SYSTEMS),
+    "embed": ("all-MiniLM-L6-v2", "embed", SYSTEMS),
+    "t5-greedy": ("t5-small", "t5", SYSTEMS),
+    "t5-beam4": ("t5-small", "t5", SYSTEMS),
+    "gpt2-greedy-b1": ("gpt2", "gpt2", SYSTEMS),
+    "gpt2-greedy-b8": ("gpt2", "gpt2", SYSTEMS),
+    "gpt2-topp-b1": ("gpt2", "gpt2", SYSTEMS),
 }
 DESCRIPTION = {
     "ner": "NER, bert-base (9 labels), 64 paragraphs of 120–200 tokens, batch 8",
@@ -55,10 +57,14 @@ def trident_bench_binary():
     raise SystemExit("could not find the workloads bench binary")
 
 
-def measure(system, workload, model, inputs, threads, binary):
-    if system == "trident":
-        cmd = [binary, workload, str(model), str(inputs)]
+def measure(system, workload, model, inputs, threads, binary, keep_outputs=False):
+    if system.startswith("trident"):
+        dtype = system.split("-", 1)[1] if "-" in system else "f32"
+        cmd = [binary, workload, str(model), str(inputs), dtype]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        if keep_outputs:
+            OUTPUTS.mkdir(parents=True, exist_ok=True)
+            env["TRIDENT_BENCH_OUTPUT"] = str(OUTPUTS / f"{workload}-{system}.json")
     else:
         cmd = [PY, str(ROOT / "scripts/bench/peers.py"), "--system", system, "--workload", workload,
                "--model", str(model), "--inputs", str(inputs), "--threads", str(threads)]
@@ -143,11 +149,60 @@ def main():
             # Alternate the order run by run so that drift affects every system alike.
             order = systems if r % 2 == 0 else list(reversed(systems))
             for s in order:
-                m = measure(s, w, model, inputs, a.threads, binary)
+                m = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0)
                 results.setdefault(w, {}).setdefault(s, []).append(m)
                 print(w, s, r, json.dumps(m), flush=True)  # the format --from-log reads
     flops, bw = bounds(a.threads)
     write(a, results, flops, bw)
+
+
+def accuracy(workload, dtype):
+    """What `dtype` changes in Trident's results against f32 on the same workload, from the
+    outputs the first run kept: a short description, or None when either is missing."""
+    try:
+        ref = json.loads((OUTPUTS / f"{workload}-trident.json").read_text())
+        got = json.loads((OUTPUTS / f"{workload}-trident-{dtype}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if workload == "ner":
+        # Entity agreement: F1 of the dtype's entities against f32's (same group and span).
+        key = lambda out: {(i, e["entity_group"], e["start"], e["end"]) for i, ents in enumerate(out) for e in ents}
+        a, b = key(ref), key(got)
+        if not a and not b:
+            return "no entities either way"
+        f1 = 2 * len(a & b) / (len(a) + len(b))
+        dscore = max((abs(x["score"] - y["score"]) for ra, rb in zip(ref, got) for x in ra for y in rb
+                      if (x["entity_group"], x["start"], x["end"]) == (y["entity_group"], y["start"], y["end"])), default=0)
+        return f"entity F1 {f1:.3f} vs f32 ({len(a)} entities); max score difference {dscore:.1e}"
+    if workload == "classify":
+        top = lambda c: c[0] if isinstance(c, list) else c
+        same = sum(top(x)["label"] == top(y)["label"] for x, y in zip(ref, got))
+        dscore = max(abs(top(x)["score"] - top(y)["score"]) for x, y in zip(ref, got))
+        return f"same label {same}/{len(ref)}; max probability difference {dscore:.1e}"
+    if workload == "embed":
+        import math
+        def cos(u, v):
+            return sum(p * q for p, q in zip(u, v)) / math.sqrt(sum(p * p for p in u) * sum(q * q for q in v))
+        c = [cos(x["embedding"], y["embedding"]) for x, y in zip(ref, got)]
+        return f"cosine to f32: min {min(c):.5f}, mean {sum(c) / len(c):.5f}"
+    # Generation: token agreement, position by position, over f32's tokens.
+    from tokenizers import Tokenizer
+    model = BENCH / "models" / WORKLOADS[workload][0]
+    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+    field = "summary_text" if workload.startswith("t5") else "generated_text"
+    texts = lambda out: [seqs[0][field] for seqs in out]
+    agree = total = identical = prefix = 0
+    for x, y in zip(texts(ref), texts(got)):
+        ix, iy = tok.encode(x, add_special_tokens=False).ids, tok.encode(y, add_special_tokens=False).ids
+        agree += sum(p == q for p, q in zip(ix, iy))
+        total += len(ix)
+        identical += ix == iy
+        same = next((k for k, (p, q) in enumerate(zip(ix, iy)) if p != q), min(len(ix), len(iy)))
+        prefix += same / max(len(ix), 1)
+    n = len(texts(ref))
+    return (f"token agreement {agree / max(total, 1):.3f} (position by position); tokens before "
+            f"the first difference {prefix / n:.2f} of the output on average; identical outputs "
+            f"{identical}/{n}")
 
 
 def median(ms, key):
@@ -198,6 +253,14 @@ def write(a, results, flops, bw):
             lines.append(f"| {w} | {s} | {tput:.1f} | {unit}/s | {1000 / tput:.2f} | {load:.2f} | {rss / 1024:.0f} | "
                          f"{rel('transformers')} | {rel('ct2-float32')} |")
     lines += ["", "Workloads:", ""] + [f"- `{w}`: {DESCRIPTION[w]}" for w in results]
+    acc = [(w, d, accuracy(w, d)) for w in results for d in ("bf16", "int8")]
+    acc = [row for row in acc if row[2]]
+    if acc:
+        lines += ["", "## What bf16 and int8 cost in accuracy", "",
+                  "Trident's own results in bf16 / int8 against its f32 results (which match "
+                  "transformers), same inputs, from the first run of each:", "",
+                  "| workload | dtype | difference from f32 |", "|---|---|---|"]
+        lines += [f"| {w} | {d} | {text} |" for w, d, text in acc]
     analysis = ROOT / "scripts/bench/analysis.md"
     if analysis.exists():
         lines += ["", analysis.read_text().rstrip()]

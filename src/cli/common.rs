@@ -1,7 +1,7 @@
 //! Options shared by every command that loads a model.
 
 use clap::Args;
-use trident_core::{DeviceChoice, HubOptions, ModelFiles};
+use trident_core::{DeviceChoice, Dtype, HubOptions, ModelFiles};
 
 /// Where the model comes from and where it runs.
 #[derive(Args, Debug, Clone)]
@@ -14,6 +14,12 @@ pub struct ModelArgs {
     /// Where to run: auto (CUDA when present, else CPU), cpu, cuda or mps.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
+
+    /// Numeric format: f32 (exact, transformers' results), bf16 (half the memory traffic;
+    /// fast on CPUs with AVX512-BF16 or AMX) or int8 (dynamic quantization of the linear
+    /// layers). bf16 and int8 trade a little accuracy for speed: see BENCHMARKS.md.
+    #[arg(long, default_value = "f32", value_name = "DTYPE")]
+    pub dtype: Dtype,
 
     /// Texts per forward pass.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]

@@ -16,6 +16,7 @@ const CHUNK: usize = 64;
 fn pipeline_options(model: &ModelArgs) -> PipelineOptions {
     PipelineOptions {
         device: model.device,
+        dtype: model.dtype,
         batch_size: model.batch_size as usize,
     }
 }

@@ -58,6 +58,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let text = args.io.format == Format::Text;
     let options = GenerateOptions {
         device: args.model.device,
+        dtype: args.model.dtype,
         // Streaming shows one continuation at a time.
         batch_size: if text {
             1

@@ -80,6 +80,7 @@ pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
         &files,
         SummarizerOptions {
             device: args.model.device,
+            dtype: args.model.dtype,
             generation: args.generation.options(),
             max_input_tokens: args.max_input_tokens,
             batch_size: args.model.batch_size as usize,

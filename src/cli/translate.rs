@@ -44,6 +44,7 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(T5_MODEL)?;
     let mut options = TranslatorOptions::new(&args.from, &args.to);
     options.device = args.model.device;
+    options.dtype = args.model.dtype;
     options.generation = args.generation.options();
     options.max_input_tokens = args.max_input_tokens;
     options.batch_size = args.model.batch_size as usize;

@@ -3,11 +3,11 @@
 use crate::config::{EncoderConfig, Family};
 use crate::model::Encoder;
 use tch::nn::{Path, VarStore};
-use tch::{Device, Tensor};
-use trident_core::nn::Linear;
+use tch::{Device, Kind, Tensor};
+use trident_core::nn::{prepare, Linear};
 use trident_core::text::Batch;
 use trident_core::weights::build_and_load;
-use trident_core::{Error, ModelFiles, Result};
+use trident_core::{Dtype, Error, ModelFiles, Result};
 
 /// The sequence-classification head of each family.
 #[derive(Debug)]
@@ -52,6 +52,18 @@ impl SequenceHead {
                 out_proj: Linear::new(&(root / "classifier" / "out_proj"), h, num_labels, true)?,
             },
         })
+    }
+
+    /// Its projections, for [`prepare`].
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            SequenceHead::Bert { pooler, classifier } => vec![pooler, classifier],
+            SequenceHead::DistilBert {
+                pre_classifier,
+                classifier,
+            } => vec![pre_classifier, classifier],
+            SequenceHead::Roberta { dense, out_proj } => vec![dense, out_proj],
+        }
     }
 
     /// `[batch, seq, hidden]` → `[batch, labels]`, from the first token's hidden state.
@@ -108,15 +120,25 @@ pub struct SequenceClassificationModel {
 
 impl SequenceClassificationModel {
     /// Load from config.json and the weights.
-    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
+    pub fn load(
+        files: &ModelFiles,
+        config: &EncoderConfig,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
         check_architecture(config, files, "ForSequenceClassification", "classification")?;
         let n = num_labels(config)?;
-        let (vs, (encoder, head)) = build_and_load(files, device, |root| {
+        let (mut vs, (mut encoder, mut head)) = build_and_load(files, device, |root| {
             Ok((
                 Encoder::new(&(root / config.family.prefix()), config)?,
                 SequenceHead::new(root, config, n)?,
             ))
         })?;
+        prepare(
+            &mut vs,
+            encoder.linears_mut().into_iter().chain(head.linears_mut()),
+            dtype,
+        )?;
         Ok(SequenceClassificationModel {
             _vs: vs,
             encoder,
@@ -124,10 +146,10 @@ impl SequenceClassificationModel {
         })
     }
 
-    /// `[batch, labels]` logits.
+    /// `[batch, labels]` logits (f32 whatever the model computes in).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.encoder.forward_batch(batch)?;
-        Ok(self.head.forward(&hidden))
+        Ok(self.head.forward(&hidden).f_to_kind(Kind::Float)?)
     }
 }
 
@@ -143,7 +165,12 @@ pub struct TokenClassificationModel {
 
 impl TokenClassificationModel {
     /// Load from config.json and the weights.
-    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
+    pub fn load(
+        files: &ModelFiles,
+        config: &EncoderConfig,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
         check_architecture(
             config,
             files,
@@ -151,12 +178,14 @@ impl TokenClassificationModel {
             "token classification (NER)",
         )?;
         let n = num_labels(config)?;
-        let (vs, (encoder, classifier)) = build_and_load(files, device, |root| {
+        let (mut vs, (mut encoder, mut classifier)) = build_and_load(files, device, |root| {
             Ok((
                 Encoder::new(&(root / config.family.prefix()), config)?,
                 Linear::new(&(root / "classifier"), config.hidden_size, n, true)?,
             ))
         })?;
+        let linears = encoder.linears_mut().into_iter().chain([&mut classifier]);
+        prepare(&mut vs, linears, dtype)?;
         Ok(TokenClassificationModel {
             _vs: vs,
             encoder,
@@ -164,10 +193,10 @@ impl TokenClassificationModel {
         })
     }
 
-    /// `[batch, seq, labels]` logits.
+    /// `[batch, seq, labels]` logits (f32 whatever the model computes in).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.encoder.forward_batch(batch)?;
-        Ok(self.classifier.forward(&hidden))
+        Ok(self.classifier.forward(&hidden).f_to_kind(Kind::Float)?)
     }
 }
 
@@ -181,15 +210,21 @@ pub struct EncoderModel {
 
 impl EncoderModel {
     /// Load the base model's weights (with or without the family prefix).
-    pub fn load(files: &ModelFiles, config: &EncoderConfig, device: Device) -> Result<Self> {
-        let (vs, encoder) = build_and_load(files, device, |root| {
+    pub fn load(
+        files: &ModelFiles,
+        config: &EncoderConfig,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        let (mut vs, mut encoder) = build_and_load(files, device, |root| {
             Encoder::new(&(root / config.family.prefix()), config)
         })?;
+        prepare(&mut vs, encoder.linears_mut(), dtype)?;
         Ok(EncoderModel { _vs: vs, encoder })
     }
 
-    /// `[batch, seq, hidden]` last hidden state.
+    /// `[batch, seq, hidden]` last hidden state (f32 whatever the model computes in).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        self.encoder.forward_batch(batch)
+        Ok(self.encoder.forward_batch(batch)?.f_to_kind(Kind::Float)?)
     }
 }

@@ -176,6 +176,14 @@ impl Encoder {
         })
     }
 
+    /// Every projection of every layer, for [`trident_core::nn::prepare`].
+    pub fn linears_mut(&mut self) -> Vec<&mut trident_core::nn::Linear> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .collect()
+    }
+
     /// The device the weights are on.
     pub fn device(&self) -> tch::Device {
         self.embeddings.word_embeddings.weight.device()

@@ -42,6 +42,7 @@ fn embeddings_match_sentence_transformers() {
         PipelineOptions {
             device: DeviceChoice::Cpu,
             batch_size: 5,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -30,6 +30,7 @@ fn cpu(batch_size: usize) -> PipelineOptions {
     PipelineOptions {
         device: DeviceChoice::Cpu,
         batch_size,
+        ..Default::default()
     }
 }
 
@@ -77,7 +78,13 @@ fn logits_and_hidden_states_match_transformers() {
         let config = EncoderConfig::from_file(&files.get("config.json").unwrap()).unwrap();
         let batch = reference_batch(&r);
         let (logits, hidden) = if NER.contains(name) {
-            let m = TokenClassificationModel::load(&files, &config, Device::Cpu).unwrap();
+            let m = TokenClassificationModel::load(
+                &files,
+                &config,
+                Device::Cpu,
+                trident_core::Dtype::F32,
+            )
+            .unwrap();
             (
                 m.forward(&batch).unwrap(),
                 m.encoder
@@ -89,7 +96,13 @@ fn logits_and_hidden_states_match_transformers() {
                     .unwrap(),
             )
         } else {
-            let m = SequenceClassificationModel::load(&files, &config, Device::Cpu).unwrap();
+            let m = SequenceClassificationModel::load(
+                &files,
+                &config,
+                Device::Cpu,
+                trident_core::Dtype::F32,
+            )
+            .unwrap();
             (
                 m.forward(&batch).unwrap(),
                 m.encoder
@@ -321,4 +334,49 @@ fn tokenizer_falls_back_to_vocab_txt() {
         assert_eq!((a.ids, a.offsets), (b.ids, b.offsets), "{text:?}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// bf16 and int8 stay close to f32 on every family: the encoder's output within a few
+/// percent (relative L2 error), and the heads' logits too, with more room since a tiny random
+/// head's logits are small differences of large terms (a wrong layout or scale is off by
+/// far more than either bound).
+#[test]
+fn bf16_and_int8_stay_close_to_f32() {
+    use trident_core::Dtype;
+    let relative = |a: &tch::Tensor, b: &tch::Tensor| {
+        (a - b).norm().double_value(&[]) / b.norm().double_value(&[])
+    };
+    for name in NER.iter().chain(CLASSIFY) {
+        let r = reference(name).unwrap();
+        let files = files(name);
+        let config = EncoderConfig::from_file(&files.get("config.json").unwrap()).unwrap();
+        let batch = reference_batch(&r);
+        let run = |dtype| {
+            let (logits, hidden) = if NER.contains(name) {
+                let m = TokenClassificationModel::load(&files, &config, Device::Cpu, dtype);
+                let m = m.unwrap();
+                (
+                    m.forward(&batch).unwrap(),
+                    m.encoder.forward_batch(&batch).unwrap(),
+                )
+            } else {
+                let m = SequenceClassificationModel::load(&files, &config, Device::Cpu, dtype);
+                let m = m.unwrap();
+                (
+                    m.forward(&batch).unwrap(),
+                    m.encoder.forward_batch(&batch).unwrap(),
+                )
+            };
+            assert_eq!(logits.kind(), tch::Kind::Float, "{name} {dtype}");
+            (logits, hidden.to_kind(tch::Kind::Float))
+        };
+        let (logits, hidden) = run(Dtype::F32);
+        for dtype in [Dtype::Bf16, Dtype::Int8] {
+            let (l, h) = run(dtype);
+            let (el, eh) = (relative(&l, &logits), relative(&h, &hidden));
+            eprintln!("{name} {dtype}: relative error: hidden {eh:.4}, logits {el:.4}");
+            assert!(eh < 0.05, "{name} {dtype}: hidden states off by {eh}");
+            assert!(el < 0.15, "{name} {dtype}: logits off by {el}");
+        }
+    }
 }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod device;
+pub mod dtype;
 pub mod error;
 pub mod files;
 pub mod generation;
@@ -19,6 +20,7 @@ pub mod text;
 pub mod weights;
 
 pub use device::DeviceChoice;
+pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use files::{HubOptions, ModelFiles};
 pub use text::{Batch, Encoded, PaddingSide, TextEncoder};

@@ -9,7 +9,8 @@
 //!
 //! Names are Hugging Face's (`transformer.wte`, `h.{i}.attn.c_attn`, …), so the weight
 //! loader finds them with or without the `transformer.` prefix. GPT-2's projections are
-//! `Conv1D`s, stored `[in, out]`; core's [`Linear::conv1d`] uses them as stored.
+//! `Conv1D`s, stored `[in, out]`; core's [`Linear::conv1d`] loads them so and
+//! [`prepare`] re-stores them `[out, in]` like every other projection.
 //!
 //! For generation the model implements core's [`Decoder`]: its [`GPT2State`] holds one KV
 //! cache per block, the attention mask of everything seen so far (the prompt's left padding
@@ -21,12 +22,12 @@ use tch::{Device, Kind, Tensor};
 use trident_core::generation::Decoder;
 use trident_core::nn::mask::causal_padding_mask;
 use trident_core::nn::{
-    Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention, Norm,
+    prepare, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention, Norm,
     NormPosition, Projections, TransformerLayer,
 };
 use trident_core::text::Batch;
 use trident_core::weights::build_and_load;
-use trident_core::{Error, ModelFiles, Result};
+use trident_core::{Dtype, Error, ModelFiles, Result};
 
 /// One block `h.{i}`: `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`, built from core's
 /// pre-LN [`TransformerLayer`] with GPT-2's weight names.
@@ -178,7 +179,8 @@ pub struct GPT2LMHeadModel {
     _vs: VarStore,
     /// `transformer`, the base model.
     pub transformer: GPT2Model,
-    /// `lm_head`: the very tensor of `transformer.wte` when tied (then `[n_embd, vocab]`).
+    /// `lm_head`: the very tensor of `transformer.wte` when tied (until int8 quantizes a
+    /// copy of it).
     pub lm_head: Linear,
     device: Device,
 }
@@ -198,14 +200,19 @@ pub struct GPT2State {
 impl GPT2LMHeadModel {
     /// Load a GPT-2 checkpoint (`GPT2LMHeadModel` or a bare `GPT2Model` such as the original
     /// `gpt2` repository, with or without the `transformer.` prefix) on `device`.
-    pub fn from_pretrained(files: &ModelFiles, device: Device) -> Result<Self> {
+    pub fn from_pretrained(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
         let config = GPT2Config::from_file(&files.get("config.json")?)?;
-        Self::load(files, &config, device)
+        Self::load(files, &config, device, dtype)
     }
 
-    /// Load the weights of `files` for `config`.
-    pub fn load(files: &ModelFiles, config: &GPT2Config, device: Device) -> Result<Self> {
-        let (vs, (mut transformer, lm_head)) = build_and_load(files, device, |root| {
+    /// Load the weights of `files` for `config`, to compute in `dtype`.
+    pub fn load(
+        files: &ModelFiles,
+        config: &GPT2Config,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        let (mut vs, (mut transformer, lm_head)) = build_and_load(files, device, |root| {
             let transformer = GPT2Model::new(&(root / "transformer"), config)?;
             let lm_head = if config.tie_word_embeddings {
                 None
@@ -220,11 +227,10 @@ impl GPT2LMHeadModel {
             Ok((transformer, lm_head))
         })?;
         // Every released GPT-2 ties the head to the token embeddings: one tensor, stored once
-        // (checkpoints omit `lm_head.weight` or repeat wte in it), laid out for the head.
-        let lm_head = match lm_head {
-            Some(head) => head,
-            None => transformer.wte.tie_head()?,
-        };
+        // (checkpoints omit `lm_head.weight` or repeat wte in it).
+        let mut lm_head = lm_head.unwrap_or_else(|| Linear::tied(&transformer.wte.weight));
+        let linears = transformer.h.iter_mut().flat_map(|b| b.linears_mut());
+        prepare(&mut vs, linears.chain([&mut lm_head]), dtype)?;
         Ok(GPT2LMHeadModel {
             _vs: vs,
             transformer,
@@ -252,7 +258,7 @@ impl GPT2LMHeadModel {
         let hidden = self
             .transformer
             .forward(&input_ids, &positions, &attention_mask, None)?;
-        Ok(self.lm_head.forward(&hidden))
+        Ok(self.lm_head.forward(&hidden).f_to_kind(Kind::Float)?)
     }
 
     /// A fresh generation state for `rows` sequences whose prompts have the 1/0 mask
@@ -317,7 +323,7 @@ impl Decoder for GPT2LMHeadModel {
         )?; // [rows, n, n_embd]
         state.last_position = Some(positions.f_narrow(1, n - 1, 1)?);
         let last = hidden.f_select(1, n - 1)?; // [rows, n_embd]
-        Ok(self.lm_head.forward(&last)) // [rows, vocab]
+        Ok(self.lm_head.forward(&last).f_to_kind(Kind::Float)?) // [rows, vocab], f32
     }
 
     fn reorder(&self, state: &mut GPT2State, beam_idx: &Tensor) -> Result<()> {

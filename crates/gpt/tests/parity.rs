@@ -11,7 +11,7 @@ use trident_core::testing::{
     assert_close, fixture_dir, int_tensor, max_abs_diff, reference, tensor,
 };
 use trident_core::text::{tensor_to_rows, Batch, PaddingSide};
-use trident_core::{DeviceChoice, ModelFiles, TextEncoder};
+use trident_core::{DeviceChoice, Dtype, ModelFiles, TextEncoder};
 use trident_gpt::model::position_ids;
 use trident_gpt::{GPT2LMHeadModel, GenerateOptions, TextGenerator};
 
@@ -22,7 +22,7 @@ fn files(name: &str) -> ModelFiles {
 }
 
 fn model(name: &str) -> GPT2LMHeadModel {
-    GPT2LMHeadModel::from_pretrained(&files(name), Device::Cpu).unwrap()
+    GPT2LMHeadModel::from_pretrained(&files(name), Device::Cpu, Dtype::F32).unwrap()
 }
 
 /// The reference's left-padded `input_ids` and `attention_mask` as a batch.
@@ -258,6 +258,7 @@ fn generator(kwargs: &Value, batch_size: usize) -> TextGenerator {
         generation: options_of(kwargs),
         return_full_text: kwargs["return_full_text"].as_bool().unwrap_or(true),
         show_probs: None,
+        dtype: Dtype::F32,
     };
     TextGenerator::from_pretrained(&files(TINY), options).unwrap()
 }
@@ -354,4 +355,45 @@ fn beam_search_returns_its_best_sequences() {
         "the best beam comes first"
     );
     assert_ne!(out[0][0], out[0][1], "two different beams");
+}
+
+/// bf16 and int8 stay close to f32: logits within a few percent of their range, and the
+/// same most likely next token almost everywhere (random tiny weights make near-ties
+/// common, so a few flips are expected; a wrong layout or scale flips most of them).
+#[test]
+fn bf16_and_int8_stay_close_to_f32() {
+    let r = reference(TINY).unwrap();
+    let batch = reference_batch(&r["batch"]);
+    let logits_in = |dtype| {
+        let m = GPT2LMHeadModel::from_pretrained(&files(TINY), Device::Cpu, dtype).unwrap();
+        let logits = m.forward(&batch.input_ids, &batch.attention_mask).unwrap();
+        assert_eq!(
+            logits.kind(),
+            Kind::Float,
+            "{dtype}: logits come back as f32"
+        );
+        let keep = batch.attention_mask.eq(1);
+        let rows = logits.size()[2];
+        logits
+            .masked_select(&keep.unsqueeze(-1).expand(logits.size(), false))
+            .view([-1, rows])
+    };
+    let exact = logits_in(Dtype::F32);
+    let range = exact.abs().max().double_value(&[]);
+    for dtype in [Dtype::Bf16, Dtype::Int8] {
+        let ours = logits_in(dtype);
+        let err = (&ours - &exact).abs().max().double_value(&[]) / range;
+        let same = ours
+            .argmax(-1, false)
+            .eq_tensor(&exact.argmax(-1, false))
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        eprintln!("{dtype}: max logit error {err:.4} of the range, same argmax {same:.3}");
+        assert!(err < 0.05, "{dtype}: logits off by {err} of their range");
+        assert!(
+            same >= 0.8,
+            "{dtype}: same argmax at only {same} of positions"
+        );
+    }
 }

@@ -20,6 +20,7 @@ fn load(generation: GenerationOptions, show_probs: Option<usize>) -> Result<Text
         generation,
         return_full_text: true,
         show_probs,
+        ..Default::default()
     };
     TextGenerator::from_pretrained(&ModelFiles::local(fixture_dir("gpt2-tiny"))?, options)
 }

@@ -14,11 +14,11 @@ use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::Decoder;
 use trident_core::nn::{
-    mask, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention, Norm,
-    NormPosition, Projections, RelativePositionBias, TransformerLayer,
+    mask, prepare, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention,
+    Norm, NormPosition, Projections, RelativePositionBias, TransformerLayer,
 };
 use trident_core::weights::{self, Checkpoint};
-use trident_core::{Batch, ModelFiles, Result};
+use trident_core::{Batch, Dtype, ModelFiles, Result};
 
 /// `p.{q,k,v,o}`: T5Attention, unscaled, without biases.
 fn attention(p: &tch::nn::Path, c: &T5Config) -> Result<MultiHeadAttention> {
@@ -192,32 +192,42 @@ pub struct T5ForConditionalGeneration {
 
 impl T5ForConditionalGeneration {
     /// Load config.json and the weights of `files` onto `device`.
-    pub fn from_pretrained(files: &ModelFiles, device: Device) -> Result<Self> {
+    pub fn from_pretrained(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
         let config_path = files.get("config.json")?;
         let config = T5Config::from_file(&config_path)?;
-        Self::load(config, &config_path, &Checkpoint::open(files)?, device)
+        Self::load(
+            config,
+            &config_path,
+            &Checkpoint::open(files)?,
+            device,
+            dtype,
+        )
     }
 
-    /// Build the model from `config` and fill it from `checkpoint` (`config_path` is named in
-    /// errors).
+    /// Build the model from `config`, fill it from `checkpoint` (`config_path` is named in
+    /// errors) and prepare it to compute in `dtype`.
     pub fn load(
         config: T5Config,
         config_path: &Path,
         checkpoint: &Checkpoint,
         device: Device,
+        dtype: Dtype,
     ) -> Result<Self> {
-        let vars = VarStore::new(device);
+        let mut vars = VarStore::new(device);
         let root = vars.root();
         let c = &config;
         let shared = Embedding::new(&(&root / "shared"), c.vocab_size, c.d_model)?;
-        let encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
-        let decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
-        let lm_head = if c.tie_word_embeddings {
+        let mut encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
+        let mut decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
+        let mut lm_head = if c.tie_word_embeddings {
             Linear::tied(&shared.weight)
         } else {
             Linear::new(&(&root / "lm_head"), c.d_model, c.vocab_size, false)?
         };
         weights::load(&vars, checkpoint)?;
+        let blocks = encoder.block.iter_mut().chain(decoder.block.iter_mut());
+        let linears = blocks.flat_map(|b| b.linears_mut());
+        prepare(&mut vars, linears.chain([&mut lm_head]), dtype)?;
         Ok(T5ForConditionalGeneration {
             shared,
             encoder,
@@ -274,14 +284,16 @@ impl T5ForConditionalGeneration {
     }
 
     /// The language-model head: `[…, d_model]` → `[…, vocab]`.
+    /// Logits are f32 whatever the model computes in.
     pub fn lm_logits(&self, decoder_hidden: &Tensor) -> Tensor {
-        if self.config.rescales_decoder_output() {
+        let logits = if self.config.rescales_decoder_output() {
             // Tied weights: rescale as Mesh TensorFlow did before the shared projection.
             self.lm_head
                 .forward(&(decoder_hidden * (self.config.d_model as f64).powf(-0.5)))
         } else {
             self.lm_head.forward(decoder_hidden)
-        }
+        };
+        logits.to_kind(Kind::Float)
     }
 
     /// A full forward pass without caches (teacher forcing on `decoder_input_ids`).

@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use trident_core::config::GenerationDefaults;
 use trident_core::generation::{generate, Decoder, GenerationConfig, GenerationOptions};
 use trident_core::testing::{assert_close, fixture_dir, int_tensor, reference, tensor};
-use trident_core::{Batch, Encoded, ModelFiles, PaddingSide, TextEncoder};
+use trident_core::{Batch, Dtype, Encoded, ModelFiles, PaddingSide, TextEncoder};
 use trident_t5::T5ForConditionalGeneration;
 
 const FIXTURES: [&str; 2] = ["t5-tiny", "t5-v1_1-tiny"];
@@ -18,7 +18,7 @@ fn files(name: &str) -> ModelFiles {
 }
 
 fn model(name: &str) -> T5ForConditionalGeneration {
-    T5ForConditionalGeneration::from_pretrained(&files(name), Device::Cpu).unwrap()
+    T5ForConditionalGeneration::from_pretrained(&files(name), Device::Cpu, Dtype::F32).unwrap()
 }
 
 fn rows(v: &Value) -> Vec<Vec<i64>> {
@@ -227,4 +227,29 @@ fn transformers_cannot_cache_the_deeper_decoder_but_we_can() {
     let m = model("t5-v1_1-tiny");
     assert!(m.config.decoder_layers() > m.config.num_layers);
     assert!(!m.config.rescales_decoder_output());
+}
+
+/// bf16 and int8 stay close to f32: the decoder's logits within a few percent (relative L2
+/// error; a wrong layout or scale is off by far more), returned as f32.
+#[test]
+fn bf16_and_int8_stay_close_to_f32() {
+    for name in FIXTURES {
+        let r = reference(name).unwrap();
+        let b = &r["batch"];
+        let input_ids = int_tensor(&b["input_ids"]).unwrap();
+        let mask = int_tensor(&b["attention_mask"]).unwrap();
+        let dec = int_tensor(&b["decoder_input_ids"]).unwrap();
+        let logits = |dtype| {
+            let m = T5ForConditionalGeneration::from_pretrained(&files(name), Device::Cpu, dtype);
+            m.unwrap().forward(&input_ids, &mask, &dec).unwrap().logits
+        };
+        let exact = logits(Dtype::F32);
+        for dtype in [Dtype::Bf16, Dtype::Int8] {
+            let ours = logits(dtype);
+            assert_eq!(ours.kind(), Kind::Float, "{name} {dtype}");
+            let err = (&ours - &exact).norm().double_value(&[]) / exact.norm().double_value(&[]);
+            eprintln!("{name} {dtype}: relative logit error {err:.4}");
+            assert!(err < 0.05, "{name} {dtype}: logits off by {err}");
+        }
+    }
 }

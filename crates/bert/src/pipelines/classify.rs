@@ -77,7 +77,8 @@ impl TextClassifier {
     pub fn from_pretrained(files: &ModelFiles, options: ClassifyOptions) -> Result<Self> {
         let (config, tokenizer, device) = load_common(files, &options.pipeline)?;
         let labels = config.common.labels(&files.get("config.json")?)?;
-        let model = SequenceClassificationModel::load(files, &config, device)?;
+        let model =
+            SequenceClassificationModel::load(files, &config, device, options.pipeline.dtype)?;
         let function = options
             .function
             .unwrap_or_else(|| default_function(&config, labels.len()));

@@ -66,7 +66,7 @@ impl Embedder {
     /// normalisation when the files do not say otherwise).
     pub fn from_pretrained(files: &ModelFiles, options: PipelineOptions) -> Result<Self> {
         let (config, tokenizer, device) = load_common(files, &options)?;
-        let model = EncoderModel::load(files, &config, device)?;
+        let model = EncoderModel::load(files, &config, device, options.dtype)?;
         let (mut pooling, mut normalize) = (Pooling::Mean, true);
         if let Some(path) = files.get_optional("modules.json")? {
             let modules: Vec<Module> = read_json(&path)?;

@@ -7,13 +7,15 @@ pub mod ner;
 
 use crate::config::EncoderConfig;
 use trident_core::text::{by_length_batches, Batch, PaddingSide};
-use trident_core::{DeviceChoice, Encoded, ModelFiles, Result, TextEncoder};
+use trident_core::{DeviceChoice, Dtype, Encoded, ModelFiles, Result, TextEncoder};
 
 /// Options every encoder pipeline takes.
 #[derive(Debug, Clone)]
 pub struct PipelineOptions {
     /// Where to run.
     pub device: DeviceChoice,
+    /// The numeric format the model computes in.
+    pub dtype: Dtype,
     /// Texts (or windows) per forward pass.
     pub batch_size: usize,
 }
@@ -22,6 +24,7 @@ impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             device: DeviceChoice::Auto,
+            dtype: Dtype::F32,
             batch_size: 8,
         }
     }

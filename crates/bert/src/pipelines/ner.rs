@@ -168,7 +168,7 @@ impl TokenClassifier {
     pub fn from_pretrained(files: &ModelFiles, options: NerOptions) -> Result<Self> {
         let (config, tokenizer, device) = load_common(files, &options.pipeline)?;
         let labels = config.common.labels(&files.get("config.json")?)?;
-        let model = TokenClassificationModel::load(files, &config, device)?;
+        let model = TokenClassificationModel::load(files, &config, device, options.pipeline.dtype)?;
         let max_len = max_tokens(&config, &tokenizer);
         if let Some(stride) = options.stride {
             if options.aggregation == Aggregation::None {

@@ -137,6 +137,8 @@ impl MultiHeadAttention {
             (None, Some(p)) => Some(p.shallow_clone()),
             (None, None) => None,
         };
+        // The kernel wants the bias in the queries' dtype (f32 masks meet bf16 models).
+        let bias = bias.map(|b| b.f_to_kind(q.kind())).transpose()?;
         // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
         let context = Tensor::f_scaled_dot_product_attention(
             &q, &k, &v, bias, 0.0, false, self.scale, false,
@@ -148,6 +150,16 @@ impl MultiHeadAttention {
             self.num_heads * self.head_dim,
         ])?;
         Ok(self.out.forward(&context))
+    }
+
+    /// Every projection, for [`super::prepare`].
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = match &mut self.projections {
+            Projections::Separate { q, k, v } => vec![q, k, v],
+            Projections::Fused(qkv) => vec![qkv],
+        };
+        all.push(&mut self.out);
+        all
     }
 
     fn query_only(&self, x: &Tensor) -> Result<Tensor> {

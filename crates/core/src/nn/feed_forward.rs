@@ -39,6 +39,13 @@ impl FeedForward {
         }
     }
 
+    /// Every projection, for [`super::prepare`].
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        let mut all = vec![&mut self.up, &mut self.down];
+        all.extend(self.gate.as_mut());
+        all
+    }
+
     /// `[..., hidden] → [..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let h = self.activation.forward(&self.up.forward(x)); // [..., intermediate]

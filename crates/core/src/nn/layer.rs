@@ -61,6 +61,16 @@ impl TransformerLayer {
         })
     }
 
+    /// Every projection of the layer, for [`super::prepare`].
+    pub fn linears_mut(&mut self) -> Vec<&mut super::Linear> {
+        let mut all = self.self_attention.linears_mut();
+        if let Some((attention, _)) = &mut self.cross_attention {
+            all.extend(attention.linears_mut());
+        }
+        all.extend(self.feed_forward.linears_mut());
+        all
+    }
+
     /// `[batch, seq, hidden] → [batch, seq, hidden]`.
     pub fn forward(
         &self,

@@ -1,27 +1,44 @@
 //! Dense projections and embedding tables, with the weight layouts checkpoints use.
 
+use crate::dtype::Dtype;
 use crate::Result;
-use tch::nn::Path;
-use tch::Tensor;
+use tch::nn::{Path, VarStore};
+use tch::{Device, Kind, Tensor};
 
 /// How a checkpoint stores a projection's weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
-    /// `[out, in]`, PyTorch's `nn.Linear` (BERT, T5).
+    /// `[out, in]`, PyTorch's `nn.Linear` (BERT, T5), and every projection after
+    /// [`Linear::prepare`].
     OutIn,
-    /// `[in, out]`, GPT-2's `Conv1D`; used as stored (no transpose), since `x·W` on an
-    /// `[in, out]` matrix streams the weight in order.
+    /// `[in, out]`, GPT-2's `Conv1D`, as loaded; [`Linear::prepare`] re-stores it `[out, in]`.
     InOut,
 }
 
-/// A dense projection `y = x·Wᵀ + b` (or `x·W + b` for [`Layout::InOut`]).
+/// Rows up to which a projection runs as a split matrix-vector product (see
+/// [`Linear::forward`]): the token-by-token decoding case. Above it, one GEMM.
+const SPLIT_MAX_ROWS: i64 = 4;
+
+/// A dense projection `y = x·Wᵀ + b`.
+///
+/// After loading, [`Linear::prepare`] puts every weight in the `[out, in]` layout and, for
+/// [`Dtype::Int8`], quantizes it. [`Linear::forward`] then picks the kernel by the number of
+/// rows: decoding one token per sequence reads the whole matrix to produce a few numbers, so
+/// it is bound by memory bandwidth, and the matrix is cut into row blocks that libtorch's
+/// batched product streams on all threads at once (its plain matrix-vector product uses one);
+/// larger inputs are compute-bound and go to oneDNN's GEMM.
 #[derive(Debug)]
 pub struct Linear {
-    /// The weight, as the checkpoint stores it.
+    /// The weight: `[out, in]` (`[in, out]` for a `Conv1D` before [`Linear::prepare`]);
+    /// int8 once quantized.
     pub weight: Tensor,
     /// The optional bias `[out]`.
     pub bias: Option<Tensor>,
     layout: Layout,
+    /// `[out]` f32, the scale of each output channel of an int8 weight.
+    scales: Option<Tensor>,
+    /// The weight belongs to another module (a tied embedding table): never changed in place.
+    tied: bool,
 }
 
 impl Linear {
@@ -35,6 +52,8 @@ impl Linear {
                 None
             },
             layout: Layout::OutIn,
+            scales: None,
+            tied: false,
         })
     }
 
@@ -44,6 +63,8 @@ impl Linear {
             weight: p.f_zeros_no_train("weight", &[in_dim, out_dim])?,
             bias: Some(p.f_zeros_no_train("bias", &[out_dim])?),
             layout: Layout::InOut,
+            scales: None,
+            tied: false,
         })
     }
 
@@ -53,30 +74,146 @@ impl Linear {
             weight: weight.shallow_clone(),
             bias: None,
             layout: Layout::OutIn,
+            scales: None,
+            tied: true,
         }
+    }
+
+    /// Make the loaded weight ready for inference in `dtype`: re-store a `Conv1D` weight
+    /// `[out, in]` (in place, so the memory is not doubled), and for [`Dtype::Int8`] replace
+    /// it by int8 values with one scale per output channel (`w ≈ q·scale`, `|q| ≤ 127`).
+    /// A tied weight keeps its table intact: the quantized copy is the head's own.
+    /// (bfloat16 is a conversion of every parameter, done by [`prepare`].)
+    pub fn prepare(&mut self, dtype: Dtype) -> Result<()> {
+        if self.layout == Layout::InOut {
+            let out_in = self.weight.f_t_copy()?.f_contiguous()?;
+            self.replace_weight(out_in)?;
+            self.layout = Layout::OutIn;
+        }
+        if dtype == Dtype::Int8 && self.scales.is_none() {
+            let w = self.weight.f_to_kind(Kind::Float)?;
+            // Symmetric per-channel scale: the largest magnitude of a row maps to 127.
+            let scales = w.f_abs()?.f_amax([1], false)?.f_clamp_min(1e-12)? / 127.0; // [out]
+            let mut q = w.f_div(&scales.f_unsqueeze(1)?)?; // one temporary copy, then in place
+            let q = q.f_round_()?.f_clamp_(-127, 127)?.f_to_kind(Kind::Int8)?;
+            self.replace_weight(q)?;
+            self.scales = Some(scales);
+        }
+        Ok(())
+    }
+
+    /// Point this projection at `new`: in place (freeing the old values, which the store and
+    /// every shallow copy share), or, for a tied weight, by taking a handle of its own.
+    fn replace_weight(&mut self, new: Tensor) -> Result<()> {
+        if self.tied {
+            self.weight = new;
+        } else {
+            tch::no_grad(|| self.weight.f_set_data(&new))?;
+        }
+        Ok(())
     }
 
     /// `[..., in] → [..., out]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        match self.layout {
-            Layout::OutIn => x.linear(&self.weight, self.bias.as_ref()),
-            Layout::InOut => {
-                let y = x.matmul(&self.weight);
-                match &self.bias {
-                    Some(b) => y + b,
-                    None => y,
-                }
-            }
+        let mut out_shape = x.size();
+        let in_dim = out_shape.pop().unwrap_or(1);
+        if self.layout == Layout::InOut {
+            // A Conv1D not yet prepared.
+            let y = x.matmul(&self.weight);
+            return match &self.bias {
+                Some(b) => y + b,
+                None => y,
+            };
+        }
+        let rows = out_shape.iter().product::<i64>();
+        let x2 = x.reshape([rows, in_dim]); // [rows, in]
+        let y = match &self.scales {
+            Some(scales) => self.forward_int8(&x2, scales),
+            None if x.device() != Device::Cpu => x2.linear(&self.weight, self.bias.as_ref()),
+            // (bfloat16 goes to oneDNN at every size: its kernels use all threads.)
+            None if x.kind() != Kind::Float => x2.linear(&self.weight, self.bias.as_ref()),
+            None if rows <= SPLIT_MAX_ROWS => self.forward_split(&x2),
+            None if has_onednn() => x2
+                .to_mkldnn()
+                .mkldnn_linear(&self.weight, self.bias.as_ref())
+                .to_dense(None::<Kind>, false),
+            None => x2.linear(&self.weight, self.bias.as_ref()),
+        }; // [rows, out]
+        out_shape.push(self.weight.size()[0]);
+        y.reshape(out_shape.as_slice())
+    }
+
+    /// Few rows: `x·Wᵀ` as `P` matrix-vector products over row blocks of `W`, one batched
+    /// call that libtorch spreads over its threads. `x`: `[rows, in]` → `[rows, out]`.
+    fn forward_split(&self, x: &Tensor) -> Tensor {
+        let (out, in_dim) = (self.weight.size()[0], self.weight.size()[1]);
+        let rows = x.size()[0];
+        let p = i64::from(tch::get_num_threads()).max(2).min(out);
+        let main = out / p * p; // rows of W in the blocks; the few left over go alone
+        let xt = x.tr(); // [in, rows]
+        let blocks = self.weight.narrow(0, 0, main).view([p, main / p, in_dim]); // [p, out/p, in]
+        let y = blocks
+            .bmm(&xt.unsqueeze(0).expand([p, in_dim, rows], false)) // [p, out/p, rows]
+            .reshape([main, rows]);
+        let y = if main < out {
+            let rest = self.weight.narrow(0, main, out - main).mm(&xt); // [out - main, rows]
+            Tensor::cat(&[y, rest], 0)
+        } else {
+            y
+        };
+        let mut y = y.tr().contiguous(); // [rows, out]
+        if let Some(b) = &self.bias {
+            y += b;
+        }
+        y
+    }
+
+    /// Dynamic int8: each row of `x` is quantized with its own scale, multiplied by the int8
+    /// weight in integer arithmetic, and rescaled. `x`: `[rows, in]` → `[rows, out]` f32.
+    fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Tensor {
+        let x = x.to_kind(Kind::Float);
+        let row_scale = x.abs().amax([1], true).clamp_min(1e-12) / 127.0; // [rows, 1]
+        let q = (&x / &row_scale)
+            .round()
+            .clamp(-127, 127)
+            .to_kind(Kind::Int8);
+        let acc = q.internal_int_mm(&self.weight.tr()); // [rows, out] int32
+        let y = acc.to_kind(Kind::Float) * row_scale * scales;
+        match &self.bias {
+            Some(b) => y + b,
+            None => y,
         }
     }
+}
+
+/// Whether libtorch was built with oneDNN (MKL-DNN), checked once.
+fn has_onednn() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(tch::utils::has_mkldnn)
+}
+
+/// Prepare a loaded model for inference in `dtype`: every parameter of `vs` converted to
+/// bfloat16 for [`Dtype::Bf16`], then each of `linears` re-laid-out and, for
+/// [`Dtype::Int8`], quantized (see [`Linear::prepare`]).
+pub fn prepare<'a>(
+    vs: &mut VarStore,
+    linears: impl IntoIterator<Item = &'a mut Linear>,
+    dtype: Dtype,
+) -> Result<()> {
+    if dtype == Dtype::Bf16 {
+        vs.bfloat16();
+    }
+    for linear in linears {
+        linear.prepare(dtype)?;
+    }
+    Ok(())
 }
 
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
 #[derive(Debug)]
 pub struct Embedding {
-    /// `[num, dim]`, or `[dim, num]` once tied to an output head by [`Embedding::tie_head`].
+    /// `[num, dim]`.
     pub weight: Tensor,
-    transposed: bool,
 }
 
 impl Embedding {
@@ -89,66 +226,75 @@ impl Embedding {
 
     /// A table over an existing `[num, dim]` weight (shared embeddings, as in T5).
     pub fn from_weight(weight: Tensor) -> Self {
-        Embedding {
-            weight,
-            transposed: false,
-        }
-    }
-
-    /// Tie an output head to this table (`logits = x·tableᵀ`), in the layout a matrix-vector
-    /// product streams fastest: the loaded table is re-stored `[dim, num]` in place (no second
-    /// copy is kept), lookups then read its columns, and the returned head is an `[in, out]`
-    /// projection over the same memory. Call it after the weights are loaded, and only on a
-    /// table no other `Embedding` shares (T5's `shared` table, used by both stacks, is not one:
-    /// the other handles would keep reading it as `[num, dim]`).
-    pub fn tie_head(&mut self) -> Result<Linear> {
-        if !self.transposed {
-            let transposed = self.weight.f_t_copy()?.f_contiguous()?; // [dim, num]
-            let mut shared = self.weight.shallow_clone();
-            tch::no_grad(|| shared.f_set_data(&transposed))?;
-            self.transposed = true;
-        }
-        Ok(Linear {
-            weight: self.weight.shallow_clone(),
-            bias: None,
-            layout: Layout::InOut,
-        })
+        Embedding { weight }
     }
 
     /// `[...] ids → [..., dim]`.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
-        if self.transposed {
-            let mut shape = ids.size();
-            shape.push(self.weight.size()[0]);
-            // Columns of the [dim, num] table, gathered then laid out [n, dim].
-            self.weight
-                .index_select(1, &ids.reshape([-1]))
-                .t_()
-                .reshape(shape.as_slice())
-        } else {
-            Tensor::embedding(&self.weight, ids, -1, false, false)
-        }
+        Tensor::embedding(&self.weight, ids, -1, false, false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::{Device, Kind};
 
-    /// A tied head in the `[in, out]` layout computes `x·Wᵀ`, and lookups still return rows.
+    fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
+        a.size() == b.size() && a.allclose(b, tol, tol, false)
+    }
+
+    /// Every kernel `forward` chooses (split matrix-vector, oneDNN GEMM, a block count that
+    /// does not divide the output width, a Conv1D before and after `prepare`) computes
+    /// `x·Wᵀ + b`.
     #[test]
-    fn tied_head_keeps_lookups_and_computes_x_times_table_transposed() {
-        let table = Tensor::randn([7, 4], (Kind::Float, Device::Cpu));
-        let mut emb = Embedding::from_weight(table.copy());
-        let ids = Tensor::from_slice(&[3i64, 0, 6, 3]).view([2, 2]);
-        let before = emb.forward(&ids);
-        let head = emb.tie_head().unwrap();
-        assert_eq!(emb.weight.size(), vec![4, 7]);
-        assert!(emb.forward(&ids).allclose(&before, 0.0, 0.0, false));
-        let x = Tensor::randn([2, 4], (Kind::Float, Device::Cpu));
-        assert!(head
-            .forward(&x)
-            .allclose(&x.matmul(&table.t_copy()), 1e-6, 1e-6, false));
+    fn every_path_computes_x_times_weight_transposed_plus_bias() {
+        let vs = VarStore::new(Device::Cpu);
+        let mut conv = Linear::conv1d(&vs.root().sub("c"), 6, 7).unwrap();
+        tch::no_grad(|| {
+            conv.weight
+                .copy_(&Tensor::randn([6, 7], (Kind::Float, Device::Cpu)));
+            conv.bias
+                .as_mut()
+                .unwrap()
+                .copy_(&Tensor::randn([7], (Kind::Float, Device::Cpu)));
+        });
+        let (w, b) = (conv.weight.copy(), conv.bias.as_ref().unwrap().copy());
+        for rows in [1i64, 3, 4, 5, 40] {
+            let x = Tensor::randn([rows, 2, 6], (Kind::Float, Device::Cpu));
+            let expected = x.matmul(&w) + &b;
+            assert!(
+                close(&conv.forward(&x), &expected, 1e-5),
+                "conv1d, {rows} rows"
+            );
+        }
+        conv.prepare(Dtype::F32).unwrap();
+        assert_eq!(conv.weight.size(), vec![7, 6]);
+        for rows in [1i64, 2, 3, 5, 40] {
+            let x = Tensor::randn([rows, 6], (Kind::Float, Device::Cpu));
+            let expected = x.matmul(&w) + &b;
+            assert!(
+                close(&conv.forward(&x), &expected, 1e-5),
+                "prepared, {rows} rows"
+            );
+        }
+    }
+
+    /// Int8 projections stay within the error of their quantization, and a tied table is
+    /// left untouched when its head is quantized.
+    #[test]
+    fn int8_is_close_and_leaves_a_tied_table_alone() {
+        let table = Tensor::randn([50, 16], (Kind::Float, Device::Cpu));
+        let before = table.copy();
+        let mut head = Linear::tied(&table);
+        head.prepare(Dtype::Int8).unwrap();
+        assert_eq!(head.weight.kind(), Kind::Int8);
+        assert!(close(&table, &before, 0.0), "the tied table changed");
+        for rows in [1i64, 7] {
+            let x = Tensor::randn([rows, 16], (Kind::Float, Device::Cpu));
+            let exact = x.matmul(&before.tr());
+            let err = (head.forward(&x) - &exact).abs().max().double_value(&[]);
+            let scale = exact.abs().max().double_value(&[]);
+            assert!(err < 0.03 * scale, "{rows} rows: error {err} of {scale}");
+        }
     }
 }

@@ -29,7 +29,7 @@ use trident_core::generation::{
     self, bad_words_ids, Decoder, GenerationConfig, GenerationOptions, Hooks, Sequence, Token,
 };
 use trident_core::text::{Batch, PaddingSide};
-use trident_core::{DeviceChoice, Encoded, Error, ModelFiles, Result, TextEncoder};
+use trident_core::{DeviceChoice, Dtype, Encoded, Error, ModelFiles, Result, TextEncoder};
 
 /// New tokens when neither the checkpoint nor the caller gives a length (transformers'
 /// text-generation pipeline default).
@@ -43,6 +43,8 @@ pub const DEFAULT_SAMPLING_TEMPERATURE: f64 = 0.7;
 pub struct GenerateOptions {
     /// Where the model runs.
     pub device: DeviceChoice,
+    /// The numeric format the model computes in.
+    pub dtype: Dtype,
     /// Prompts generated together (left-padded into one batch).
     pub batch_size: usize,
     /// Generation options overriding the checkpoint's defaults.
@@ -59,6 +61,7 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             device: DeviceChoice::Auto,
+            dtype: Dtype::F32,
             batch_size: 8,
             generation: GenerationOptions::default(),
             return_full_text: true,
@@ -177,7 +180,12 @@ impl TextGenerator {
             _ => {}
         }
         let prompt_room = prompt_room(&generation, context)?;
-        let model = GPT2LMHeadModel::load(files, &model_config, options.device.resolve()?)?;
+        let model = GPT2LMHeadModel::load(
+            files,
+            &model_config,
+            options.device.resolve()?,
+            options.dtype,
+        )?;
         Ok(TextGenerator {
             model,
             tokenizer,

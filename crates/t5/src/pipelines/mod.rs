@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use trident_core::config::{read_json, CommonConfig, GenerationDefaults};
 use trident_core::generation::{self, bad_words_ids, GenerationConfig, GenerationOptions, Hooks};
 use trident_core::{
-    Batch, DeviceChoice, Encoded, Error, ModelFiles, PaddingSide, Result, TextEncoder,
+    Batch, DeviceChoice, Dtype, Encoded, Error, ModelFiles, PaddingSide, Result, TextEncoder,
 };
 
 /// The input limit when neither the caller nor tokenizer_config.json gives one (T5's
@@ -40,6 +40,7 @@ pub(crate) struct TextResult {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings<'a> {
     pub device: DeviceChoice,
+    pub dtype: Dtype,
     pub generation: &'a GenerationOptions,
     pub max_input_tokens: Option<usize>,
     pub batch_size: usize,
@@ -93,7 +94,11 @@ impl Seq2Seq {
         if settings.batch_size == 0 {
             return Err(Error::Input("batch size must be at least 1".into()));
         }
-        let model = T5ForConditionalGeneration::from_pretrained(files, settings.device.resolve()?)?;
+        let model = T5ForConditionalGeneration::from_pretrained(
+            files,
+            settings.device.resolve()?,
+            settings.dtype,
+        )?;
         let max_input_tokens = settings
             .max_input_tokens
             .or(tokenizer.model_max_length)

@@ -3,7 +3,7 @@
 use super::{task_params, Seq2Seq, Settings};
 use serde::Serialize;
 use trident_core::generation::{GenerationConfig, GenerationOptions};
-use trident_core::{DeviceChoice, ModelFiles, Result};
+use trident_core::{DeviceChoice, Dtype, ModelFiles, Result};
 
 /// One summary, serialized as transformers prints it: `{"summary_text": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,6 +23,8 @@ pub struct Summary {
 pub struct SummarizerOptions {
     /// Where the model runs (`Auto`: CUDA when present).
     pub device: DeviceChoice,
+    /// The numeric format the model computes in.
+    pub dtype: Dtype,
     /// Generation options overriding the checkpoint's `summarization` defaults.
     pub generation: GenerationOptions,
     /// Longest input in tokens before a document is split (default: the tokenizer's
@@ -38,6 +40,7 @@ impl Default for SummarizerOptions {
     fn default() -> Self {
         SummarizerOptions {
             device: DeviceChoice::Auto,
+            dtype: Dtype::F32,
             generation: GenerationOptions::default(),
             max_input_tokens: None,
             batch_size: 8,
@@ -63,6 +66,7 @@ impl Summarizer {
             "",
             Settings {
                 device: options.device,
+                dtype: options.dtype,
                 generation: &options.generation,
                 max_input_tokens: options.max_input_tokens,
                 batch_size: options.batch_size,

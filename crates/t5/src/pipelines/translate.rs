@@ -4,7 +4,7 @@
 use super::{task_params, Seq2Seq, Settings};
 use serde::Serialize;
 use trident_core::generation::{GenerationConfig, GenerationOptions};
-use trident_core::{DeviceChoice, Error, ModelFiles, Result};
+use trident_core::{DeviceChoice, Dtype, Error, ModelFiles, Result};
 
 /// One translation, serialized as transformers prints it: `{"translation_text": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,6 +28,8 @@ pub struct TranslatorOptions {
     pub target: String,
     /// Where the model runs (`Auto`: CUDA when present).
     pub device: DeviceChoice,
+    /// The numeric format the model computes in.
+    pub dtype: Dtype,
     /// Generation options overriding the checkpoint's task defaults.
     pub generation: GenerationOptions,
     /// Longest input in tokens before a document is split (default: the tokenizer's
@@ -44,6 +46,7 @@ impl TranslatorOptions {
             source: source.to_string(),
             target: target.to_string(),
             device: DeviceChoice::Auto,
+            dtype: Dtype::F32,
             generation: GenerationOptions::default(),
             max_input_tokens: None,
             batch_size: 8,
@@ -125,6 +128,7 @@ impl Translator {
             &default_prefix,
             Settings {
                 device: options.device,
+                dtype: options.dtype,
                 generation: &options.generation,
                 max_input_tokens: options.max_input_tokens,
                 batch_size: options.batch_size,
