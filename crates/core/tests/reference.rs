@@ -136,6 +136,57 @@ fn multi_head_attention_module_splits_and_merges_heads() {
     );
 }
 
+/// Beams sharing one encoder row (grouped cross-attention) get exactly what each would get
+/// from its own copy of the encoder output and mask.
+#[test]
+fn grouped_cross_attention_equals_attention_on_repeated_rows() {
+    let (inputs, beams, h, d, src) = (3i64, 4i64, 2i64, 8i64, 5i64);
+    let hidden = h * d;
+    let vs = tch::nn::VarStore::new(Device::Cpu);
+    let root = vs.root();
+    let proj = |name: &str| {
+        let l = Linear::new(&(&root / name), hidden, hidden, false).unwrap();
+        let w = Tensor::randn([hidden, hidden], (Kind::Float, Device::Cpu)) * 0.3;
+        tch::no_grad(|| l.weight.shallow_clone().copy_(&w));
+        l
+    };
+    let attention = MultiHeadAttention::new(
+        Projections::Separate {
+            q: proj("q"),
+            k: proj("k"),
+            v: proj("v"),
+        },
+        proj("o"),
+        h,
+        d,
+    );
+    let encoder = Tensor::randn([inputs, src, hidden], (Kind::Float, Device::Cpu));
+    let lengths = Tensor::from_slice(&[5i64, 3, 1]).unsqueeze(1);
+    let mask = padding_mask(
+        &Tensor::arange(src, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .lt_tensor(&lengths)
+            .to_kind(Kind::Int64),
+        Kind::Float,
+    ); // [inputs, 1, 1, src]
+    let x = Tensor::randn([inputs * beams, 1, hidden], (Kind::Float, Device::Cpu));
+    let repeat = Tensor::arange(inputs, (Kind::Int64, Device::Cpu))
+        .repeat_interleave_self_int(beams, 0, None);
+    let grouped = attention
+        .forward(&x, Some(&encoder), Some(&mask), None, None)
+        .unwrap();
+    let repeated = attention
+        .forward(
+            &x,
+            Some(&encoder.index_select(0, &repeat)),
+            Some(&mask.index_select(0, &repeat)),
+            None,
+            None,
+        )
+        .unwrap();
+    assert_close(&grouped, &repeated, 1e-5, "grouped vs repeated rows");
+}
+
 #[test]
 fn kv_cache_appends_and_reorders_like_transformers() {
     let r = &core_ref()["kv_cache"];

@@ -331,10 +331,12 @@ impl T5ForConditionalGeneration {
 /// What T5 carries between generation steps.
 #[derive(Debug)]
 pub struct T5State {
-    /// `[rows, src, d_model]`.
+    /// `[inputs, src, d_model]`: one per input, shared by its `copies` decoder rows.
     pub encoder_hidden: Tensor,
-    /// Additive `[rows, 1, 1, src]`.
+    /// Additive `[inputs, 1, 1, src]`.
     pub encoder_mask: Tensor,
+    /// Decoder rows per input (its beams or returned sequences), on consecutive rows.
+    pub copies: i64,
     /// One per decoder block: self-attention keys/values so far, and the cross-attention
     /// keys/values of the encoder output, computed on the first step only.
     pub caches: Vec<LayerCache>,
@@ -358,6 +360,7 @@ impl Decoder for T5ForConditionalGeneration {
         Ok(T5State {
             encoder_hidden: self.encode(&input_ids, &attention_mask)?,
             encoder_mask: Self::encoder_mask(&attention_mask),
+            copies: 1,
             caches: self.new_caches(),
         })
     }
@@ -373,21 +376,36 @@ impl Decoder for T5ForConditionalGeneration {
         Ok(self.lm_logits(&last))
     }
 
+    /// The encoder output and the cross-attention keys/values stay one per input: the first
+    /// reorder repeats each input on consecutive rows (the [`Decoder`] contract), and
+    /// cross-attention then serves an input's rows from its one copy (core's grouped
+    /// attention), which saves the copies and reads each input's keys/values once a step.
+    /// Later reorders move rows among an input's copies, so only the self-attention caches
+    /// follow them.
     fn reorder(&self, state: &mut T5State, beam_idx: &Tensor) -> Result<()> {
-        let idx = beam_idx.f_to(self.device)?;
-        if idx.size()[0] == state.encoder_hidden.size()[0] {
-            // Beams moving among the copies of one input: the encoder output and the
-            // cross-attention keys/values are the same for all of them, so only the
-            // self-attention caches move (saving a copy of every cross-attention cache a step).
-            for cache in &mut state.caches {
-                cache.self_attn.reorder(&idx)?;
+        let idx = beam_idx.f_to(self.device)?.f_to_kind(Kind::Int64)?;
+        let (rows, inputs) = (idx.size()[0], state.encoder_hidden.size()[0]);
+        if rows != inputs * state.copies {
+            let copies = rows / inputs.max(1);
+            let repeat: Vec<i64> = (0..rows).map(|r| r / copies.max(1)).collect();
+            let consecutive = state.copies == 1
+                && copies * inputs == rows
+                && Vec::<i64>::try_from(&idx.f_to(Device::Cpu)?)? == repeat;
+            if !consecutive {
+                // Not the documented pattern: give every row its own copy of everything.
+                let input_of = idx.f_floor_divide_scalar(state.copies)?;
+                state.encoder_hidden = state.encoder_hidden.f_index_select(0, &input_of)?;
+                state.encoder_mask = state.encoder_mask.f_index_select(0, &input_of)?;
+                for cache in &mut state.caches {
+                    cache.cross_attn.reorder(&input_of)?;
+                }
+                state.copies = 1;
+            } else {
+                state.copies = copies;
             }
-            return Ok(());
         }
-        state.encoder_hidden = state.encoder_hidden.f_index_select(0, &idx)?;
-        state.encoder_mask = state.encoder_mask.f_index_select(0, &idx)?;
         for cache in &mut state.caches {
-            cache.reorder(&idx)?;
+            cache.self_attn.reorder(&idx)?;
         }
         Ok(())
     }

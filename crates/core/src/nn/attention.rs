@@ -92,7 +92,8 @@ impl MultiHeadAttention {
     ///
     /// - `x`: `[batch, q_len, hidden]` queries' hidden states.
     /// - `kv`: `None` for self-attention; the encoder output `[batch, k_len, hidden]` for
-    ///   cross-attention.
+    ///   cross-attention, or `[batch / groups, k_len, hidden]` when each of its rows serves
+    ///   `groups` consecutive rows of `x` (an input's beams).
     /// - `mask`: additive `[batch, 1, q_len, k_len]` (or broadcastable), see [`super::mask`].
     /// - `position_bias`: additive `[1 or batch, heads, q_len, k_len]` (T5).
     /// - `cache`: for self-attention the new keys/values are appended and all are used; for
@@ -139,10 +140,13 @@ impl MultiHeadAttention {
         };
         // The kernel wants the bias in the queries' dtype (f32 masks meet bf16 models).
         let bias = bias.map(|b| b.f_to_kind(q.kind())).transpose()?;
-        // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
-        let context = Tensor::f_scaled_dot_product_attention(
-            &q, &k, &v, bias, 0.0, false, self.scale, false,
-        )?;
+        let groups = b / k.size()[0].max(1);
+        let context = if groups > 1 {
+            self.grouped_attention(&q, &k, &v, bias, groups)?
+        } else {
+            // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
+            Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, self.scale, false)?
+        };
         // [batch, heads, q_len, head_dim] → [batch, q_len, heads·head_dim]
         let context = context.f_transpose(1, 2)?.f_contiguous()?.f_view([
             b,
@@ -150,6 +154,50 @@ impl MultiHeadAttention {
             self.num_heads * self.head_dim,
         ])?;
         Ok(self.out.forward(&context))
+    }
+
+    /// Cross-attention of `groups` consecutive query rows on each key/value row (the beams of
+    /// one input on its encoder output): the groups' queries are attended together, as one
+    /// longer query sequence, so each input's keys and values are read once rather than once
+    /// per beam, and in one matrix product rather than several matrix-vector ones.
+    /// `q`: `[rows·groups, heads, q_len, head_dim]`; `k`, `v`: `[rows, heads, k_len, head_dim]`;
+    /// `bias`: broadcastable to `[rows, heads, 1, k_len]` (a padding mask).
+    fn grouped_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<Tensor>,
+        groups: i64,
+    ) -> Result<Tensor> {
+        let (rows, q_len) = (k.size()[0], q.size()[2]);
+        let (h, d) = (self.num_heads, self.head_dim);
+        if q.size()[0] != rows * groups {
+            return Err(crate::Error::Input(format!(
+                "{} query rows do not divide into groups over {rows} key/value rows",
+                q.size()[0]
+            )));
+        }
+        if let Some(bias) = &bias {
+            let s = bias.size();
+            if s.len() != 4 || s[2] != 1 || !(s[0] == 1 || s[0] == rows) {
+                return Err(crate::Error::Input(format!(
+                    "grouped attention takes a padding mask per key/value row, not {s:?}"
+                )));
+            }
+        }
+        // [rows·groups, h, q_len, d] → [rows, h, groups·q_len, d]
+        let q = q
+            .f_view([rows, groups, h, q_len, d])?
+            .f_permute([0, 2, 1, 3, 4])?
+            .f_reshape([rows, h, groups * q_len, d])?;
+        let context =
+            Tensor::f_scaled_dot_product_attention(&q, k, v, bias, 0.0, false, self.scale, false)?;
+        // [rows, h, groups·q_len, d] → [rows·groups, h, q_len, d]
+        Ok(context
+            .f_view([rows, h, groups, q_len, d])?
+            .f_permute([0, 2, 1, 3, 4])?
+            .f_reshape([rows * groups, h, q_len, d])?)
     }
 
     /// Every projection, for [`super::prepare`].
