@@ -46,6 +46,8 @@ fn exact(new_tokens: usize, beams: usize) -> GenerationOptions {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the CLI does.
+    trident::core::device::tune_allocator();
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))

@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    trident::core::device::tune_allocator();
     let args = cli::Cli::parse();
     // Library warnings (a text split into windows, a long text truncated, …) go to stderr.
     tracing_subscriber::fmt()
