@@ -60,6 +60,17 @@ impl DeviceChoice {
     }
 }
 
+/// Give memory freed since the last call back to the OS (after a model's weights were
+/// converted, whose f32 originals [`tune_allocator`] would otherwise keep). A no-op outside
+/// glibc.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused heap pages to the OS.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Keep freed tensor memory in the process for reuse instead of returning it to the OS.
 ///
 /// Each forward pass allocates and frees activations of a few hundred KB to a few MB. glibc

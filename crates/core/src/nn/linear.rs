@@ -238,6 +238,10 @@ pub fn prepare<'a>(
     for linear in linears {
         linear.prepare(dtype)?;
     }
+    if dtype != Dtype::F32 {
+        // The f32 weights just replaced are free now; keep them out of the process's memory.
+        crate::device::release_free_memory();
+    }
     Ok(())
 }
 
