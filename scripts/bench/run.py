@@ -189,21 +189,22 @@ def accuracy(workload, dtype):
             return sum(p * q for p, q in zip(u, v)) / math.sqrt(sum(p * p for p in u) * sum(q * q for q in v))
         c = [cos(x["embedding"], y["embedding"]) for x, y in zip(ref, got)]
         return f"cosine to f32: min {min(c):.5f}, mean {sum(c) / len(c):.5f}"
-    # Generation: token agreement, position by position, over f32's tokens.
-    from tokenizers import Tokenizer
-    model = BENCH / "models" / WORKLOADS[workload][0]
-    tok = Tokenizer.from_file(str(model / "tokenizer.json"))
-    field = "summary_text" if workload.startswith("t5") else "generated_text"
-    texts = lambda out: [seqs[0][field] for seqs in out]
+    # Generation: token agreement, position by position, over f32's tokens (T5's ids as
+    # generated; GPT-2's continuations re-tokenized, the prompt included in both).
+    if workload.startswith("t5"):
+        seqs = lambda out: out["token_ids"]
+    else:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(BENCH / "models" / WORKLOADS[workload][0] / "tokenizer.json"))
+        seqs = lambda out: [tok.encode(s[0]["generated_text"], add_special_tokens=False).ids for s in out]
     agree = total = identical = prefix = 0
-    for x, y in zip(texts(ref), texts(got)):
-        ix, iy = tok.encode(x, add_special_tokens=False).ids, tok.encode(y, add_special_tokens=False).ids
+    for ix, iy in zip(seqs(ref), seqs(got)):
         agree += sum(p == q for p, q in zip(ix, iy))
         total += len(ix)
         identical += ix == iy
         same = next((k for k, (p, q) in enumerate(zip(ix, iy)) if p != q), min(len(ix), len(iy)))
         prefix += same / max(len(ix), 1)
-    n = len(texts(ref))
+    n = len(seqs(ref))
     return (f"token agreement {agree / max(total, 1):.3f} (position by position); tokens before "
             f"the first difference {prefix / n:.2f} of the output on average; identical outputs "
             f"{identical}/{n}")

@@ -37,6 +37,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             println!("cpu compute     FAILED: {e}");
         }
     }
+    println!("cpu dtypes      {}", cpu_dtypes());
     let cuda = tch::Cuda::is_available();
     println!(
         "cuda            {}",
@@ -90,5 +91,35 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("status          BROKEN: reinstall libtorch with `make setup`");
         Ok(ExitCode::from(1))
+    }
+}
+
+/// Which `--dtype`s this CPU runs natively: bf16 is emulated (and slower than f32) without
+/// AVX512-BF16 or AMX, int8 products want AVX512-VNNI or AVX-VNNI.
+fn cpu_dtypes() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // (AMX detection is not stable in std: Linux lists it in /proc/cpuinfo.)
+        let amx = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" amx_bf16"));
+        let bf16 = std::arch::is_x86_feature_detected!("avx512bf16") || amx;
+        let vnni = std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni");
+        format!(
+            "f32; bf16 {}; int8 {}",
+            if bf16 {
+                "native (AVX512-BF16/AMX)"
+            } else {
+                "emulated: prefer f32 or int8"
+            },
+            if vnni {
+                "native (VNNI)"
+            } else {
+                "without VNNI (slower)"
+            }
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "f32, bf16, int8 (speed depends on the CPU; see BENCHMARKS.md)".to_string()
     }
 }

@@ -42,10 +42,11 @@ pub trait Decoder {
     /// Reorder the state's rows: row `i` becomes the old row `beam_idx[i]` (`[rows]` int64).
     ///
     /// The engine calls it once, before the first step, to repeat each input for its beams or
-    /// returned sequences (`beam_idx` longer than the current rows); after that, reorders keep
-    /// the number of rows and only move rows among the copies of one input. State that is
-    /// the same for every copy of an input (an encoder output, cross-attention keys and
-    /// values) may therefore be left alone by those.
+    /// returned sequences on consecutive rows (`beam_idx` = `[0, 0, 0, 1, 1, 1, …]`, longer
+    /// than the current rows); after that, reorders keep the number of rows and only move rows
+    /// among the copies of one input. State that is the same for every copy of an input (an
+    /// encoder output, cross-attention keys and values) may therefore be kept once per input
+    /// and left alone by those (T5 does).
     fn reorder(&self, state: &mut Self::State, beam_idx: &Tensor) -> Result<()>;
 }
 

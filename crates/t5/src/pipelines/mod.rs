@@ -30,6 +30,8 @@ pub const DEFAULT_MAX_INPUT_TOKENS: usize = 512;
 pub(crate) struct TextResult {
     /// One text per returned sequence.
     pub texts: Vec<String>,
+    /// The generated ids of each returned sequence (its pieces' ids in order).
+    pub token_ids: Vec<Vec<i64>>,
     /// Pieces the input was split into to fit the encoder.
     pub chunks: usize,
     /// Tokens generated, over all pieces and returned sequences.
@@ -140,6 +142,7 @@ impl Seq2Seq {
             .iter()
             .map(|&chunks| TextResult {
                 texts: vec![String::new(); copies],
+                token_ids: vec![Vec::new(); copies],
                 chunks,
                 generated_tokens: 0,
             })
@@ -164,6 +167,7 @@ impl Seq2Seq {
                 let result = &mut results[group[seq.input].0];
                 let text = self.tokenizer.decode(seq.generated(), true)?;
                 result.generated_tokens += seq.generated().len();
+                result.token_ids[n % copies].extend_from_slice(seq.generated());
                 // The pieces of a long input are joined in order.
                 let slot = &mut result.texts[n % copies];
                 if slot.is_empty() {

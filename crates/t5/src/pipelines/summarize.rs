@@ -16,6 +16,10 @@ pub struct Summary {
     /// Tokens generated for this summary (EOS included).
     #[serde(skip)]
     pub generated_tokens: usize,
+    /// The generated token ids (a split document's pieces in order), what transformers'
+    /// pipeline returns with `return_tensors=True`.
+    #[serde(skip)]
+    pub token_ids: Vec<i64>,
 }
 
 /// How to load and run a [`Summarizer`].
@@ -86,6 +90,7 @@ impl Summarizer {
                 let joined: Vec<&str> = r.texts.iter().map(String::as_str).collect();
                 let again = self.inner.run(&joined, "summarize")?;
                 r.texts = again.iter().map(|a| a.texts[0].clone()).collect();
+                r.token_ids = again.iter().map(|a| a.token_ids[0].clone()).collect();
                 r.generated_tokens += again.iter().map(|a| a.generated_tokens).sum::<usize>();
             }
         }
@@ -94,10 +99,12 @@ impl Summarizer {
             .map(|r| {
                 r.texts
                     .into_iter()
-                    .map(|summary_text| Summary {
+                    .zip(r.token_ids)
+                    .map(|(summary_text, token_ids)| Summary {
                         summary_text,
                         chunks: r.chunks,
                         generated_tokens: r.generated_tokens,
+                        token_ids,
                     })
                     .collect()
             })

@@ -17,6 +17,10 @@ pub struct Translation {
     /// Tokens generated for this translation (EOS included).
     #[serde(skip)]
     pub generated_tokens: usize,
+    /// The generated token ids (a split document's pieces in order), what transformers'
+    /// pipeline returns with `return_tensors=True`.
+    #[serde(skip)]
+    pub token_ids: Vec<i64>,
 }
 
 /// How to load and run a [`Translator`].
@@ -146,10 +150,12 @@ impl Translator {
             .map(|r| {
                 r.texts
                     .into_iter()
-                    .map(|translation_text| Translation {
+                    .zip(r.token_ids)
+                    .map(|(translation_text, token_ids)| Translation {
                         translation_text,
                         chunks: r.chunks,
                         generated_tokens: r.generated_tokens,
+                        token_ids,
                     })
                     .collect()
             })
