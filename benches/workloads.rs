@@ -97,6 +97,13 @@ fn smoke() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `f`'s result and how long it took, in seconds.
+fn timed<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<(T, f64), E> {
+    let t = Instant::now();
+    let out = f()?;
+    Ok((out, t.elapsed().as_secs_f64()))
+}
+
 /// Run one workload in `dtype`; `scale` divides the number of new tokens (1 for real
 /// measurements). Returns the measurement line and the pipeline's results.
 fn run(
@@ -125,11 +132,10 @@ fn run(
                 },
             )?;
             let load = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let out = p.run(&refs)?;
+            let (out, run) = timed(|| p.run(&refs))?;
             (
                 load,
-                t.elapsed().as_secs_f64(),
+                run,
                 p.tokens_processed(),
                 "tokens",
                 serde_json::to_value(out)?,
@@ -148,9 +154,7 @@ fn run(
                 },
             )?;
             let load = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let out = p.run(&refs)?;
-            let run = t.elapsed().as_secs_f64();
+            let (out, run) = timed(|| p.run(&refs))?;
             (
                 load,
                 run,
@@ -169,9 +173,7 @@ fn run(
                 },
             )?;
             let load = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let out = p.run(&refs)?;
-            let run = t.elapsed().as_secs_f64();
+            let (out, run) = timed(|| p.run(&refs))?;
             (
                 load,
                 run,
@@ -191,14 +193,13 @@ fn run(
             };
             let p = Summarizer::from_pretrained(files, options)?;
             let load = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let out = p.run(&refs)?;
+            let (out, run) = timed(|| p.run(&refs))?;
             // Random weights mostly generate T5's sentinel tokens, which decode to nothing:
             // the ids are what to compare.
             let ids: Vec<&Vec<i64>> = out.iter().map(|s| &s[0].token_ids).collect();
             (
                 load,
-                t.elapsed().as_secs_f64(),
+                run,
                 refs.len() * t5_new,
                 "new tokens",
                 serde_json::json!({ "token_ids": ids }),
@@ -224,11 +225,10 @@ fn run(
                 },
             )?;
             let load = start.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let out = p.run(&refs[..batch])?;
+            let (out, run) = timed(|| p.run(&refs[..batch]))?;
             (
                 load,
-                t.elapsed().as_secs_f64(),
+                run,
                 batch * gpt_new,
                 "new tokens",
                 serde_json::to_value(out)?,

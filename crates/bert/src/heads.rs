@@ -108,6 +108,27 @@ fn check_architecture(
     }
 }
 
+/// Build the encoder and a head (`head` declares it under the root, `linears` lists its
+/// projections), fill both from the checkpoint and prepare them to compute in `dtype`.
+fn load_with_head<H>(
+    files: &ModelFiles,
+    config: &EncoderConfig,
+    device: Device,
+    dtype: Dtype,
+    head: impl FnOnce(&Path) -> Result<H>,
+    linears: impl FnOnce(&mut H) -> Vec<&mut Linear>,
+) -> Result<(VarStore, Encoder, H)> {
+    let (mut vs, (mut encoder, mut head)) = build_and_load(files, device, |root| {
+        Ok((
+            Encoder::new(&(root / config.family.prefix()), config)?,
+            head(root)?,
+        ))
+    })?;
+    let all = encoder.linears_mut().into_iter().chain(linears(&mut head));
+    prepare(&mut vs, all, dtype)?;
+    Ok((vs, encoder, head))
+}
+
 /// A `*ForSequenceClassification` model.
 #[derive(Debug)]
 pub struct SequenceClassificationModel {
@@ -128,16 +149,13 @@ impl SequenceClassificationModel {
     ) -> Result<Self> {
         check_architecture(config, files, "ForSequenceClassification", "classification")?;
         let n = num_labels(config)?;
-        let (mut vs, (mut encoder, mut head)) = build_and_load(files, device, |root| {
-            Ok((
-                Encoder::new(&(root / config.family.prefix()), config)?,
-                SequenceHead::new(root, config, n)?,
-            ))
-        })?;
-        prepare(
-            &mut vs,
-            encoder.linears_mut().into_iter().chain(head.linears_mut()),
+        let (vs, encoder, head) = load_with_head(
+            files,
+            config,
+            device,
             dtype,
+            |root| SequenceHead::new(root, config, n),
+            SequenceHead::linears_mut,
         )?;
         Ok(SequenceClassificationModel {
             _vs: vs,
@@ -178,14 +196,14 @@ impl TokenClassificationModel {
             "token classification (NER)",
         )?;
         let n = num_labels(config)?;
-        let (mut vs, (mut encoder, mut classifier)) = build_and_load(files, device, |root| {
-            Ok((
-                Encoder::new(&(root / config.family.prefix()), config)?,
-                Linear::new(&(root / "classifier"), config.hidden_size, n, true)?,
-            ))
-        })?;
-        let linears = encoder.linears_mut().into_iter().chain([&mut classifier]);
-        prepare(&mut vs, linears, dtype)?;
+        let (vs, encoder, classifier) = load_with_head(
+            files,
+            config,
+            device,
+            dtype,
+            |root| Linear::new(&(root / "classifier"), config.hidden_size, n, true),
+            |classifier| vec![classifier],
+        )?;
         Ok(TokenClassificationModel {
             _vs: vs,
             encoder,
@@ -216,10 +234,8 @@ impl EncoderModel {
         device: Device,
         dtype: Dtype,
     ) -> Result<Self> {
-        let (mut vs, mut encoder) = build_and_load(files, device, |root| {
-            Encoder::new(&(root / config.family.prefix()), config)
-        })?;
-        prepare(&mut vs, encoder.linears_mut(), dtype)?;
+        let (vs, encoder, ()) =
+            load_with_head(files, config, device, dtype, |_| Ok(()), |_| Vec::new())?;
         Ok(EncoderModel { _vs: vs, encoder })
     }
 

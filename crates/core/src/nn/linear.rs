@@ -232,6 +232,15 @@ pub fn prepare<'a>(
     linears: impl IntoIterator<Item = &'a mut Linear>,
     dtype: Dtype,
 ) -> Result<()> {
+    if dtype == Dtype::Int8 && vs.device() != Device::Cpu {
+        // libtorch's integer products take ≥ 17 rows on CUDA (a decoding step has one) and do
+        // not exist on MPS.
+        return Err(crate::Error::Unsupported(format!(
+            "--dtype int8 runs on the CPU only, not on {:?}: use --dtype bf16 on a GPU, or \
+             --device cpu",
+            vs.device()
+        )));
+    }
     if dtype == Dtype::Bf16 {
         vs.bfloat16();
     }
