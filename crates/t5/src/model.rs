@@ -147,8 +147,14 @@ impl T5Stack {
         let bias = self
             .relative_attention_bias
             .forward(n, offset + n, offset)?; // [1, heads, n, offset+n]
+                                              // Every block adds the same bias and mask: add them once here, not once per block
+                                              // (for a batch of long inputs that is a [batch, heads, n, n] tensor each time).
+        let bias = match self_mask {
+            Some(mask) => bias.f_add(mask)?, // [batch or 1, heads, n, offset+n]
+            None => bias,
+        };
         let ctx = LayerContext {
-            mask: self_mask,
+            mask: None,
             position_bias: Some(&bias),
             encoder_hidden: encoder.map(|(h, _)| h),
             encoder_mask: encoder.map(|(_, m)| m),
