@@ -10,3 +10,8 @@ pub use trident_gpt as gpt;
 pub use trident_t5 as t5;
 
 pub use trident_core::{DeviceChoice, Error, ModelFiles, Result};
+
+/// The README's Rust examples, compiled by `cargo test --doc` so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
