@@ -182,6 +182,12 @@ impl Linear {
     }
 }
 
+thread_local! {
+    /// [`transpose_in_place`]'s buffer, as large as the largest matrix transposed so far;
+    /// [`prepare`] empties it when it is done.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Re-store a `[rows, cols]` weight as `[cols, rows]` in its own memory. For a contiguous f32
 /// CPU tensor (every checkpoint loaded there) the transposition goes through a scratch buffer
 /// reused from one call to the next: a fresh allocation per matrix would cost more in page
@@ -195,9 +201,6 @@ fn transpose_in_place(w: &mut Tensor) -> Result<()> {
     if !w.is_contiguous() {
         let c = w.f_contiguous()?;
         tch::no_grad(|| w.f_set_data(&c))?;
-    }
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let (rows, cols) = (size[0], size[1]);
     let n = (rows * cols) as usize;
@@ -303,9 +306,11 @@ pub fn prepare<'a>(
     if dtype == Dtype::Bf16 {
         vs.bfloat16();
     }
-    for linear in linears {
-        linear.prepare(dtype)?;
-    }
+    let prepared = linears
+        .into_iter()
+        .try_for_each(|linear| linear.prepare(dtype));
+    SCRATCH.with_borrow_mut(|scratch| *scratch = Vec::new());
+    prepared?;
     if dtype != Dtype::F32 {
         // The f32 weights just replaced are free now; keep them out of the process's memory.
         crate::device::release_free_memory();
