@@ -126,8 +126,10 @@ impl GPT2Model {
             "context (n_positions)",
         )?;
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
-        let mut x = self.wte.forward(input_ids) + self.wpe.forward(position_ids); // [batch, seq, n_embd]
-                                                                                  // Causal and padding masks together, [batch, 1, seq, past + seq], built once for all blocks.
+        // [batch, seq, n_embd]
+        let mut x = self.wte.forward(input_ids) + self.wpe.forward(position_ids);
+        // Causal and padding masks together, [batch, 1, seq, past + seq], built once for all
+        // blocks.
         let mask = causal_padding_mask(attention_mask, q_len, x.kind());
         let ctx = LayerContext {
             mask: Some(&mask),

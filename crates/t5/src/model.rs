@@ -144,11 +144,12 @@ impl T5Stack {
             .as_deref()
             .and_then(|c| c.first())
             .map_or(0, |c| c.self_attn.len());
+        // [1, heads, n, offset+n]
         let bias = self
             .relative_attention_bias
-            .forward(n, offset + n, offset)?; // [1, heads, n, offset+n]
-                                              // Every block adds the same bias and mask: add them once here, not once per block
-                                              // (for a batch of long inputs that is a [batch, heads, n, n] tensor each time).
+            .forward(n, offset + n, offset)?;
+        // Every block adds the same bias and mask: add them once here, not once per block
+        // (for a batch of long inputs that is a [batch, heads, n, n] tensor each time).
         let bias = match self_mask {
             Some(mask) => bias.f_add(mask)?, // [batch or 1, heads, n, offset+n]
             None => bias,

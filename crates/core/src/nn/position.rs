@@ -15,7 +15,8 @@ pub fn sinusoidal_table(n_pos: i64, dim: i64, device: Device) -> Tensor {
     let i2 = Tensor::arange_start_step(0, dim, 2, (Kind::Double, device)); // [dim/2] = 2i
     let inv_freq = (i2 / dim as f64 * -(10000f64.ln())).exp(); // 10000^(-2i/dim)
     let angles = pos * inv_freq.unsqueeze(0); // [n_pos, dim/2]
-                                              // Interleave: even columns sin, odd columns cos.
+
+    // Interleave: even columns sin, odd columns cos.
     let table = Tensor::stack(&[angles.sin(), angles.cos()], 2).view([n_pos, -1]);
     table.narrow(1, 0, dim).to_kind(Kind::Float)
 }
