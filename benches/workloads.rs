@@ -16,12 +16,12 @@
 
 use std::time::Instant;
 use trident::bert::{
-    ClassifyOptions, Embedder, NerOptions, PipelineOptions, TextClassifier, TokenClassifier,
+    ClassifyOptions, EmbedOptions, Embedder, NerOptions, TextClassifier, TokenClassifier,
 };
-use trident::core::generation::GenerationOptions;
-use trident::core::{DeviceChoice, Dtype, ModelFiles};
+use trident::core::generation::GenerationConfig;
+use trident::core::{DeviceChoice, Dtype, LoadOptions, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
-use trident::t5::{Summarizer, SummarizerOptions};
+use trident::t5::{SummarizeOptions, Summarizer};
 
 /// Peak resident memory of this process, from /proc (kB).
 fn peak_rss_kb() -> u64 {
@@ -35,8 +35,8 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-fn exact(new_tokens: usize, beams: usize) -> GenerationOptions {
-    GenerationOptions {
+fn exact(new_tokens: usize, beams: usize) -> GenerationConfig {
+    GenerationConfig {
         max_new_tokens: Some(new_tokens),
         min_new_tokens: Some(new_tokens),
         num_beams: Some(beams),
@@ -84,7 +84,7 @@ fn smoke() -> anyhow::Result<()> {
         ("gpt2-greedy-b8", "gpt2-tiny"),
         ("gpt2-topp-b1", "gpt2-tiny"),
     ] {
-        let files = ModelFiles::local(trident::core::testing::fixture_dir(fixture))?;
+        let files = ModelFiles::local(trident_testing::fixture_dir(fixture))?;
         for dtype in [Dtype::F32, Dtype::Int8] {
             let (line, _) = run(workload, &files, &texts, 16, dtype)?;
             anyhow::ensure!(
@@ -114,25 +114,22 @@ fn run(
     dtype: Dtype,
 ) -> anyhow::Result<(serde_json::Value, serde_json::Value)> {
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let cpu = DeviceChoice::Cpu;
+    let load_options = LoadOptions {
+        device: DeviceChoice::Cpu,
+        dtype,
+    };
     let (t5_new, gpt_new) = (64 / scale, 128 / scale);
     let start = Instant::now();
     // Each arm: load (timed as load), then run (timed as run); returns units of work done.
     let (load_s, run_s, units, unit, outputs) = match workload {
         "ner" => {
-            let p = TokenClassifier::from_pretrained(
-                files,
-                NerOptions {
-                    pipeline: PipelineOptions {
-                        device: cpu,
-                        dtype,
-                        batch_size: 8,
-                    },
-                    ..Default::default()
-                },
-            )?;
+            let p = TokenClassifier::from_pretrained(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
-            let (out, run) = timed(|| p.run(&refs))?;
+            let options = NerOptions {
+                batch_size: 8,
+                ..Default::default()
+            };
+            let (out, run) = timed(|| p.run(&refs, &options))?;
             (
                 load,
                 run,
@@ -142,19 +139,13 @@ fn run(
             )
         }
         "classify" => {
-            let p = TextClassifier::from_pretrained(
-                files,
-                ClassifyOptions {
-                    pipeline: PipelineOptions {
-                        device: cpu,
-                        dtype,
-                        batch_size: 32,
-                    },
-                    ..Default::default()
-                },
-            )?;
+            let p = TextClassifier::from_pretrained(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
-            let (out, run) = timed(|| p.run(&refs))?;
+            let options = ClassifyOptions {
+                batch_size: 32,
+                ..Default::default()
+            };
+            let (out, run) = timed(|| p.run(&refs, &options))?;
             (
                 load,
                 run,
@@ -164,16 +155,10 @@ fn run(
             )
         }
         "embed" => {
-            let p = Embedder::from_pretrained(
-                files,
-                PipelineOptions {
-                    device: cpu,
-                    dtype,
-                    batch_size: 32,
-                },
-            )?;
+            let p = Embedder::from_pretrained(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
-            let (out, run) = timed(|| p.run(&refs))?;
+            let options = EmbedOptions { batch_size: 32 };
+            let (out, run) = timed(|| p.run(&refs, &options))?;
             (
                 load,
                 run,
@@ -184,16 +169,14 @@ fn run(
         }
         "t5-greedy" | "t5-beam4" => {
             let beams = if workload == "t5-beam4" { 4 } else { 1 };
-            let options = SummarizerOptions {
-                device: cpu,
-                dtype,
+            let p = Summarizer::from_pretrained(files, &load_options)?;
+            let load = start.elapsed().as_secs_f64();
+            let options = SummarizeOptions {
                 generation: exact(t5_new, beams),
                 batch_size: refs.len(),
                 ..Default::default()
             };
-            let p = Summarizer::from_pretrained(files, options)?;
-            let load = start.elapsed().as_secs_f64();
-            let (out, run) = timed(|| p.run(&refs))?;
+            let (out, run) = timed(|| p.run(&refs, &options))?;
             // Random weights mostly generate T5's sentinel tokens, which decode to nothing:
             // the ids are what to compare.
             let ids: Vec<&Vec<i64>> = out.iter().map(|s| &s[0].token_ids).collect();
@@ -214,18 +197,14 @@ fn run(
                 generation.top_k = Some(0);
                 generation.seed = Some(0);
             }
-            let p = TextGenerator::from_pretrained(
-                files,
-                GenerateOptions {
-                    device: cpu,
-                    dtype,
-                    batch_size: batch,
-                    generation,
-                    ..Default::default()
-                },
-            )?;
+            let p = TextGenerator::from_pretrained(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
-            let (out, run) = timed(|| p.run(&refs[..batch]))?;
+            let options = GenerateOptions {
+                batch_size: batch,
+                generation,
+                ..Default::default()
+            };
+            let (out, run) = timed(|| p.run(&refs[..batch], &options))?;
             (
                 load,
                 run,

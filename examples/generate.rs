@@ -7,8 +7,8 @@
 //! MODEL is a directory or hub id (default gpt2); PROMPT defaults to "The meaning of life is".
 
 use std::io::Write;
-use trident::core::generation::GenerationOptions;
-use trident::core::{HubOptions, ModelFiles};
+use trident::core::generation::GenerationConfig;
+use trident::core::{HubOptions, LoadOptions, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
 
 fn main() -> anyhow::Result<()> {
@@ -19,19 +19,20 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "The meaning of life is".to_string());
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
+    // Load once (CUDA when present, else the CPU); options come with each call.
+    let generator = TextGenerator::from_pretrained(&files, &LoadOptions::default())?;
     let options = GenerateOptions {
-        generation: GenerationOptions {
+        generation: GenerationConfig {
             max_new_tokens: Some(30),
             ..Default::default()
         },
         show_probs: Some(3),
         ..Default::default()
     };
-    let generator = TextGenerator::from_pretrained(&files, options)?;
 
     // Stream the continuation to stdout as tokens arrive (greedy search: one token per step).
     print!("{prompt}");
-    let results = generator.run_streaming(&[&prompt], &mut |piece| {
+    let results = generator.run_streaming(&[&prompt], &options, &mut |piece| {
         print!("{}", piece.text);
         std::io::stdout().flush().ok();
         Ok(())

@@ -7,7 +7,7 @@
 //! (default examples/news_article.txt).
 
 use trident::bert::{Aggregation, NerOptions, TokenClassifier};
-use trident::core::{HubOptions, ModelFiles};
+use trident::core::{HubOptions, LoadOptions, ModelFiles};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -20,14 +20,15 @@ fn main() -> anyhow::Result<()> {
     let article = std::fs::read_to_string(&path)?;
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
+    // Loaded once (device and dtype are fixed here); each call brings its own options.
+    let ner = TokenClassifier::from_pretrained(&files, &LoadOptions::default())?;
     let options = NerOptions {
         aggregation: Aggregation::Simple,
         ..Default::default()
     };
-    let ner = TokenClassifier::from_pretrained(&files, options)?;
 
     // The whole article at once: texts longer than the model's limit are windowed.
-    for entities in ner.run(&[article.as_str()])? {
+    for entities in ner.run(&[article.as_str()], &options)? {
         for e in entities {
             println!("{}", serde_json::to_string(&e)?);
         }

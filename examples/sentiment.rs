@@ -7,7 +7,7 @@
 //! ARTICLE a text file with one sentence per line (default examples/news_article.txt).
 
 use trident::bert::{ClassifyOptions, TextClassifier};
-use trident::core::{HubOptions, ModelFiles};
+use trident::core::{HubOptions, LoadOptions, ModelFiles};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -21,8 +21,9 @@ fn main() -> anyhow::Result<()> {
     let sentences: Vec<&str> = article.lines().filter(|l| !l.trim().is_empty()).collect();
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
-    let classifier = TextClassifier::from_pretrained(&files, ClassifyOptions::default())?;
-    for (sentence, labels) in sentences.iter().zip(classifier.run(&sentences)?) {
+    let classifier = TextClassifier::from_pretrained(&files, &LoadOptions::default())?;
+    let results = classifier.run(&sentences, &ClassifyOptions::default())?;
+    for (sentence, labels) in sentences.iter().zip(results) {
         if let Some(best) = labels.first() {
             println!("{:<9} {:.3}  {}", best.label, best.score, sentence);
         }

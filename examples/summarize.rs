@@ -8,9 +8,9 @@
 //! An article longer than the model's input is split at sentence boundaries, each piece is
 //! summarized, and the summaries are joined.
 
-use trident::core::generation::GenerationOptions;
-use trident::core::{HubOptions, ModelFiles};
-use trident::t5::{Summarizer, SummarizerOptions};
+use trident::core::generation::GenerationConfig;
+use trident::core::{HubOptions, LoadOptions, ModelFiles};
+use trident::t5::{SummarizeOptions, Summarizer};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -21,21 +21,22 @@ fn main() -> anyhow::Result<()> {
     let article = std::fs::read_to_string(&path)?;
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
+    // Load once (CUDA when present, else the CPU); options come with each call.
+    let summarizer = Summarizer::from_pretrained(&files, &LoadOptions::default())?;
     // The checkpoint's summarization defaults apply (t5-small: 4 beams, no 3-gram repeats);
     // here we only allow longer summaries than its 20-token default.
-    let options = SummarizerOptions {
-        generation: GenerationOptions {
+    let options = SummarizeOptions {
+        generation: GenerationConfig {
             max_new_tokens: Some(60),
             ..Default::default()
         },
         ..Default::default()
     };
-    let summarizer = Summarizer::from_pretrained(&files, options)?;
-    for summary in summarizer.run(&[&article])?.remove(0) {
+    for summary in summarizer.run(&[&article], &options)?.remove(0) {
         if summary.chunks > 1 {
             eprintln!(
                 "(the article is longer than {} tokens: summarized in {} pieces)",
-                summarizer.max_input_tokens(),
+                summarizer.max_input_tokens(&options),
                 summary.chunks
             );
         }

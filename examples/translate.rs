@@ -8,9 +8,10 @@
 //! being random, writes nonsense).
 
 use std::io::Write;
-use trident::core::generation::{generate_with, GenerationConfig, Hooks, Token};
-use trident::core::{Dtype, HubOptions, ModelFiles, PaddingSide, TextEncoder};
-use trident::t5::{T5ForConditionalGeneration, Translator, TranslatorOptions};
+use trident::core::config::TokenIds;
+use trident::core::generation::{generate_with, GenerationConfig, Hooks, Seq2SeqDecoder, Token};
+use trident::core::{Dtype, HubOptions, LoadOptions, ModelFiles, PaddingSide, TextEncoder};
+use trident::t5::{T5ForConditionalGeneration, TranslateOptions, Translator};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -24,10 +25,12 @@ fn main() -> anyhow::Result<()> {
     }
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
 
-    // 1. The pipeline: prefix, task defaults and decoding handled for us.
-    let translator = Translator::from_pretrained(&files, TranslatorOptions::new("en", "de"))?;
+    // 1. The pipeline: prefix, task defaults and decoding handled for us. It is loaded once;
+    //    the language pair (and any generation setting) comes with each call.
+    let translator = Translator::from_pretrained(&files, &LoadOptions::default())?;
+    let options = TranslateOptions::new("en", "de");
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
-    for (sentence, out) in texts.iter().zip(translator.run(&texts)?) {
+    for (sentence, out) in texts.iter().zip(translator.run(&texts, &options)?) {
         println!("{sentence}\n  → {}", out[0].translation_text);
     }
 
@@ -36,11 +39,12 @@ fn main() -> anyhow::Result<()> {
     let tokenizer = TextEncoder::from_files(&files)?;
     let config = GenerationConfig {
         max_new_tokens: Some(40),
-        eos_token_ids: vec![1],
-        pad_token_id: Some(0),
+        eos_token_id: Some(TokenIds::One(1)),
+        pad_token_id: Some(TokenIds::One(0)),
         ..Default::default()
     };
-    let prompt = format!("{}{}", translator.prefix(), texts[0]);
+    let prefix = translator.settings(&options)?.prefix.unwrap_or_default();
+    let prompt = format!("{prefix}{}", texts[0]);
     let batch = tokenizer.encode_batch(&[&prompt], None, PaddingSide::Right, t5.device())?;
     print!("streamed: ");
     let mut so_far: Vec<i64> = Vec::new();
@@ -61,7 +65,7 @@ fn main() -> anyhow::Result<()> {
         on_token: Some(&mut show),
         detokenize: None,
     };
-    generate_with(&t5, &batch, &config, hooks)?;
+    generate_with(&Seq2SeqDecoder(&t5), &batch, &config, hooks)?;
     println!();
     Ok(())
 }

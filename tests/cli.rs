@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn fixture(name: &str) -> String {
-    trident::core::testing::fixture_dir(name)
-        .display()
-        .to_string()
+    trident_testing::fixture_dir(name).display().to_string()
 }
 
 fn trident(args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -278,7 +276,7 @@ fn broken_model_directories_get_clear_errors() {
 /// the same checkpoint and text (scores to 1e-4).
 #[test]
 fn json_output_equals_the_transformers_pipeline() {
-    use trident::core::testing::{json_close, reference};
+    use trident_testing::{json_close, reference};
     let r = reference("bert-tiny-ner").unwrap();
     let long = r["long_text"].as_str().unwrap();
     let mut checked = 0;

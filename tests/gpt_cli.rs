@@ -9,9 +9,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn fixture(name: &str) -> String {
-    trident::core::testing::fixture_dir(name)
-        .display()
-        .to_string()
+    trident_testing::fixture_dir(name).display().to_string()
 }
 
 fn generate(args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -44,7 +42,7 @@ fn stdout_json(o: &Output) -> Value {
 }
 
 fn pipeline_cases() -> Vec<Value> {
-    let r = trident::core::testing::reference("gpt2-tiny").unwrap();
+    let r = trident_testing::reference("gpt2-tiny").unwrap();
     r["pipelines"]["text-generation"]
         .as_array()
         .unwrap()

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use std::process::{Command, Output};
-use trident::core::testing::{fixture_dir, json_close, reference};
+use trident_testing::{fixture_dir, json_close, reference};
 
 fn trident(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trident"))
@@ -59,8 +59,9 @@ fn summarize_and_translate_print_the_pipeline_output() {
 fn bad_generation_options_are_clear_errors() {
     let m = model();
     for (flags, needle) in [
-        (vec!["--num-beams", "0"], "num_beams"),
-        (vec!["--do-sample", "--top-p", "1.5"], "top_p"),
+        // The error names the flag (the library's `num_beams`, `top_p` as set on the CLI).
+        (vec!["--num-beams", "0"], "--num-beams"),
+        (vec!["--do-sample", "--top-p", "1.5"], "--top-p"),
     ] {
         let mut args = vec!["summarize", "--model", m.as_str(), "--device", "cpu"];
         args.extend(flags.iter().copied());

@@ -33,3 +33,105 @@ impl ModelArgs {
         Ok(ModelFiles::resolve(spec, HubOptions::from_env())?)
     }
 }
+
+impl ModelArgs {
+    /// What stays fixed for the loaded model: device and numeric format.
+    pub fn load_options(&self) -> trident_core::LoadOptions {
+        trident_core::LoadOptions {
+            device: self.device,
+            dtype: self.dtype,
+        }
+    }
+}
+
+/// The library names options as its API does (`num_beams`, `stride`, model `x`); on the
+/// command line they are flags. Each pair is an API name and the flag that sets it.
+const FLAGS: &[(&str, &str)] = &[
+    ("max_new_tokens", "--max-new-tokens"),
+    ("min_new_tokens", "--min-new-tokens"),
+    ("max_length", "--max-new-tokens"),
+    ("num_beams", "--num-beams"),
+    ("num_return_sequences", "--num-return-sequences"),
+    ("length_penalty", "--length-penalty"),
+    ("no_repeat_ngram_size", "--no-repeat-ngram-size"),
+    ("repetition_penalty", "--repetition-penalty"),
+    ("early_stopping", "--early-stopping"),
+    ("do_sample", "--do-sample"),
+    ("temperature", "--temperature"),
+    ("top_k", "--top-k"),
+    ("top_p", "--top-p"),
+    ("stop strings", "--stop-strings"),
+    ("bad word", "--bad-words"),
+    ("show_probs", "--show-probs"),
+    ("batch_size", "--batch-size"),
+    ("max_input_tokens", "--max-input-tokens"),
+    ("stride", "--stride"),
+    ("dtype", "--dtype"),
+    ("device", "--device"),
+    ("model", "--model"),
+];
+
+/// A library error message with the API's option names replaced by the flags that set them
+/// (`num_beams must be at least 1` → `--num-beams must be at least 1`). Only whole words are
+/// replaced, and `device`/`model` only where they name the option (`device cuda:`,
+/// ``model `x` ``).
+pub fn with_flags(message: &str) -> String {
+    let mut out = message.to_string();
+    for (name, flag) in FLAGS {
+        let mut result = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(at) = rest.find(name) {
+            let (before, after) = (&rest[..at], &rest[at + name.len()..]);
+            let boundary_before = before
+                .chars()
+                .next_back()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '-'));
+            let boundary_after = after
+                .chars()
+                .next()
+                .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+            // Plain English words only count where they name the option's value.
+            let names_option = match *name {
+                "device" => after.starts_with(" cuda") || after.starts_with(" mps"),
+                "model" => after.starts_with(" `"),
+                "stride" => after.starts_with(' '),
+                _ => true,
+            };
+            result.push_str(before);
+            if boundary_before && boundary_after && names_option {
+                result.push_str(flag);
+            } else {
+                result.push_str(name);
+            }
+            rest = after;
+        }
+        result.push_str(rest);
+        out = result;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_names_become_flags_and_english_stays() {
+        assert_eq!(
+            with_flags("num_beams must be at least 1 (1 = no beam search)"),
+            "--num-beams must be at least 1 (1 = no beam search)"
+        );
+        assert_eq!(
+            with_flags("stride 9 must be smaller than the 8 text tokens"),
+            "--stride 9 must be smaller than the 8 text tokens"
+        );
+        assert_eq!(
+            with_flags("device cuda: no CUDA device is visible"),
+            "--device cuda: no CUDA device is visible"
+        );
+        assert_eq!(
+            with_flags("model `x/y`: no such directory; the model has 3 top_keys"),
+            "--model `x/y`: no such directory; the model has 3 top_keys"
+        );
+    }
+}

@@ -6,20 +6,12 @@ use clap::Args;
 use serde_json::json;
 use std::process::ExitCode;
 use trident_bert::{
-    Aggregation, ClassifyOptions, Embedder, Entity, Label, NerOptions, PipelineOptions,
+    Aggregation, ClassifyOptions, EmbedOptions, Embedder, Entity, Label, NerOptions,
     TextClassifier, TokenClassifier,
 };
 
 /// Texts processed between progress updates (and retried one by one if the group fails).
 const CHUNK: usize = 64;
-
-fn pipeline_options(model: &ModelArgs) -> PipelineOptions {
-    PipelineOptions {
-        device: model.device,
-        dtype: model.dtype,
-        batch_size: model.batch_size as usize,
-    }
-}
 
 /// Options of `trident classify`.
 #[derive(Args, Debug)]
@@ -50,11 +42,11 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     };
     let files = args.model.files(CLASSIFY_MODEL)?;
     let options = ClassifyOptions {
-        pipeline: pipeline_options(&args.model),
+        batch_size: args.model.batch_size as usize,
         top_k: top_k.unwrap_or(Some(1)),
         function: None,
     };
-    let classifier = TextClassifier::from_pretrained(&files, options)?;
+    let classifier = TextClassifier::from_pretrained(&files, &args.model.load_options())?;
     let render = |input: &str, labels: &Vec<Label>| -> Rendered {
         let scores = labels
             .iter()
@@ -73,7 +65,7 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(classifier.run(texts)?),
+        |texts| Ok(classifier.run(texts, &options)?),
         render,
         || classifier.tokens_processed(),
     )
@@ -115,12 +107,14 @@ pub const NER_MODEL: &str = "dslim/bert-base-NER";
 pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(NER_MODEL)?;
     let options = NerOptions {
-        pipeline: pipeline_options(&args.model),
+        batch_size: args.model.batch_size as usize,
         aggregation: args.aggregation,
         stride: args.stride,
         ignore_labels: args.ignore_labels,
     };
-    let ner = TokenClassifier::from_pretrained(&files, options)?;
+    let ner = TokenClassifier::from_pretrained(&files, &args.model.load_options())?;
+    // Options that cannot work with this model are refused before any input is read.
+    ner.check(&options)?;
     let render = |_: &str, entities: &Vec<Entity>| -> Rendered {
         let lines: Vec<String> = entities
             .iter()
@@ -156,7 +150,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(ner.run(texts)?),
+        |texts| Ok(ner.run(texts, &options)?),
         render,
         || ner.tokens_processed(),
     )
@@ -177,7 +171,10 @@ pub const EMBED_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 /// Run `trident embed`.
 pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(EMBED_MODEL)?;
-    let embedder = Embedder::from_pretrained(&files, pipeline_options(&args.model))?;
+    let embedder = Embedder::from_pretrained(&files, &args.model.load_options())?;
+    let options = EmbedOptions {
+        batch_size: args.model.batch_size as usize,
+    };
     let render = |_: &str, e: &trident_bert::Embedding| -> Rendered {
         let text = e
             .embedding
@@ -194,7 +191,7 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(embedder.run(texts)?),
+        |texts| Ok(embedder.run(texts, &options)?),
         render,
         || embedder.tokens_processed(),
     )

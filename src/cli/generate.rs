@@ -12,6 +12,7 @@ use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
+use trident_core::generation::GenerationConfig;
 use trident_gpt::{GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator};
 
 /// Default model of `trident generate`.
@@ -57,8 +58,6 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let generation = args.generation.options();
     let text = args.io.format == Format::Text;
     let options = GenerateOptions {
-        device: args.model.device,
-        dtype: args.model.dtype,
         // Streaming shows one continuation at a time.
         batch_size: if text {
             1
@@ -69,9 +68,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         return_full_text: !args.no_prompt,
         show_probs: args.show_probs,
     };
-    let generator = TextGenerator::from_pretrained(&files, options)?;
+    let generator = TextGenerator::from_pretrained(&files, &args.model.load_options())?;
+    // Settings that cannot work with this model are refused before any input is read.
+    let settings = generator.settings(&options)?;
+    generator.max_prompt_tokens(&settings)?;
     if text {
-        return stream(&args, &generator);
+        return stream(&args, &generator, &options, &settings);
     }
     let render = |_: &str, texts: &Vec<GeneratedText>| -> Rendered {
         Rendered {
@@ -89,7 +91,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |prompts| Ok(generator.run(prompts)?),
+        |prompts| Ok(generator.run(prompts, &options)?),
         render,
         || generator.tokens_processed(),
     )
@@ -97,7 +99,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 /// The text format: each prompt's continuation written as it is generated. Several outputs
 /// per prompt (`--num-return-sequences`) are written one after the other once all are done.
-fn stream(args: &GenerateArgs, generator: &TextGenerator) -> anyhow::Result<ExitCode> {
+fn stream(
+    args: &GenerateArgs,
+    generator: &TextGenerator,
+    options: &GenerateOptions,
+    settings: &GenerationConfig,
+) -> anyhow::Result<ExitCode> {
     let items = read_inputs(&args.io)?;
     let mut sink: Box<dyn Write> = match &args.io.output {
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -107,7 +114,7 @@ fn stream(args: &GenerateArgs, generator: &TextGenerator) -> anyhow::Result<Exit
         None => Box::new(std::io::stdout()),
     };
     let mut progress = Progress::new(items.len(), from_file(&args.io));
-    let copies = generator.generation_config().num_return_sequences;
+    let copies = settings.num_return_sequences();
     let live = copies == 1;
     let (mut succeeded, mut failed) = (0, 0);
     for item in &items {
@@ -140,7 +147,7 @@ fn stream(args: &GenerateArgs, generator: &TextGenerator) -> anyhow::Result<Exit
                 .and_then(|()| sink.flush())
                 .map_err(|e| trident_core::Error::io("stdout", e))
         };
-        let outcome = generator.run_streaming(&[prompt.as_str()], &mut on_piece);
+        let outcome = generator.run_streaming(&[prompt.as_str()], options, &mut on_piece);
         match outcome {
             Ok(results) => {
                 succeeded += 1;
@@ -163,7 +170,11 @@ fn stream(args: &GenerateArgs, generator: &TextGenerator) -> anyhow::Result<Exit
                 if live {
                     sink.write_all(b"\n")?;
                 }
-                eprintln!("error: {}: {e}", item.origin);
+                eprintln!(
+                    "error: {}: {}",
+                    item.origin,
+                    super::with_flags(&e.to_string())
+                );
                 failed += 1;
             }
         }

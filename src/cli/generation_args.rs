@@ -4,7 +4,7 @@
 //! config.json, then transformers' defaults).
 
 use clap::Args;
-use trident_core::generation::{EarlyStopping, GenerationOptions};
+use trident_core::generation::{EarlyStopping, GenerationConfig};
 
 /// Parse `--early-stopping` values: true, false or never.
 fn early_stopping(s: &str) -> Result<EarlyStopping, String> {
@@ -66,9 +66,11 @@ pub struct GenerationArgs {
 }
 
 impl GenerationArgs {
-    /// The options these flags set; the pipeline validates them against the model.
-    pub fn options(&self) -> GenerationOptions {
-        GenerationOptions {
+    /// The generation settings these flags set, over the model's; the pipeline validates
+    /// them against the model.
+    pub fn options(&self) -> GenerationConfig {
+        let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
             num_beams: self.num_beams,
@@ -82,8 +84,8 @@ impl GenerationArgs {
             top_p: self.top_p,
             seed: self.seed,
             num_return_sequences: self.num_return_sequences,
-            stop_strings: self.stop_strings.clone(),
-            bad_words: self.bad_words.clone(),
+            stop_strings: list(&self.stop_strings),
+            bad_words: list(&self.bad_words),
             ..Default::default()
         }
     }

@@ -228,7 +228,11 @@ impl Output {
     /// Report a failed input on stderr (and as `null` in json output).
     pub fn error(&mut self, item: &Item, message: &str) {
         self.failed += 1;
-        eprintln!("error: {}: {message}", item.origin);
+        eprintln!(
+            "error: {}: {}",
+            item.origin,
+            super::common::with_flags(message)
+        );
         if self.format == Format::Json {
             self.json.push(Value::Null);
         }

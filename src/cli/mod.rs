@@ -9,6 +9,8 @@ pub mod io;
 mod summarize;
 mod translate;
 
+pub use common::with_flags;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 

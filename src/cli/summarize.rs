@@ -7,7 +7,7 @@ use clap::Args;
 use serde::Serialize;
 use std::cell::Cell;
 use std::process::ExitCode;
-use trident_t5::{Summarizer, SummarizerOptions, Summary};
+use trident_t5::{SummarizeOptions, Summarizer, Summary};
 
 /// Texts handed to the pipeline at once (and retried one by one if the group fails).
 pub(super) const CHUNK: usize = 16;
@@ -76,18 +76,16 @@ pub(super) fn note_split(input: &str, chunks: usize, limit: usize, done: &str) {
 /// Run `trident summarize`.
 pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(T5_MODEL)?;
-    let summarizer = Summarizer::from_pretrained(
-        &files,
-        SummarizerOptions {
-            device: args.model.device,
-            dtype: args.model.dtype,
-            generation: args.generation.options(),
-            max_input_tokens: args.max_input_tokens,
-            batch_size: args.model.batch_size as usize,
-            resummarize: args.resummarize,
-        },
-    )?;
-    let limit = summarizer.max_input_tokens();
+    let summarizer = Summarizer::from_pretrained(&files, &args.model.load_options())?;
+    let options = SummarizeOptions {
+        generation: args.generation.options(),
+        max_input_tokens: args.max_input_tokens,
+        batch_size: args.model.batch_size as usize,
+        resummarize: args.resummarize,
+    };
+    // Settings that cannot work with this model are refused before any input is read.
+    summarizer.settings(&options)?;
+    let limit = summarizer.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, summaries: &Vec<Summary>| -> Rendered {
         if let Some(first) = summaries.first() {
@@ -100,7 +98,7 @@ pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(summarizer.run(texts)?),
+        |texts| Ok(summarizer.run(texts, &options)?),
         render_one,
         || tokens.get(),
     )

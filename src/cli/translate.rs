@@ -7,7 +7,7 @@ use super::summarize::{note_split, render, CHUNK, T5_MODEL};
 use clap::Args;
 use std::cell::Cell;
 use std::process::ExitCode;
-use trident_t5::{Translation, Translator, TranslatorOptions};
+use trident_t5::{TranslateOptions, Translation, Translator};
 
 /// Options of `trident translate`.
 #[derive(Args, Debug)]
@@ -42,14 +42,14 @@ pub struct TranslateArgs {
 /// Run `trident translate`.
 pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(T5_MODEL)?;
-    let mut options = TranslatorOptions::new(&args.from, &args.to);
-    options.device = args.model.device;
-    options.dtype = args.model.dtype;
+    let mut options = TranslateOptions::new(&args.from, &args.to);
     options.generation = args.generation.options();
     options.max_input_tokens = args.max_input_tokens;
     options.batch_size = args.model.batch_size as usize;
-    let translator = Translator::from_pretrained(&files, options)?;
-    let limit = translator.max_input_tokens();
+    let translator = Translator::from_pretrained(&files, &args.model.load_options())?;
+    // A pair or settings that cannot work with this model are refused before any input.
+    translator.settings(&options)?;
+    let limit = translator.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, translations: &Vec<Translation>| -> Rendered {
         if let Some(first) = translations.first() {
@@ -65,7 +65,7 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(translator.run(texts)?),
+        |texts| Ok(translator.run(texts, &options)?),
         render_one,
         || tokens.get(),
     )

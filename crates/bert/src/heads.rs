@@ -2,12 +2,10 @@
 
 use crate::config::{EncoderConfig, Family};
 use crate::model::Encoder;
-use tch::nn::{Path, VarStore};
 use tch::{Device, Kind, Tensor};
-use trident_core::nn::{prepare, Linear};
+use trident_core::nn::Linear;
 use trident_core::text::Batch;
-use trident_core::weights::build_and_load;
-use trident_core::{Dtype, Error, ModelFiles, Result};
+use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
 
 /// The sequence-classification head of each family.
 #[derive(Debug)]
@@ -36,7 +34,7 @@ pub enum SequenceHead {
 }
 
 impl SequenceHead {
-    fn new(root: &Path, c: &EncoderConfig, num_labels: i64) -> Result<Self> {
+    fn new(root: &WeightPath, c: &EncoderConfig, num_labels: i64) -> Result<Self> {
         let h = c.hidden_size;
         Ok(match c.family {
             Family::Bert => SequenceHead::Bert {
@@ -54,31 +52,19 @@ impl SequenceHead {
         })
     }
 
-    /// Its projections, for [`prepare`].
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        match self {
-            SequenceHead::Bert { pooler, classifier } => vec![pooler, classifier],
-            SequenceHead::DistilBert {
-                pre_classifier,
-                classifier,
-            } => vec![pre_classifier, classifier],
-            SequenceHead::Roberta { dense, out_proj } => vec![dense, out_proj],
-        }
-    }
-
     /// `[batch, seq, hidden]` → `[batch, labels]`, from the first token's hidden state.
-    pub fn forward(&self, hidden: &Tensor) -> Tensor {
-        let first = hidden.select(1, 0); // [batch, hidden]
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        let first = hidden.f_select(1, 0)?; // [batch, hidden]
         match self {
             SequenceHead::Bert { pooler, classifier } => {
-                classifier.forward(&pooler.forward(&first).tanh())
+                classifier.forward(&pooler.forward(&first)?.f_tanh()?)
             }
             SequenceHead::DistilBert {
                 pre_classifier,
                 classifier,
-            } => classifier.forward(&pre_classifier.forward(&first).relu()),
+            } => classifier.forward(&pre_classifier.forward(&first)?.f_relu()?),
             SequenceHead::Roberta { dense, out_proj } => {
-                out_proj.forward(&dense.forward(&first).tanh())
+                out_proj.forward(&dense.forward(&first)?.f_tanh()?)
             }
         }
     }
@@ -108,31 +94,26 @@ fn check_architecture(
     }
 }
 
-/// Build the encoder and a head (`head` declares it under the root, `linears` lists its
-/// projections), fill both from the checkpoint and prepare them to compute in `dtype`.
+/// Read the encoder and a head (`head` reads it under the root) from the checkpoint, in the
+/// format of `dtype`.
 fn load_with_head<H>(
     files: &ModelFiles,
     config: &EncoderConfig,
     device: Device,
     dtype: Dtype,
-    head: impl FnOnce(&Path) -> Result<H>,
-    linears: impl FnOnce(&mut H) -> Vec<&mut Linear>,
-) -> Result<(VarStore, Encoder, H)> {
-    let (mut vs, (mut encoder, mut head)) = build_and_load(files, device, |root| {
-        Ok((
-            Encoder::new(&(root / config.family.prefix()), config)?,
-            head(root)?,
-        ))
-    })?;
-    let all = encoder.linears_mut().into_iter().chain(linears(&mut head));
-    prepare(&mut vs, all, dtype)?;
-    Ok((vs, encoder, head))
+    head: impl FnOnce(&WeightPath) -> Result<H>,
+) -> Result<(Encoder, H)> {
+    let weights = Weights::open(files, device, dtype)?;
+    let root = weights.root();
+    let encoder = Encoder::new(&(&root / config.family.prefix()), config)?;
+    let head = head(&root)?;
+    weights.finish()?;
+    Ok((encoder, head))
 }
 
 /// A `*ForSequenceClassification` model.
 #[derive(Debug)]
 pub struct SequenceClassificationModel {
-    _vs: VarStore,
     /// The encoder.
     pub encoder: Encoder,
     /// The head.
@@ -149,32 +130,22 @@ impl SequenceClassificationModel {
     ) -> Result<Self> {
         check_architecture(config, files, "ForSequenceClassification", "classification")?;
         let n = num_labels(config)?;
-        let (vs, encoder, head) = load_with_head(
-            files,
-            config,
-            device,
-            dtype,
-            |root| SequenceHead::new(root, config, n),
-            SequenceHead::linears_mut,
-        )?;
-        Ok(SequenceClassificationModel {
-            _vs: vs,
-            encoder,
-            head,
-        })
+        let (encoder, head) = load_with_head(files, config, device, dtype, |root| {
+            SequenceHead::new(root, config, n)
+        })?;
+        Ok(SequenceClassificationModel { encoder, head })
     }
 
     /// `[batch, labels]` logits (f32 whatever the model computes in).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.encoder.forward_batch(batch)?;
-        Ok(self.head.forward(&hidden).f_to_kind(Kind::Float)?)
+        Ok(self.head.forward(&hidden)?.f_to_kind(Kind::Float)?)
     }
 }
 
 /// A `*ForTokenClassification` model: `classifier` on every token.
 #[derive(Debug)]
 pub struct TokenClassificationModel {
-    _vs: VarStore,
     /// The encoder.
     pub encoder: Encoder,
     /// `classifier`.
@@ -196,16 +167,10 @@ impl TokenClassificationModel {
             "token classification (NER)",
         )?;
         let n = num_labels(config)?;
-        let (vs, encoder, classifier) = load_with_head(
-            files,
-            config,
-            device,
-            dtype,
-            |root| Linear::new(&(root / "classifier"), config.hidden_size, n, true),
-            |classifier| vec![classifier],
-        )?;
+        let (encoder, classifier) = load_with_head(files, config, device, dtype, |root| {
+            Linear::new(&(root / "classifier"), config.hidden_size, n, true)
+        })?;
         Ok(TokenClassificationModel {
-            _vs: vs,
             encoder,
             classifier,
         })
@@ -214,14 +179,13 @@ impl TokenClassificationModel {
     /// `[batch, seq, labels]` logits (f32 whatever the model computes in).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.encoder.forward_batch(batch)?;
-        Ok(self.classifier.forward(&hidden).f_to_kind(Kind::Float)?)
+        Ok(self.classifier.forward(&hidden)?.f_to_kind(Kind::Float)?)
     }
 }
 
 /// The bare encoder, for hidden states and sentence embeddings.
 #[derive(Debug)]
 pub struct EncoderModel {
-    _vs: VarStore,
     /// The encoder.
     pub encoder: Encoder,
 }
@@ -234,9 +198,8 @@ impl EncoderModel {
         device: Device,
         dtype: Dtype,
     ) -> Result<Self> {
-        let (vs, encoder, ()) =
-            load_with_head(files, config, device, dtype, |_| Ok(()), |_| Vec::new())?;
-        Ok(EncoderModel { _vs: vs, encoder })
+        let (encoder, ()) = load_with_head(files, config, device, dtype, |_| Ok(()))?;
+        Ok(EncoderModel { encoder })
     }
 
     /// `[batch, seq, hidden]` last hidden state (f32 whatever the model computes in).

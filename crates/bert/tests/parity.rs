@@ -7,12 +7,11 @@ use tch::Device;
 use trident_bert::heads::{SequenceClassificationModel, TokenClassificationModel};
 use trident_bert::pipelines::classify::ScoreFunction;
 use trident_bert::{
-    Aggregation, ClassifyOptions, EncoderConfig, NerOptions, PipelineOptions, TextClassifier,
-    TokenClassifier,
+    Aggregation, ClassifyOptions, EncoderConfig, NerOptions, TextClassifier, TokenClassifier,
 };
-use trident_core::testing::{assert_close, fixture_dir, int_tensor, json_close, reference, tensor};
 use trident_core::text::{Batch, PaddingSide};
-use trident_core::{DeviceChoice, ModelFiles, TextEncoder};
+use trident_core::{DeviceChoice, LoadOptions, ModelFiles, TextEncoder};
+use trident_testing::{assert_close, fixture_dir, int_tensor, json_close, reference, tensor};
 
 const NER: &[&str] = &["bert-tiny-ner", "distilbert-tiny-ner", "roberta-tiny-ner"];
 const CLASSIFY: &[&str] = &[
@@ -26,10 +25,9 @@ fn files(name: &str) -> ModelFiles {
     ModelFiles::local(fixture_dir(name)).unwrap()
 }
 
-fn cpu(batch_size: usize) -> PipelineOptions {
-    PipelineOptions {
+fn cpu() -> LoadOptions {
+    LoadOptions {
         device: DeviceChoice::Cpu,
-        batch_size,
         ..Default::default()
     }
 }
@@ -132,7 +130,7 @@ fn logits_and_hidden_states_match_transformers() {
 
 fn ner_options(kwargs: &Value) -> NerOptions {
     let mut o = NerOptions {
-        pipeline: cpu(kwargs["batch_size"].as_u64().unwrap_or(8) as usize),
+        batch_size: kwargs["batch_size"].as_u64().unwrap_or(8) as usize,
         ..Default::default()
     };
     if let Some(a) = kwargs["aggregation_strategy"].as_str() {
@@ -166,13 +164,14 @@ fn ner_pipeline_matches_transformers_for_every_strategy() {
     for name in NER {
         let r = reference(name).unwrap();
         let files = files(name);
+        // One loaded model serves every case, each call with its own options.
+        let pipeline = TokenClassifier::from_pretrained(&files, &cpu()).unwrap();
         let mut checked = 0;
         for case in r["pipelines"]["token-classification"].as_array().unwrap() {
-            let pipeline =
-                TokenClassifier::from_pretrained(&files, ner_options(&case["kwargs"])).unwrap();
+            let options = ner_options(&case["kwargs"]);
             let (texts, is_list) = as_inputs(&case["input"]);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let out = pipeline.run(&refs).unwrap();
+            let out = pipeline.run(&refs, &options).unwrap();
             let actual = if is_list { json!(out) } else { json!(out[0]) };
             let too_long = texts
                 .iter()
@@ -208,6 +207,8 @@ fn classification_pipeline_matches_transformers() {
     for name in CLASSIFY {
         let r = reference(name).unwrap();
         let files = files(name);
+        // One loaded model serves every case, each call with its own options.
+        let pipeline = TextClassifier::from_pretrained(&files, &cpu()).unwrap();
         for case in r["pipelines"]["text-classification"].as_array().unwrap() {
             let kwargs = &case["kwargs"];
             let top_k = match kwargs.get("top_k") {
@@ -217,18 +218,14 @@ fn classification_pipeline_matches_transformers() {
             };
             let function = (kwargs["function_to_apply"].as_str() == Some("none"))
                 .then_some(ScoreFunction::None);
-            let pipeline = TextClassifier::from_pretrained(
-                &files,
-                ClassifyOptions {
-                    pipeline: cpu(8),
-                    top_k,
-                    function,
-                },
-            )
-            .unwrap();
+            let options = ClassifyOptions {
+                batch_size: 8,
+                top_k,
+                function,
+            };
             let (texts, is_list) = as_inputs(&case["input"]);
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let out = pipeline.run(&refs).unwrap();
+            let out = pipeline.run(&refs, &options).unwrap();
             // transformers returns a bare dict per text for a list without top_k.
             let actual = match (is_list, kwargs.get("top_k")) {
                 (true, None) => json!(out
@@ -256,17 +253,14 @@ fn a_text_alone_equals_the_text_in_a_padded_batch() {
             .iter()
             .map(|t| t.as_str().unwrap())
             .collect();
-        let pipeline = TokenClassifier::from_pretrained(
-            &files(name),
-            NerOptions {
-                pipeline: cpu(16),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let together = pipeline.run(&texts).unwrap();
+        let pipeline = TokenClassifier::from_pretrained(&files(name), &cpu()).unwrap();
+        let options = NerOptions {
+            batch_size: 16,
+            ..Default::default()
+        };
+        let together = pipeline.run(&texts, &options).unwrap();
         for (text, batched) in texts.iter().zip(&together) {
-            let alone = pipeline.run(&[text]).unwrap().remove(0);
+            let alone = pipeline.run(&[text], &options).unwrap().remove(0);
             json_close(&json!(alone), &json!(batched), 1e-5)
                 .unwrap_or_else(|e| panic!("{name} on {text:?}: {e}"));
         }
@@ -277,15 +271,12 @@ fn a_text_alone_equals_the_text_in_a_padded_batch() {
 fn a_long_article_is_windowed_not_cut() {
     let r = reference("bert-tiny-ner").unwrap();
     let long = r["long_text"].as_str().unwrap();
-    let pipeline = TokenClassifier::from_pretrained(
-        &files("bert-tiny-ner"),
-        NerOptions {
-            pipeline: cpu(4),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let entities = pipeline.run(&[long]).unwrap().remove(0);
+    let pipeline = TokenClassifier::from_pretrained(&files("bert-tiny-ner"), &cpu()).unwrap();
+    let options = NerOptions {
+        batch_size: 4,
+        ..Default::default()
+    };
+    let entities = pipeline.run(&[long], &options).unwrap().remove(0);
     let last_end = entities.iter().map(|e| match e {
         trident_bert::Entity::Group { end, .. } | trident_bert::Entity::Token { end, .. } => *end,
     });

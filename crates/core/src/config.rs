@@ -78,14 +78,14 @@ pub enum Activation {
 
 impl Activation {
     /// Apply the activation elementwise.
-    pub fn forward(self, x: &Tensor) -> Tensor {
-        match self {
-            Activation::Gelu => x.gelu("none"),
-            Activation::GeluTanh => x.gelu("tanh"),
-            Activation::Relu => x.relu(),
-            Activation::Silu => x.silu(),
-            Activation::Tanh => x.tanh(),
-        }
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Activation::Gelu => x.f_gelu("none")?,
+            Activation::GeluTanh => x.f_gelu("tanh")?,
+            Activation::Relu => x.f_relu()?,
+            Activation::Silu => x.f_silu()?,
+            Activation::Tanh => x.f_tanh()?,
+        })
     }
 
     /// Parse a config name (`gelu`, `gelu_new`, `relu`, …).
@@ -118,85 +118,6 @@ impl TokenIds {
     }
 }
 
-/// The generation defaults a checkpoint may carry in generation_config.json or config.json.
-/// Every field is optional: an absent one leaves the engine's default in place.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
-pub struct GenerationDefaults {
-    /// Total length limit (prompt included for decoder-only models).
-    pub max_length: Option<usize>,
-    /// Limit on new tokens.
-    pub max_new_tokens: Option<usize>,
-    /// Minimum total length.
-    pub min_length: Option<usize>,
-    /// Minimum number of new tokens.
-    pub min_new_tokens: Option<usize>,
-    /// Beam width.
-    pub num_beams: Option<usize>,
-    /// Stop beam search when `num_beams` hypotheses are finished.
-    pub early_stopping: Option<serde_json::Value>,
-    /// Exponent on the length in beam scores.
-    pub length_penalty: Option<f64>,
-    /// Forbid repeating any n-gram of this size.
-    pub no_repeat_ngram_size: Option<usize>,
-    /// Penalty on already generated tokens.
-    pub repetition_penalty: Option<f64>,
-    /// Sample instead of taking the most probable token.
-    pub do_sample: Option<bool>,
-    /// Softmax temperature for sampling.
-    pub temperature: Option<f64>,
-    /// Keep the k most probable tokens when sampling.
-    pub top_k: Option<usize>,
-    /// Keep the smallest set of tokens whose probability reaches p.
-    pub top_p: Option<f64>,
-    /// Sequences to return per input.
-    pub num_return_sequences: Option<usize>,
-    /// Beginning-of-sequence id.
-    pub bos_token_id: Option<TokenIds>,
-    /// End-of-sequence id(s).
-    pub eos_token_id: Option<TokenIds>,
-    /// Padding id.
-    pub pad_token_id: Option<TokenIds>,
-    /// First decoder input for encoder-decoder models.
-    pub decoder_start_token_id: Option<TokenIds>,
-    /// Prefix the pipeline puts before the text (task_specific_params).
-    pub prefix: Option<String>,
-}
-
-impl GenerationDefaults {
-    /// Read generation_config.json, or the same keys from config.json.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        read_json(path)
-    }
-
-    /// Fill every field left empty here from `other` (self wins).
-    pub fn or(self, other: &GenerationDefaults) -> Self {
-        macro_rules! pick {
-            ($($f:ident),*) => { GenerationDefaults { $($f: self.$f.or_else(|| other.$f.clone())),* } };
-        }
-        pick!(
-            max_length,
-            max_new_tokens,
-            min_length,
-            min_new_tokens,
-            num_beams,
-            early_stopping,
-            length_penalty,
-            no_repeat_ngram_size,
-            repetition_penalty,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            num_return_sequences,
-            bos_token_id,
-            eos_token_id,
-            pad_token_id,
-            decoder_start_token_id,
-            prefix
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,20 +129,6 @@ mod tests {
         assert_eq!(Activation::parse("relu").unwrap(), Activation::Relu);
         let err = Activation::parse("mish").unwrap_err().to_string();
         assert!(err.contains("mish") && err.contains("supported"), "{err}");
-    }
-
-    #[test]
-    fn generation_defaults_accept_lists_and_merge() {
-        let a: GenerationDefaults =
-            serde_json::from_str(r#"{"eos_token_id": [1, 2], "num_beams": 4, "unknown": 3}"#)
-                .unwrap();
-        let b: GenerationDefaults =
-            serde_json::from_str(r#"{"eos_token_id": 7, "max_length": 20, "num_beams": 1}"#)
-                .unwrap();
-        let m = a.or(&b);
-        assert_eq!(m.eos_token_id.unwrap().to_vec(), vec![1, 2]);
-        assert_eq!(m.num_beams, Some(4));
-        assert_eq!(m.max_length, Some(20));
     }
 
     #[test]

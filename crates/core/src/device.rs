@@ -48,13 +48,13 @@ impl DeviceChoice {
             }),
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
             DeviceChoice::Cuda => Err(Error::Unsupported(
-                "--device cuda: no CUDA device is visible to libtorch (this build links the CPU \
-                 runtime unless built with `--features cuda`; run `trident doctor`)"
+                "device cuda: no CUDA device is visible to libtorch (this build links the CPU \
+                 runtime unless built with the `cuda` cargo feature)"
                     .into(),
             )),
             DeviceChoice::Mps if tch::utils::has_mps() => Ok(Device::Mps),
             DeviceChoice::Mps => Err(Error::Unsupported(
-                "--device mps: this libtorch has no MPS support (Apple silicon only)".into(),
+                "device mps: this libtorch has no MPS support (Apple silicon only)".into(),
             )),
         }
     }
@@ -88,4 +88,14 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
+}
+
+/// How a model is loaded: what stays fixed for the life of a loaded model. Everything that
+/// may change from one call to the next is a request option of the pipeline's `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LoadOptions {
+    /// Where the model runs (`Auto`: CUDA when present).
+    pub device: DeviceChoice,
+    /// The numeric format the model computes in.
+    pub dtype: crate::Dtype,
 }

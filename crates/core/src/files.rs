@@ -89,13 +89,13 @@ fn looks_like_hub_id(spec: &str) -> bool {
 }
 
 impl ModelFiles {
-    /// Resolve `--model`: an existing directory is used as is; anything written like a hub id
+    /// Resolve a model name: an existing directory is used as is; anything written like a hub id
     /// (`gpt2`, `dslim/bert-base-NER`, optionally `@revision`) goes through the HF cache.
     pub fn resolve(spec: &str, hub: HubOptions) -> Result<Self> {
         let spec = spec.trim();
         if spec.is_empty() {
             return Err(Error::Input(
-                "--model is empty: give a directory or a hub id".into(),
+                "the model name is empty: give a directory or a hub id".into(),
             ));
         }
         let path = Path::new(spec);
@@ -107,7 +107,7 @@ impl ModelFiles {
         }
         if path.exists() {
             return Err(Error::Input(format!(
-                "--model {spec} is a file; give the directory that holds config.json and the weights"
+                "model `{spec}` is a file; give the directory that holds config.json and the weights"
             )));
         }
         let (id, revision) = match spec.split_once('@') {
@@ -116,7 +116,7 @@ impl ModelFiles {
         };
         if !looks_like_hub_id(id) {
             return Err(Error::Input(format!(
-                "--model {spec}: no such directory, and it is not a hub id like `org/name`"
+                "model `{spec}`: no such directory, and it is not a hub id like `org/name`"
             )));
         }
         Ok(ModelFiles {
@@ -171,7 +171,7 @@ impl ModelFiles {
             }
             Source::Hub { .. } if self.hub.offline => format!(
                 "HF_HUB_OFFLINE is set and it is not in the cache at {}: unset HF_HUB_OFFLINE \
-                 to download it, or pass --model a local directory.",
+                 to download it, or give the model as a local directory.",
                 self.hub.cache_dir.display()
             ),
             Source::Hub { .. } => "The repository does not have it.".to_string(),
@@ -224,7 +224,7 @@ impl ModelFiles {
             }
             return Err(Error::Hub(format!(
                 "{id} is not in the cache at {} and HF_HUB_OFFLINE is set: unset it to download, \
-                 or pass --model a local directory",
+                 or give the model as a local directory",
                 self.hub.cache_dir.display()
             )));
         }
@@ -251,7 +251,7 @@ impl ModelFiles {
             }
             Err(e) => Err(Error::Hub(format!(
                 "cannot download {file} of {id} from {}: {e}. Check the network, or set \
-                 HF_HUB_OFFLINE=1 to use only the cache at {}, or pass --model a local directory",
+                 HF_HUB_OFFLINE=1 to use only the cache at {}, or give the model as a local directory",
                 self.hub.endpoint,
                 self.hub.cache_dir.display()
             ))),

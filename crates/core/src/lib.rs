@@ -8,6 +8,7 @@
 //! 5. turn logits into probabilities and results (the pipelines of each model crate), or
 //!    into new tokens (generation).
 
+pub mod chunk;
 pub mod config;
 pub mod device;
 pub mod dtype;
@@ -15,16 +16,16 @@ pub mod error;
 pub mod files;
 pub mod generation;
 pub mod nn;
-pub mod testing;
+pub mod seq2seq;
 pub mod text;
 pub mod weights;
 
-pub use device::DeviceChoice;
+pub use device::{DeviceChoice, LoadOptions};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use files::{HubOptions, ModelFiles};
 pub use text::{Batch, Encoded, PaddingSide, TextEncoder};
-pub use weights::Checkpoint;
+pub use weights::{Checkpoint, WeightPath, Weights};
 
 /// The libtorch version Trident was built against (from the installed wheel).
 pub const LIBTORCH_VERSION: &str = env!("TRIDENT_LIBTORCH_VERSION");

@@ -10,9 +10,9 @@ use crate::{Error, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use safetensors::SafeTensors;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 /// A name rewrite: a parameter we call `…ours` may be stored as `…theirs`.
@@ -140,6 +140,36 @@ impl Shard {
     #[cfg(not(unix))]
     fn read_into(&self, _info: &TensorInfo, _dst: &Tensor) -> Result<bool> {
         Ok(false)
+    }
+
+    /// Copy a tensor's stored bytes into `dst` (exactly their length).
+    fn read_bytes(&self, info: &TensorInfo, dst: &mut [u8]) -> Result<()> {
+        let (start, end) = (info.data_offsets.0, info.data_offsets.1);
+        if dst.len() != end - start {
+            return Err(Error::weights(
+                &self.path,
+                "a tensor's byte range does not match its shape and dtype: the file is corrupt",
+            ));
+        }
+        let offset = 8 + self.header_len + start;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file
+                .read_exact_at(dst, offset as u64)
+                .map_err(|e| Error::io(&self.path, e))
+        }
+        #[cfg(not(unix))]
+        {
+            let src = self.mmap.get(offset..offset + dst.len()).ok_or_else(|| {
+                Error::weights(
+                    &self.path,
+                    "a tensor lies outside the file: the file is truncated",
+                )
+            })?;
+            dst.copy_from_slice(src);
+            Ok(())
+        }
     }
 
     fn info(&self, name: &str) -> Option<&TensorInfo> {
@@ -280,84 +310,376 @@ impl Checkpoint {
     }
 }
 
-/// Build a model's modules on `device` with `build` (which declares parameters under the
-/// path it is given, with HF names), then fill them from the model's checkpoint.
-/// Returns the store that owns the parameters along with the model.
-pub fn build_and_load<T>(
-    files: &ModelFiles,
+/// What a parameter becomes when it is read: the model's float format, or an int8 projection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A float parameter (norms, embeddings, biases, projections outside int8).
+    Float,
+    /// A projection weight `[out, in]` quantized to int8 with one scale per output row.
+    Int8,
+}
+
+/// The one weight loader: reads each parameter from the checkpoint when a module declares
+/// it, straight into the format the model computes in, so that no full-precision copy of the
+/// model ever exists (peak memory while loading ≈ the loaded model plus one tensor).
+///
+/// Models declare parameters through [`WeightPath`]s with Hugging Face's names
+/// (`weights.root() / "encoder" / "layer" / 0`); names are looked up through [`QUIRKS`] and
+/// [`OPTIONAL_PREFIXES`]. A missing parameter does not stop the build: [`Weights::finish`]
+/// then names every one that was missing at once.
+pub struct Weights {
+    checkpoint: Checkpoint,
     device: tch::Device,
-    build: impl FnOnce(&tch::nn::Path) -> Result<T>,
-) -> Result<(VarStore, T)> {
-    let ckpt = Checkpoint::open(files)?;
-    let vs = VarStore::new(device);
-    let model = build(&vs.root())?;
-    load(&vs, &ckpt)?;
-    Ok((vs, model))
+    dtype: crate::Dtype,
+    used: RefCell<HashSet<String>>,
+    missing: RefCell<Vec<String>>,
+    /// Stored bytes of the tensor being converted, reused from one tensor to the next.
+    scratch: RefCell<Vec<u64>>,
+    /// Its rows as f32 `[out, in]`, for int8 quantization of transposed or non-f32 weights.
+    staging: RefCell<Vec<f32>>,
 }
 
-/// What [`load`] did, for logs and tests.
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    /// Parameters filled.
-    pub loaded: usize,
-    /// Checkpoint tensors no parameter asked for (other heads, buffers).
-    pub unused: Vec<String>,
-}
+impl Weights {
+    /// Open the checkpoint of `files` to load it onto `device`, computing in `dtype`.
+    pub fn open(files: &ModelFiles, device: tch::Device, dtype: crate::Dtype) -> Result<Self> {
+        Self::from_checkpoint(Checkpoint::open(files)?, device, dtype)
+    }
 
-/// Fill every parameter of `vs` from `ckpt`, converting dtype and device as needed.
-pub fn load(vs: &VarStore, ckpt: &Checkpoint) -> Result<LoadReport> {
-    let mut missing = Vec::new();
-    let mut used = HashSet::new();
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, var) in &vars {
-        let Some((shard, stored, info)) = ckpt.find(name) else {
-            missing.push(name.clone());
-            continue;
+    /// Load from an opened checkpoint.
+    pub fn from_checkpoint(
+        checkpoint: Checkpoint,
+        device: tch::Device,
+        dtype: crate::Dtype,
+    ) -> Result<Self> {
+        if dtype == crate::Dtype::Int8 && device != tch::Device::Cpu {
+            // libtorch's integer products take ≥ 17 rows on CUDA (a decoding step has one) and
+            // do not exist on MPS.
+            return Err(Error::Unsupported(format!(
+                "dtype int8 runs on the CPU only, not on {device:?}: use dtype bf16 on a GPU, \
+                 or the CPU device"
+            )));
+        }
+        Ok(Weights {
+            checkpoint,
+            device,
+            dtype,
+            used: RefCell::default(),
+            missing: RefCell::default(),
+            scratch: RefCell::default(),
+            staging: RefCell::default(),
+        })
+    }
+
+    /// The path under which the model's top-level names are declared.
+    pub fn root(&self) -> WeightPath<'_> {
+        WeightPath {
+            weights: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// The numeric format the model computes in.
+    pub fn dtype(&self) -> crate::Dtype {
+        self.dtype
+    }
+
+    /// Where parameters are placed.
+    pub fn device(&self) -> tch::Device {
+        self.device
+    }
+
+    /// The kind float parameters get: bfloat16 for [`crate::Dtype::Bf16`], f32 otherwise.
+    pub fn float_kind(&self) -> Kind {
+        match self.dtype {
+            crate::Dtype::Bf16 => Kind::BFloat16,
+            _ => Kind::Float,
+        }
+    }
+
+    /// The checkpoint being read.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    /// End the load: an error naming every parameter the model asked for and the checkpoint
+    /// lacks; otherwise what was read and what was left unused.
+    pub fn finish(self) -> Result<LoadReport> {
+        let converted = !self.scratch.borrow().is_empty();
+        drop((self.scratch, self.staging));
+        if converted {
+            // The scratch buffers are free now; keep them out of the process's memory.
+            crate::device::release_free_memory();
+        }
+        let missing = self.missing.into_inner();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
+            return Err(Error::weights(
+                &self.checkpoint.location,
+                format!(
+                    "{} tensor(s) the model needs are missing: {}{}. Is this checkpoint of the \
+                     architecture config.json names?",
+                    missing.len(),
+                    shown.join(", "),
+                    if missing.len() > shown.len() {
+                        ", …"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        let used = self.used.into_inner();
+        let unused = self
+            .checkpoint
+            .names()
+            .into_iter()
+            .filter(|n| !used.contains(n) && !IGNORED_SUFFIXES.iter().any(|s| n.ends_with(s)))
+            .collect::<Vec<_>>();
+        if !unused.is_empty() {
+            tracing::debug!(count = unused.len(), first = ?unused.first(), "checkpoint tensors not used by this model");
+        }
+        Ok(LoadReport {
+            loaded: used.len(),
+            unused,
+        })
+    }
+
+    /// Read `name` with the model's `shape` (`transposed`: stored `[in, out]` for a
+    /// `[out, in]` parameter, GPT-2's Conv1D) and convert it to `target`. Returns the tensor
+    /// and, for int8, its `[out]` f32 scales.
+    fn read(
+        &self,
+        name: &str,
+        shape: &[i64],
+        transposed: bool,
+        target: Target,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let kind = match target {
+            Target::Float => self.float_kind(),
+            Target::Int8 => Kind::Int8,
         };
-        let expected = var.size();
+        let Some((shard, stored, info)) = self.checkpoint.find(name) else {
+            self.missing.borrow_mut().push(name.to_string());
+            let placeholder = Tensor::f_empty(shape, (kind, self.device))?;
+            let scales = (target == Target::Int8)
+                .then(|| Tensor::f_empty([shape[0]], (Kind::Float, self.device)))
+                .transpose()?;
+            return Ok((placeholder, scales));
+        };
         let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let expected: Vec<i64> = if transposed {
+            shape.iter().rev().copied().collect()
+        } else {
+            shape.to_vec()
+        };
         if expected != found {
             return Err(Error::weights(
                 &shard.path,
                 format!(
-                    "tensor {stored} has shape {found:?} but the model (built from config.json) expects {expected:?}: \
-                     config.json and the weights do not belong together"
+                    "tensor {stored} has shape {found:?} but the model (built from config.json) \
+                     expects {expected:?}: config.json and the weights do not belong together"
                 ),
             ));
         }
-        if !shard.read_into(info, var)? {
-            // Another dtype or device: read, then convert while copying.
-            let src = shard.tensor(&stored, info)?;
-            let mut dst = var.shallow_clone();
-            tch::no_grad(|| dst.f_copy_(&src))?;
+        self.used.borrow_mut().insert(stored.clone());
+        let stored_kind = kind_of(info.dtype).ok_or_else(|| {
+            Error::weights(
+                &shard.path,
+                format!(
+                    "tensor {stored} has dtype {:?}, which Trident cannot load",
+                    info.dtype
+                ),
+            )
+        })?;
+        let (tensor, scales) = if !transposed && target == Target::Float && stored_kind == kind {
+            // Stored as it will be used: read straight into the parameter's memory (no page
+            // of the mapped file is touched, so the file does not count twice in memory).
+            let t = Tensor::f_empty(found.as_slice(), (kind, tch::Device::Cpu))?;
+            if !shard.read_into(info, &t)? {
+                t.shallow_clone().f_copy_(&shard.tensor(&stored, info)?)?;
+            }
+            (t, None)
+        } else {
+            self.read_converted(shard, info, &found, shape, transposed, target, kind)?
+        };
+        Ok((
+            tensor.f_to(self.device)?,
+            scales.map(|s| s.f_to(self.device)).transpose()?,
+        ))
+    }
+
+    /// [`Weights::read`] for a tensor that changes on the way: the stored bytes go into a
+    /// scratch buffer reused from one tensor to the next, and only the converted tensor is
+    /// allocated. (A fresh temporary per tensor leaves the heap fragmented: GPT-2's 48
+    /// Conv1D transpositions cost 1.3× the model in peak memory that way.)
+    #[allow(clippy::too_many_arguments)]
+    fn read_converted(
+        &self,
+        shard: &Shard,
+        info: &TensorInfo,
+        found: &[i64],
+        shape: &[i64],
+        transposed: bool,
+        target: Target,
+        kind: Kind,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let stored_kind = kind_of(info.dtype).unwrap_or(Kind::Float);
+        let numel: i64 = found.iter().product();
+        let nbytes = info.data_offsets.1 - info.data_offsets.0;
+        let mut scratch = self.scratch.borrow_mut();
+        // u64 words: the buffer is aligned for every element type.
+        let words = nbytes.div_ceil(8);
+        if scratch.len() < words {
+            scratch.resize(words, 0);
         }
-        used.insert(stored);
+        // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
+        shard.read_bytes(info, bytes)?;
+        let strides = contiguous_strides(found);
+        if numel * stored_kind.elt_size_in_bytes() as i64 != nbytes as i64 {
+            return Err(Error::weights(
+                &shard.path,
+                format!("tensor {found:?} does not fill its byte range: the file is corrupt"),
+            ));
+        }
+        // SAFETY: a view of `nbytes` bytes of the scratch buffer, in the stored layout; it is
+        // only read, and dropped before this function returns (before the buffer is reused).
+        let raw = unsafe {
+            Tensor::f_from_blob(
+                bytes.as_ptr(),
+                found,
+                &strides,
+                stored_kind,
+                tch::Device::Cpu,
+            )?
+        };
+        let raw = if transposed { raw.f_tr()? } else { raw }; // a view: [out, in]
+        match target {
+            Target::Float => {
+                let t = Tensor::f_empty(shape, (kind, tch::Device::Cpu))?;
+                t.shallow_clone().f_copy_(&raw)?; // converts dtype and layout in one pass
+                Ok((t, None))
+            }
+            Target::Int8 if !transposed && stored_kind == Kind::Float => {
+                let (q, scales) = crate::nn::linear::quantize_rows(&raw)?;
+                Ok((q, Some(scales)))
+            }
+            Target::Int8 => {
+                // Quantization reads contiguous f32 rows: stage them in a second buffer.
+                let mut staging = self.staging.borrow_mut();
+                let n = numel as usize;
+                if staging.len() < n {
+                    staging.resize(n, 0.0);
+                }
+                let strides = contiguous_strides(shape);
+                // SAFETY: as above, over the staging buffer's first `n` floats.
+                let rows = unsafe {
+                    Tensor::f_from_blob(
+                        staging.as_mut_ptr() as *const u8,
+                        shape,
+                        &strides,
+                        Kind::Float,
+                        tch::Device::Cpu,
+                    )?
+                };
+                rows.shallow_clone().f_copy_(&raw)?;
+                let (q, scales) = crate::nn::linear::quantize_rows(&rows)?;
+                Ok((q, Some(scales)))
+            }
+        }
     }
-    if !missing.is_empty() {
-        let shown: Vec<&str> = missing.iter().take(8).map(String::as_str).collect();
-        return Err(Error::weights(
-            &ckpt.location,
-            format!(
-                "{} tensor(s) the model needs are missing: {}{}. Is this checkpoint of the architecture config.json names?",
-                missing.len(),
-                shown.join(", "),
-                if missing.len() > shown.len() { ", …" } else { "" }
-            ),
-        ));
+}
+
+/// Row-major strides of `shape`, in elements.
+fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
+    let mut strides = vec![1i64; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
     }
-    let unused = ckpt
-        .names()
-        .into_iter()
-        .filter(|n| !used.contains(n) && !IGNORED_SUFFIXES.iter().any(|s| n.ends_with(s)))
-        .collect::<Vec<_>>();
-    if !unused.is_empty() {
-        tracing::debug!(count = unused.len(), first = ?unused.first(), "checkpoint tensors not used by this model");
+    strides
+}
+
+/// A place in the model's name tree (`encoder.layer.0.attention`); `path / "self"` goes one
+/// level down, as with PyTorch module names.
+#[derive(Clone)]
+pub struct WeightPath<'w> {
+    weights: &'w Weights,
+    prefix: String,
+}
+
+impl<'w> WeightPath<'w> {
+    /// The full name of `leaf` under this path.
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
     }
-    Ok(LoadReport {
-        loaded: vars.len(),
-        unused,
-    })
+
+    /// The loader this path reads from.
+    pub fn weights(&self) -> &'w Weights {
+        self.weights
+    }
+
+    /// Whether the checkpoint stores `leaf` under this path (for optional parameters).
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.weights.checkpoint.contains(&self.name(leaf))
+    }
+
+    /// The float parameter `leaf` of `shape`, in the model's float format.
+    pub fn param(&self, leaf: &str, shape: &[i64]) -> Result<Tensor> {
+        Ok(self
+            .weights
+            .read(&self.name(leaf), shape, false, Target::Float)?
+            .0)
+    }
+
+    /// A projection weight `leaf` of shape `[out, in]` (stored `[in, out]` when
+    /// `transposed`): float, or int8 with its `[out]` scales when the model computes in int8.
+    pub fn projection(
+        &self,
+        leaf: &str,
+        out_dim: i64,
+        in_dim: i64,
+        transposed: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let target = match self.weights.dtype {
+            crate::Dtype::Int8 => Target::Int8,
+            _ => Target::Float,
+        };
+        self.weights
+            .read(&self.name(leaf), &[out_dim, in_dim], transposed, target)
+    }
+}
+
+impl<'w, T: std::fmt::Display> std::ops::Div<T> for &WeightPath<'w> {
+    type Output = WeightPath<'w>;
+
+    fn div(self, rhs: T) -> WeightPath<'w> {
+        WeightPath {
+            weights: self.weights,
+            prefix: self.name(&rhs.to_string()),
+        }
+    }
+}
+
+impl<'w, T: std::fmt::Display> std::ops::Div<T> for WeightPath<'w> {
+    type Output = WeightPath<'w>;
+
+    fn div(self, rhs: T) -> WeightPath<'w> {
+        &self / rhs
+    }
+}
+
+/// What a load did, for logs and tests.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Checkpoint tensors read.
+    pub loaded: usize,
+    /// Checkpoint tensors no parameter asked for (other heads, buffers).
+    pub unused: Vec<String>,
 }
 
 #[cfg(test)]
@@ -409,13 +731,20 @@ mod tests {
                 ("h.0.attn.bias", vec![0.0], vec![1]),
             ],
         );
-        let ckpt = Checkpoint::from_file(&file).unwrap();
+        let open = || {
+            Weights::from_checkpoint(
+                Checkpoint::from_file(&file).unwrap(),
+                tch::Device::Cpu,
+                crate::Dtype::F32,
+            )
+            .unwrap()
+        };
 
-        let vs = VarStore::new(tch::Device::Cpu);
-        let p = vs.root() / "bert" / "encoder";
-        let ln = (&p / "LayerNorm").zeros_no_train("weight", &[2]);
-        let dense = (&p / "dense").zeros_no_train("weight", &[2, 3]);
-        let report = load(&vs, &ckpt).unwrap();
+        let weights = open();
+        let p = weights.root() / "bert" / "encoder";
+        let ln = (&p / "LayerNorm").param("weight", &[2]).unwrap();
+        let dense = (&p / "dense").param("weight", &[2, 3]).unwrap();
+        let report = weights.finish().unwrap();
         assert_eq!(report.loaded, 2);
         assert_eq!(Vec::<f32>::try_from(&ln).unwrap(), vec![1.0, 2.0]);
         assert_eq!(
@@ -424,9 +753,21 @@ mod tests {
         );
         assert!(report.unused.is_empty(), "{:?}", report.unused);
 
-        let vs = VarStore::new(tch::Device::Cpu);
-        let _ = (vs.root() / "encoder" / "dense").zeros_no_train("weight", &[3, 2]);
-        let err = load(&vs, &ckpt).unwrap_err().to_string();
+        // Stored [in, out] (a Conv1D), asked for [out, in]: transposed while reading.
+        let weights = open();
+        let (t, _) = (weights.root() / "encoder" / "dense")
+            .projection("weight", 3, 2, true)
+            .unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(&t.flatten(0, -1)).unwrap(),
+            vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]
+        );
+
+        let weights = open();
+        let err = (weights.root() / "encoder" / "dense")
+            .param("weight", &[3, 2])
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("encoder.dense.weight")
                 && err.contains("[2, 3]")
@@ -434,13 +775,25 @@ mod tests {
             "{err}"
         );
 
-        let vs = VarStore::new(tch::Device::Cpu);
-        let _ = (vs.root() / "pooler").zeros_no_train("weight", &[2]);
-        let err = load(&vs, &ckpt).unwrap_err().to_string();
+        let weights = open();
+        let _pooler = (weights.root() / "pooler").param("weight", &[2]).unwrap();
+        let err = weights.finish().unwrap_err().to_string();
         assert!(
             err.contains("pooler.weight") && err.contains("missing"),
             "{err}"
         );
+
+        // bf16: read straight into bfloat16.
+        let weights = Weights::from_checkpoint(
+            Checkpoint::from_file(&file).unwrap(),
+            tch::Device::Cpu,
+            crate::Dtype::Bf16,
+        )
+        .unwrap();
+        let t = (weights.root() / "encoder" / "LayerNorm")
+            .param("weight", &[2])
+            .unwrap();
+        assert_eq!(t.kind(), Kind::BFloat16);
 
         // A truncated file is refused with a message, not a panic.
         let bytes = std::fs::read(&file).unwrap();

@@ -4,8 +4,9 @@
 
 use std::cell::Cell;
 use tch::{Device, Tensor};
+use trident_core::config::TokenIds;
 use trident_core::generation::{
-    generate, generate_with, EarlyStopping, GenerationConfig, GenerationOptions, Hooks, Token,
+    generate, generate_with, EarlyStopping, GenerationConfig, Hooks, Token,
 };
 use trident_core::text::tensor_to_rows;
 use trident_core::{Batch, Encoded, PaddingSide, Result};
@@ -87,13 +88,14 @@ fn batch(prompts: &[&[i64]]) -> Batch {
     Batch::new(encodings, PAD, PaddingSide::Left, Device::Cpu).unwrap()
 }
 
-fn config(o: GenerationOptions) -> GenerationConfig {
+/// The toy's checkpoint settings (EOS and PAD) with the caller's options `o` on top.
+fn config(o: GenerationConfig) -> GenerationConfig {
     GenerationConfig {
-        eos_token_ids: vec![EOS],
-        pad_token_id: Some(PAD),
+        eos_token_id: Some(TokenIds::One(EOS)),
+        pad_token_id: Some(TokenIds::One(PAD)),
         ..Default::default()
     }
-    .with_options(&o)
+    .merge(&o)
 }
 
 fn greedy_reference(prompt: &[i64], max_new: usize) -> Vec<i64> {
@@ -112,7 +114,7 @@ fn greedy_reference(prompt: &[i64], max_new: usize) -> Vec<i64> {
 #[test]
 fn greedy_follows_the_argmax_and_pads_finished_rows() {
     let prompts: [&[i64]; 3] = [&[2, 3], &[4, 4], &[5, 2]];
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(6),
         ..Default::default()
     });
@@ -135,7 +137,7 @@ fn greedy_follows_the_argmax_and_pads_finished_rows() {
 #[test]
 fn a_row_alone_equals_the_row_in_a_batch() {
     let prompts: [&[i64]; 2] = [&[2, 3], &[5, 2]];
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(5),
         num_beams: Some(3),
         ..Default::default()
@@ -180,7 +182,7 @@ fn wide_beam_search_finds_the_exhaustive_optimum() {
     let max_new = 3;
     let mut all = all_continuations(prompt, max_new);
     all.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(max_new),
         num_beams: Some(VOCAB * VOCAB * VOCAB),
         num_return_sequences: Some(3),
@@ -209,7 +211,7 @@ fn narrow_beams_rank_by_length_penalised_score() {
         (2.0, EarlyStopping::Heuristic),
         (-0.5, EarlyStopping::Never),
     ] {
-        let cfg = config(GenerationOptions {
+        let cfg = config(GenerationConfig {
             max_new_tokens: Some(6),
             num_beams: Some(3),
             num_return_sequences: Some(3),
@@ -239,7 +241,7 @@ fn narrow_beams_rank_by_length_penalised_score() {
 #[test]
 fn max_new_tokens_zero_returns_the_inputs_without_running_the_model() {
     let toy = Toy::new();
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(0),
         ..Default::default()
     });
@@ -252,30 +254,30 @@ fn max_new_tokens_zero_returns_the_inputs_without_running_the_model() {
 #[test]
 fn bad_options_are_clear_errors() {
     let b = batch(&[&[2, 3]]);
-    let err = |o: GenerationOptions| {
+    let err = |o: GenerationConfig| {
         generate(&Toy::new(), &b, &config(o))
             .unwrap_err()
             .to_string()
     };
-    let e = err(GenerationOptions {
+    let e = err(GenerationConfig {
         num_beams: Some(0),
         ..Default::default()
     });
     assert!(e.contains("num_beams must be at least 1"), "{e}");
-    let e = err(GenerationOptions {
+    let e = err(GenerationConfig {
         do_sample: Some(true),
         top_p: Some(1.5),
         ..Default::default()
     });
     assert!(e.contains("top_p must be in (0, 1]"), "{e}");
-    let e = err(GenerationOptions {
+    let e = err(GenerationConfig {
         do_sample: Some(true),
         temperature: Some(0.0),
         ..Default::default()
     });
     assert!(e.contains("temperature") && e.contains("greedy"), "{e}");
-    let e = err(GenerationOptions {
-        stop_strings: vec!["x".into()],
+    let e = err(GenerationConfig {
+        stop_strings: Some(vec!["x".into()]),
         ..Default::default()
     });
     assert!(e.contains("detokenize"), "{e}");
@@ -285,7 +287,7 @@ fn bad_options_are_clear_errors() {
 fn sampling_is_reproducible_with_a_seed() {
     let b = batch(&[&[2, 3], &[5, 2]]);
     let run = |seed| {
-        let cfg = config(GenerationOptions {
+        let cfg = config(GenerationConfig {
             max_new_tokens: Some(12),
             do_sample: Some(true),
             temperature: Some(1.5),
@@ -310,7 +312,7 @@ fn sampling_is_reproducible_with_a_seed() {
 
 #[test]
 fn greedy_sampling_with_top_k_1_is_greedy() {
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(6),
         do_sample: Some(true),
         top_k: Some(1),
@@ -323,7 +325,7 @@ fn greedy_sampling_with_top_k_1_is_greedy() {
 #[test]
 fn streaming_reports_every_generated_token_in_order() {
     for beams in [1, 3] {
-        let cfg = config(GenerationOptions {
+        let cfg = config(GenerationConfig {
             max_new_tokens: Some(6),
             num_beams: Some(beams),
             ..Default::default()
@@ -368,10 +370,10 @@ fn stop_strings_end_a_sequence_once_its_text_contains_them() {
     let free = greedy_reference(prompt, 8);
     let stop = letters(&free[prompt.len() + 1..prompt.len() + 3]).unwrap();
     for beams in [1, 2] {
-        let cfg = config(GenerationOptions {
+        let cfg = config(GenerationConfig {
             max_new_tokens: Some(8),
             num_beams: Some(beams),
-            stop_strings: vec![stop.clone()],
+            stop_strings: Some(vec![stop.clone()]),
             ..Default::default()
         });
         let out = generate_with(
@@ -398,7 +400,7 @@ fn stop_strings_end_a_sequence_once_its_text_contains_them() {
 #[test]
 fn processors_apply_in_generation() {
     // no_repeat_ngram_size 1 forbids any token twice among prompt and output.
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(3),
         no_repeat_ngram_size: Some(1),
         ..Default::default()
@@ -408,10 +410,10 @@ fn processors_apply_in_generation() {
     let distinct: std::collections::HashSet<_> = row.iter().collect();
     assert_eq!(distinct.len(), row.len(), "{row:?}");
     // min_new_tokens keeps EOS away; bad words keep a token away.
-    let cfg = config(GenerationOptions {
+    let cfg = config(GenerationConfig {
         max_new_tokens: Some(5),
         min_new_tokens: Some(5),
-        bad_words_ids: vec![vec![3]],
+        bad_words_ids: Some(vec![vec![3]]),
         ..Default::default()
     });
     let out = generate(&Toy::new(), &batch(&[&[2, 3]]), &cfg).unwrap();

@@ -6,8 +6,8 @@ use trident_core::generation::logits::{
     apply, LogitsProcessor, MinLength, MinNewTokens, NoRepeatNGram, RepetitionPenalty, Temperature,
     TopK, TopP,
 };
-use trident_core::generation::{GenerationConfig, GenerationOptions};
-use trident_core::testing::{assert_close, reference, tensor};
+use trident_core::generation::GenerationConfig;
+use trident_testing::{assert_close, reference, tensor};
 
 fn param(case: &Value, key: &str) -> f64 {
     case["params"][key]
@@ -44,7 +44,7 @@ fn processor(case: &Value) -> Vec<Box<dyn LogitsProcessor>> {
         ))],
         // The chain goes through GenerationConfig, so that its order is checked too.
         "chain" => GenerationConfig::default()
-            .with_options(&GenerationOptions {
+            .merge(&GenerationConfig {
                 do_sample: Some(true),
                 temperature: Some(param(case, "temperature")),
                 top_k: Some(param(case, "top_k") as usize),

@@ -6,9 +6,10 @@ use tch::{Device, Kind, Tensor};
 use trident_core::nn::attention::naive_attention;
 use trident_core::nn::mask::{causal_padding_mask, padding_mask};
 use trident_core::nn::{
-    relative_position_bucket, sinusoidal_table, KvCache, Linear, MultiHeadAttention, Projections,
+    relative_position_bucket, sinusoidal_table, AttentionContext, KvCache, Linear,
+    MultiHeadAttention, Projections,
 };
-use trident_core::testing::{assert_close, int_tensor, reference, tensor};
+use trident_testing::{assert_close, int_tensor, reference, tensor};
 
 fn core_ref() -> Value {
     reference("core").expect("weights/core/reference.json (run `make fixtures`)")
@@ -26,12 +27,9 @@ fn t5_buckets_match_transformers_in_both_directions() {
     let rel = Tensor::arange_start(start, end + 1, (Kind::Int64, Device::Cpu));
     for (key, bidirectional) in [("bidirectional", true), ("unidirectional", false)] {
         let expected: Vec<i64> = serde_json::from_value(r[key].clone()).unwrap();
-        let actual = Vec::<i64>::try_from(&relative_position_bucket(
-            &rel,
-            bidirectional,
-            buckets,
-            distance,
-        ))
+        let actual = Vec::<i64>::try_from(
+            &relative_position_bucket(&rel, bidirectional, buckets, distance).unwrap(),
+        )
         .unwrap();
         assert_eq!(actual, expected, "{key} buckets");
     }
@@ -44,7 +42,8 @@ fn sinusoidal_table_matches_the_paper_formula() {
         r["n_pos"].as_i64().unwrap(),
         r["dim"].as_i64().unwrap(),
         Device::Cpu,
-    );
+    )
+    .unwrap();
     assert_close(
         &table,
         &tensor(&r["table"]).unwrap(),
@@ -68,9 +67,9 @@ fn masked_attention_matches_naive_softmax() {
     for case in ["padding", "padding_causal", "t5_unscaled_position_bias"] {
         let c = &r[case];
         let mask = if c["causal"].as_bool().unwrap() {
-            causal_padding_mask(&attention_mask, q.size()[2], Kind::Float)
+            causal_padding_mask(&attention_mask, q.size()[2], Kind::Float).unwrap()
         } else {
-            padding_mask(&attention_mask, Kind::Float)
+            padding_mask(&attention_mask, Kind::Float).unwrap()
         };
         let bias = if c["uses_position_bias"].as_bool().unwrap() {
             &mask + &position_bias
@@ -104,28 +103,26 @@ fn multi_head_attention_module_splits_and_merges_heads() {
     let (b, h, s, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
     let hidden = h * d;
     let merge = |t: &Tensor| t.transpose(1, 2).reshape([b, s, hidden]); // [batch, seq, heads·dim]
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
     let eye = Tensor::eye(hidden, (Kind::Float, Device::Cpu));
-    let proj = |name: &str| {
-        let l = Linear::new(&(&root / name), hidden, hidden, false).unwrap();
-        tch::no_grad(|| l.weight.shallow_clone().copy_(&eye));
-        l
-    };
+    let proj = || Linear::from_tensors(eye.copy(), None);
     let attention = MultiHeadAttention::new(
         Projections::Separate {
-            q: proj("q"),
-            k: proj("k"),
-            v: proj("v"),
+            q: proj(),
+            k: proj(),
+            v: proj(),
         },
-        proj("o"),
+        proj(),
         h,
         d,
     );
     // Cross-attention form: queries from `q`, keys and values both projected from `k`.
-    let mask = padding_mask(&int_tensor(&r["attention_mask"]).unwrap(), Kind::Float);
+    let mask = padding_mask(&int_tensor(&r["attention_mask"]).unwrap(), Kind::Float).unwrap();
+    let ctx = AttentionContext {
+        mask: Some(&mask),
+        ..Default::default()
+    };
     let out = attention
-        .forward(&merge(&q), Some(&merge(&k)), Some(&mask), None, None)
+        .forward(&merge(&q), Some(&merge(&k)), &ctx, None)
         .unwrap();
     let expected = naive_attention(&q, &k, &k, Some(&mask), 1.0 / (d as f64).sqrt());
     assert_close(
@@ -142,21 +139,17 @@ fn multi_head_attention_module_splits_and_merges_heads() {
 fn grouped_cross_attention_equals_attention_on_repeated_rows() {
     let (inputs, beams, h, d, src) = (3i64, 4i64, 2i64, 8i64, 5i64);
     let hidden = h * d;
-    let vs = tch::nn::VarStore::new(Device::Cpu);
-    let root = vs.root();
-    let proj = |name: &str| {
-        let l = Linear::new(&(&root / name), hidden, hidden, false).unwrap();
+    let proj = || {
         let w = Tensor::randn([hidden, hidden], (Kind::Float, Device::Cpu)) * 0.3;
-        tch::no_grad(|| l.weight.shallow_clone().copy_(&w));
-        l
+        Linear::from_tensors(w, None)
     };
     let attention = MultiHeadAttention::new(
         Projections::Separate {
-            q: proj("q"),
-            k: proj("k"),
-            v: proj("v"),
+            q: proj(),
+            k: proj(),
+            v: proj(),
         },
-        proj("o"),
+        proj(),
         h,
         d,
     );
@@ -168,19 +161,33 @@ fn grouped_cross_attention_equals_attention_on_repeated_rows() {
             .lt_tensor(&lengths)
             .to_kind(Kind::Int64),
         Kind::Float,
-    ); // [inputs, 1, 1, src]
+    )
+    .unwrap(); // [inputs, 1, 1, src]
     let x = Tensor::randn([inputs * beams, 1, hidden], (Kind::Float, Device::Cpu));
     let repeat = Tensor::arange(inputs, (Kind::Int64, Device::Cpu))
         .repeat_interleave_self_int(beams, 0, None);
+    // Each encoder row serves `beams` consecutive query rows.
     let grouped = attention
-        .forward(&x, Some(&encoder), Some(&mask), None, None)
+        .forward(
+            &x,
+            Some(&encoder),
+            &AttentionContext {
+                mask: Some(&mask),
+                groups: beams,
+                ..Default::default()
+            },
+            None,
+        )
         .unwrap();
+    let repeated_mask = mask.index_select(0, &repeat);
     let repeated = attention
         .forward(
             &x,
             Some(&encoder.index_select(0, &repeat)),
-            Some(&mask.index_select(0, &repeat)),
-            None,
+            &AttentionContext {
+                mask: Some(&repeated_mask),
+                ..Default::default()
+            },
             None,
         )
         .unwrap();

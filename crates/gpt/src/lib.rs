@@ -7,9 +7,12 @@
 //!
 //! ```no_run
 //! use trident_gpt::{GenerateOptions, TextGenerator};
-//! use trident_core::ModelFiles;
-//! let generator = TextGenerator::from_pretrained(&ModelFiles::local("weights/gpt2-tiny")?, GenerateOptions::default())?;
-//! for text in &generator.run(&["The United Nations said"])?[0] {
+//! use trident_core::{LoadOptions, ModelFiles};
+//! let files = ModelFiles::local("weights/gpt2-tiny")?;
+//! // Loaded once; each call brings its own options.
+//! let generator = TextGenerator::from_pretrained(&files, &LoadOptions::default())?;
+//! let options = GenerateOptions::default();
+//! for text in &generator.run(&["The United Nations said"], &options)?[0] {
 //!     println!("{}", text.generated_text);
 //! }
 //! # Ok::<(), trident_core::Error>(())
@@ -20,7 +23,7 @@ pub mod model;
 pub mod pipelines;
 
 pub use config::GPT2Config;
-pub use model::{GPT2LMHeadModel, GPT2Model, GPT2State};
+pub use model::{GPT2LMHeadModel, GPT2Model};
 pub use pipelines::generate::{
     GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator, TokenProb,
 };

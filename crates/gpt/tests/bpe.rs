@@ -6,8 +6,8 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use trident_core::testing::{fixture_dir, reference};
 use trident_core::{ModelFiles, TextEncoder};
+use trident_testing::{fixture_dir, reference};
 
 /// Texts with a special token written in them: GPT2Tokenizer matches `<|endoftext|>` as one
 /// token, which core's vocab.json + merges.txt fallback does not know to do (see

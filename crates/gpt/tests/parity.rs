@@ -6,14 +6,15 @@
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
-use trident_core::generation::{generate, EarlyStopping, GenerationConfig, GenerationOptions};
-use trident_core::testing::{
-    assert_close, fixture_dir, int_tensor, max_abs_diff, reference, tensor,
+use trident_core::config::TokenIds;
+use trident_core::generation::{
+    generate, CausalLm, CausalLmDecoder, CausalLmState, Decoder, EarlyStopping, GenerationConfig,
 };
 use trident_core::text::{tensor_to_rows, Batch, PaddingSide};
-use trident_core::{DeviceChoice, Dtype, ModelFiles, TextEncoder};
+use trident_core::{DeviceChoice, Dtype, LoadOptions, ModelFiles, TextEncoder};
 use trident_gpt::model::position_ids;
 use trident_gpt::{GPT2LMHeadModel, GenerateOptions, TextGenerator};
+use trident_testing::{assert_close, fixture_dir, int_tensor, max_abs_diff, reference, tensor};
 
 const TINY: &str = "gpt2-tiny";
 
@@ -131,10 +132,10 @@ fn lm_head_shares_the_token_embedding_tensor() {
     );
 }
 
-/// transformers' `generate` kwargs as our options.
-fn options_of(kwargs: &Value) -> GenerationOptions {
+/// transformers' `generate` kwargs as the caller's generation settings.
+fn options_of(kwargs: &Value) -> GenerationConfig {
     let usize_of = |k: &str| kwargs[k].as_u64().map(|v| v as usize);
-    GenerationOptions {
+    GenerationConfig {
         max_new_tokens: usize_of("max_new_tokens"),
         num_beams: usize_of("num_beams"),
         no_repeat_ngram_size: usize_of("no_repeat_ngram_size"),
@@ -151,14 +152,10 @@ fn options_of(kwargs: &Value) -> GenerationOptions {
 
 /// The checkpoint's defaults (generation_config.json) under `kwargs`, as `generate` reads them.
 fn generation_config(kwargs: &Value) -> GenerationConfig {
-    let defaults = trident_core::config::GenerationDefaults::from_file(
-        &fixture_dir(TINY).join("generation_config.json"),
-    )
-    .unwrap();
-    let mut c = GenerationConfig::from_defaults(&defaults)
-        .unwrap()
-        .with_options(&options_of(kwargs));
-    c.pad_token_id = kwargs["pad_token_id"].as_i64();
+    let defaults =
+        GenerationConfig::from_file(&fixture_dir(TINY).join("generation_config.json")).unwrap();
+    let mut c = defaults.merge(&options_of(kwargs));
+    c.pad_token_id = kwargs["pad_token_id"].as_i64().map(TokenIds::One);
     c
 }
 
@@ -183,7 +180,7 @@ fn generated_ids_equal_transformers_generate() {
         let name = case["name"].as_str().unwrap();
         let batch = reference_batch(case);
         let config = generation_config(&case["kwargs"]);
-        let ours: Vec<Vec<i64>> = generate(&m, &batch, &config)
+        let ours: Vec<Vec<i64>> = generate(&CausalLmDecoder(&m), &batch, &config)
             .unwrap()
             .into_iter()
             .map(|s| s.ids)
@@ -216,13 +213,13 @@ fn cached_decoding_equals_uncached() {
     );
     let uncached = m.forward(&ids, &full_mask).unwrap(); // [3, total, vocab]
 
-    use trident_core::generation::Decoder;
-    let mut state = m.new_state(&prompt_mask).unwrap();
+    let decoder = CausalLmDecoder(&m);
+    let mut state = CausalLmState::new(m.num_layers(), &prompt_mask, m.device()).unwrap();
     let mut worst = 0.0f64;
-    let first = m.step(&ids.narrow(1, 0, prompt), &mut state).unwrap();
+    let first = decoder.step(&ids.narrow(1, 0, prompt), &mut state).unwrap();
     worst = worst.max(max_abs_diff(&first, &uncached.select(1, prompt - 1)));
     for pos in prompt..total {
-        let logits = m.step(&ids.narrow(1, pos, 1), &mut state).unwrap(); // [3, vocab]
+        let logits = decoder.step(&ids.narrow(1, pos, 1), &mut state).unwrap(); // [3, vocab]
         worst = worst.max(max_abs_diff(&logits, &uncached.select(1, pos)));
     }
     assert!(
@@ -251,16 +248,22 @@ fn positions_beyond_the_context_are_an_error_not_a_panic() {
     assert!(err.contains("token id 1000"), "{err}");
 }
 
-fn generator(kwargs: &Value, batch_size: usize) -> TextGenerator {
-    let options = GenerateOptions {
+fn generator() -> TextGenerator {
+    let load = LoadOptions {
         device: DeviceChoice::Cpu,
+        dtype: Dtype::F32,
+    };
+    TextGenerator::from_pretrained(&files(TINY), &load).unwrap()
+}
+
+/// One pipeline call's options from transformers' pipeline kwargs.
+fn call(kwargs: &Value, batch_size: usize) -> GenerateOptions {
+    GenerateOptions {
         batch_size,
         generation: options_of(kwargs),
         return_full_text: kwargs["return_full_text"].as_bool().unwrap_or(true),
         show_probs: None,
-        dtype: Dtype::F32,
-    };
-    TextGenerator::from_pretrained(&files(TINY), options).unwrap()
+    }
 }
 
 #[test]
@@ -271,12 +274,12 @@ fn pipeline_output_equals_transformers_text_generation() {
         cases.iter().any(|c| c["kwargs"]["num_beams"] == 3),
         "the fixture lacks a beam case"
     );
+    let g = generator();
     for case in cases {
         let prompt = case["input"].as_str().unwrap();
-        let g = generator(&case["kwargs"], 1);
         let mut streamed = String::new();
         let out = g
-            .run_streaming(&[prompt], &mut |p| {
+            .run_streaming(&[prompt], &call(&case["kwargs"], 1), &mut |p| {
                 streamed.push_str(p.text);
                 Ok(())
             })
@@ -318,8 +321,9 @@ fn a_prompt_alone_equals_the_same_prompt_in_a_left_padded_batch() {
         .map(|t| t.as_str().unwrap())
         .collect();
     let kwargs = json!({"do_sample": false, "max_new_tokens": 20});
-    let together = generator(&kwargs, 3).run(&prompts).unwrap();
-    let alone = generator(&kwargs, 1).run(&prompts).unwrap();
+    let g = generator();
+    let together = g.run(&prompts, &call(&kwargs, 3)).unwrap();
+    let alone = g.run(&prompts, &call(&kwargs, 1)).unwrap();
     assert_eq!(together, alone);
     // And the batch's texts are transformers' batched ids, decoded.
     let expected: Vec<String> = case["decoded"]
@@ -345,9 +349,8 @@ fn beam_search_returns_its_best_sequences() {
         .find(|c| c["kwargs"] == json!({"do_sample": false, "max_new_tokens": 20, "num_beams": 3}))
         .unwrap();
     let prompt = beam["input"].as_str().unwrap();
-    let out = generator(&json!({"do_sample": false, "max_new_tokens": 20, "num_beams": 3, "num_return_sequences": 2}), 1)
-        .run(&[prompt])
-        .unwrap();
+    let kwargs = json!({"do_sample": false, "max_new_tokens": 20, "num_beams": 3, "num_return_sequences": 2});
+    let out = generator().run(&[prompt], &call(&kwargs, 1)).unwrap();
     assert_eq!(out[0].len(), 2);
     assert_eq!(
         json!(out[0][0]),

@@ -5,35 +5,49 @@
 
 use serde_json::Value;
 use tch::{Kind, Tensor};
-use trident_core::generation::{generate, GenerationConfig, GenerationOptions};
-use trident_core::testing::{fixture_dir, reference};
+use trident_core::generation::{generate, CausalLmDecoder, GenerationConfig};
 use trident_core::text::{Batch, PaddingSide};
-use trident_core::{DeviceChoice, Error, ModelFiles};
+use trident_core::{DeviceChoice, LoadOptions, ModelFiles};
 use trident_gpt::{GenerateOptions, TextGenerator};
+use trident_testing::{fixture_dir, reference};
 
 const PROMPT: &str = "The United Nations said";
 
-fn load(generation: GenerationOptions, show_probs: Option<usize>) -> Result<TextGenerator, Error> {
-    let options = GenerateOptions {
+fn cpu() -> LoadOptions {
+    LoadOptions {
         device: DeviceChoice::Cpu,
+        ..Default::default()
+    }
+}
+
+/// The tiny GPT-2, loaded once per test; every call brings its own options.
+fn load() -> TextGenerator {
+    TextGenerator::from_pretrained(
+        &ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(),
+        &cpu(),
+    )
+    .unwrap()
+}
+
+/// One call's options: `generation` over the defaults, 4 prompts per batch, the full text.
+fn options(generation: GenerationConfig, show_probs: Option<usize>) -> GenerateOptions {
+    GenerateOptions {
         batch_size: 4,
         generation,
         return_full_text: true,
         show_probs,
-        ..Default::default()
-    };
-    TextGenerator::from_pretrained(&ModelFiles::local(fixture_dir("gpt2-tiny"))?, options)
+    }
 }
 
-fn new_tokens(n: usize) -> GenerationOptions {
-    GenerationOptions {
+fn new_tokens(n: usize) -> GenerationConfig {
+    GenerationConfig {
         max_new_tokens: Some(n),
         ..Default::default()
     }
 }
 
-fn sampling(seed: u64) -> GenerationOptions {
-    GenerationOptions {
+fn sampling(seed: u64) -> GenerationConfig {
+    GenerationConfig {
         do_sample: Some(true),
         seed: Some(seed),
         num_return_sequences: Some(3),
@@ -59,14 +73,15 @@ fn greedy_reference() -> (Vec<i64>, Vec<i64>) {
 
 #[test]
 fn the_same_seed_gives_the_same_samples() {
-    let g = load(sampling(7), None).unwrap();
+    let g = load();
+    let seven = options(sampling(7), None);
     assert_eq!(
-        g.generation_config().temperature,
-        0.7,
+        g.settings(&seven).unwrap().temperature,
+        Some(0.7),
         "transformers' pipeline temperature"
     );
-    let a = g.run(&[PROMPT, "Hello"]).unwrap();
-    let b = g.run(&[PROMPT, "Hello"]).unwrap();
+    let a = g.run(&[PROMPT, "Hello"], &seven).unwrap();
+    let b = g.run(&[PROMPT, "Hello"], &seven).unwrap();
     assert_eq!(a, b);
     assert_eq!(a[0].len(), 3, "num_return_sequences");
     assert!(a[0].iter().all(|t| t.generated_text.starts_with(PROMPT)));
@@ -75,9 +90,8 @@ fn the_same_seed_gives_the_same_samples() {
         "three samples, all the same: {:?}",
         a[0]
     );
-    let other = load(sampling(8), None)
-        .unwrap()
-        .run(&[PROMPT, "Hello"])
+    let other = g
+        .run(&[PROMPT, "Hello"], &options(sampling(8), None))
         .unwrap();
     assert_ne!(a, other, "another seed gives other samples");
 }
@@ -85,7 +99,7 @@ fn the_same_seed_gives_the_same_samples() {
 #[test]
 fn generation_stops_at_a_stop_string() {
     let (_, greedy) = greedy_reference();
-    let g = load(new_tokens(20), None).unwrap();
+    let g = load();
     let full = g.tokenizer().decode(&greedy, true).unwrap();
     // A stop string inside the greedy continuation, not at its start.
     let stop = "BC";
@@ -103,16 +117,18 @@ fn generation_stops_at_a_stop_string() {
         })
         .unwrap();
     let expected = g.tokenizer().decode(&greedy[..n], true).unwrap();
-    let stopped = load(
-        GenerationOptions {
-            stop_strings: vec![stop.into()],
-            ..new_tokens(20)
-        },
-        None,
-    )
-    .unwrap()
-    .run(&[PROMPT])
-    .unwrap();
+    let stopped = g
+        .run(
+            &[PROMPT],
+            &options(
+                GenerationConfig {
+                    stop_strings: Some(vec![stop.into()]),
+                    ..new_tokens(20)
+                },
+                None,
+            ),
+        )
+        .unwrap();
     assert_eq!(stopped[0][0].generated_text, format!("{PROMPT}{expected}"));
     assert_eq!(stopped[0][0].generated_tokens, n);
     assert!(n < greedy.len());
@@ -121,10 +137,10 @@ fn generation_stops_at_a_stop_string() {
 #[test]
 fn show_probs_reports_the_models_top_tokens_per_step() {
     let (prompt_ids, greedy) = greedy_reference();
-    let g = load(new_tokens(6), Some(5)).unwrap();
+    let g = load();
     let mut streamed_steps = 0;
     let out = g
-        .run_streaming(&[PROMPT], &mut |p| {
+        .run_streaming(&[PROMPT], &options(new_tokens(6), Some(5)), &mut |p| {
             streamed_steps += usize::from(p.step.is_some());
             Ok(())
         })
@@ -166,20 +182,27 @@ fn show_probs_reports_the_models_top_tokens_per_step() {
     let v: Value = serde_json::to_value(&out[0][0]).unwrap();
     assert_eq!(v["steps"][0]["top"].as_array().unwrap().len(), 5);
 
-    let err = load(new_tokens(6), Some(0)).err().unwrap().to_string();
+    let err = g
+        .run(&[PROMPT], &options(new_tokens(6), Some(0)))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("show_probs"), "{err}");
-    let beams = GenerationOptions {
+    let beams = GenerationConfig {
         num_beams: Some(3),
         ..new_tokens(6)
     };
-    let err = load(beams, Some(3)).err().unwrap().to_string();
+    let err = g
+        .run(&[PROMPT], &options(beams, Some(3)))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("beam"), "{err}");
 }
 
 #[test]
 fn an_empty_prompt_starts_from_bos() {
-    let g = load(new_tokens(8), None).unwrap();
-    let out = g.run(&[""]).unwrap();
+    let g = load();
+    let eight = options(new_tokens(8), None);
+    let out = g.run(&[""], &eight).unwrap();
     let text = &out[0][0].generated_text;
     assert_eq!(out[0][0].generated_tokens, 8);
     // The same as generating from the BOS id itself.
@@ -192,7 +215,8 @@ fn an_empty_prompt_starts_from_bos() {
         encodings: Vec::new(),
         padding_side: PaddingSide::Left,
     };
-    let seq = generate(g.model(), &batch, g.generation_config()).unwrap();
+    let config = g.settings(&eight).unwrap();
+    let seq = generate(&CausalLmDecoder(g.model()), &batch, &config).unwrap();
     let expected = g.tokenizer().decode(seq[0].generated(), true).unwrap();
     assert_eq!(text, &expected);
     assert!(!text.is_empty());
@@ -201,22 +225,24 @@ fn an_empty_prompt_starts_from_bos() {
 #[test]
 fn a_prompt_longer_than_the_context_keeps_its_end() {
     // min_new_tokens keeps EOS away, so that all 10 new tokens need the room left for them.
-    let g = load(
-        GenerationOptions {
+    let g = load();
+    let ten = options(
+        GenerationConfig {
             min_new_tokens: Some(10),
             ..new_tokens(10)
         },
         None,
-    )
-    .unwrap();
-    assert_eq!(g.max_prompt_tokens(), 128 - 10);
+    );
+    let config = g.settings(&ten).unwrap();
+    let room = g.max_prompt_tokens(&config).unwrap();
+    assert_eq!(room, 128 - 10);
     let long = "The United Nations said that ".repeat(4000); // > 100,000 characters
     assert!(long.len() > 100_000);
     let full = g.tokenizer().encode(&long).unwrap();
-    let (kept, truncated) = g.encode_prompt(&long).unwrap();
+    let (kept, truncated) = g.encode_prompt(&long, room).unwrap();
     assert!(truncated);
     assert_eq!(kept.ids, full.ids[full.ids.len() - 118..]);
-    let out = g.run(&[long.as_str()]).unwrap();
+    let out = g.run(&[long.as_str()], &ten).unwrap();
     assert!(out[0][0].prompt_truncated);
     assert_eq!(out[0][0].generated_tokens, 10);
     // The whole prompt, then the continuation of its last 118 tokens.
@@ -228,37 +254,36 @@ fn a_prompt_longer_than_the_context_keeps_its_end() {
         encodings: Vec::new(),
         padding_side: PaddingSide::Left,
     };
-    let seq = generate(g.model(), &batch, g.generation_config()).unwrap();
+    let seq = generate(&CausalLmDecoder(g.model()), &batch, &config).unwrap();
     let continuation = g.tokenizer().decode(seq[0].generated(), true).unwrap();
     assert_eq!(out[0][0].generated_text, format!("{long}{continuation}"));
-    let (short, cut) = g.encode_prompt(PROMPT).unwrap();
+    let (short, cut) = g.encode_prompt(PROMPT, room).unwrap();
     assert!(!cut && short.len() == 6);
 }
 
 #[test]
 fn zero_new_tokens_returns_the_prompt() {
-    let g = load(new_tokens(0), None).unwrap();
-    let out = g.run(&[PROMPT]).unwrap();
+    let g = load();
+    let out = g.run(&[PROMPT], &options(new_tokens(0), None)).unwrap();
     assert_eq!(out[0][0].generated_text, PROMPT);
     assert_eq!(out[0][0].generated_tokens, 0);
-    let options = GenerateOptions {
-        device: DeviceChoice::Cpu,
+    let continuation_only = GenerateOptions {
         return_full_text: false,
         generation: new_tokens(0),
         ..Default::default()
     };
-    let g = TextGenerator::from_pretrained(
-        &ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(),
-        options,
-    )
-    .unwrap();
-    assert_eq!(g.run(&[PROMPT]).unwrap()[0][0].generated_text, "");
+    assert_eq!(
+        g.run(&[PROMPT], &continuation_only).unwrap()[0][0].generated_text,
+        ""
+    );
 }
 
 #[test]
 fn bad_options_and_models_are_clear_errors() {
-    let err = |o: GenerationOptions| load(o, None).err().unwrap().to_string();
-    let e = err(GenerationOptions {
+    let g = load();
+    // Bad settings are errors of the call, naming the field.
+    let err = |o: GenerationConfig| g.run(&[PROMPT], &options(o, None)).unwrap_err().to_string();
+    let e = err(GenerationConfig {
         do_sample: Some(true),
         temperature: Some(0.0),
         ..new_tokens(5)
@@ -269,56 +294,54 @@ fn bad_options_and_models_are_clear_errors() {
         e.contains("max_new_tokens 128") && e.contains("context"),
         "{e}"
     );
-    let e = err(GenerationOptions {
+    let e = err(GenerationConfig {
         max_length: Some(500),
         ..Default::default()
     });
     assert!(e.contains("max_length 500"), "{e}");
-    let e = err(GenerationOptions {
+    let e = err(GenerationConfig {
         top_p: Some(1.5),
         ..new_tokens(5)
     });
     assert!(e.contains("top_p"), "{e}");
     // Temperature 0 without sampling is unused, as in transformers.
-    load(
-        GenerationOptions {
-            temperature: Some(0.0),
-            ..new_tokens(2)
-        },
-        None,
+    g.run(
+        &[PROMPT],
+        &options(
+            GenerationConfig {
+                temperature: Some(0.0),
+                ..new_tokens(2)
+            },
+            None,
+        ),
     )
     .unwrap();
 
     let bert = TextGenerator::from_pretrained(
         &ModelFiles::local(fixture_dir("bert-tiny-ner")).unwrap(),
-        GenerateOptions {
-            device: DeviceChoice::Cpu,
-            ..Default::default()
-        },
+        &cpu(),
     );
     let e = bert.err().unwrap().to_string();
     assert!(e.contains("not GPT-2"), "{e}");
     let zero = GenerateOptions {
-        device: DeviceChoice::Cpu,
         batch_size: 0,
         ..Default::default()
     };
-    let e =
-        TextGenerator::from_pretrained(&ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(), zero)
-            .err()
-            .unwrap()
-            .to_string();
-    assert!(e.contains("batch size"), "{e}");
+    let e = g.run(&[PROMPT], &zero).unwrap_err().to_string();
+    assert!(e.contains("batch_size must be at least 1"), "{e}");
 }
 
 #[test]
 fn defaults_follow_the_checkpoint_then_the_pipeline() {
-    let g = load(GenerationOptions::default(), None).unwrap();
-    let c: &GenerationConfig = g.generation_config();
+    let g = load();
+    let c: GenerationConfig = g.settings(&GenerateOptions::default()).unwrap();
     // transformers' pipeline default is 256 new tokens; the fixture's context is 128, so half
     // of it is left for the prompt.
     assert_eq!(c.max_new_tokens, Some(64));
-    assert_eq!(g.max_prompt_tokens(), 64);
-    assert!(!c.do_sample, "greedy unless asked");
-    assert_eq!(c.eos_token_ids, vec![999], "generation_config.json");
+    assert_eq!(g.max_prompt_tokens(&c).unwrap(), 64);
+    assert!(!c.do_sample(), "greedy unless asked");
+    assert_eq!(c.eos_token_ids(), vec![999], "generation_config.json");
+    // A call's own options do not stay with the loaded model.
+    g.run(&[PROMPT], &options(sampling(7), None)).unwrap();
+    assert_eq!(g.settings(&GenerateOptions::default()).unwrap(), c);
 }

@@ -10,8 +10,8 @@ pub mod model;
 pub mod pipelines;
 
 pub use config::T5Config;
-pub use model::{T5ForConditionalGeneration, T5State};
+pub use model::T5ForConditionalGeneration;
 
 pub use pipelines::{
-    Summarizer, SummarizerOptions, Summary, Translation, Translator, TranslatorOptions,
+    SummarizeOptions, Summarizer, Summary, TranslateOptions, Translation, Translator,
 };

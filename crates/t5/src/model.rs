@@ -2,7 +2,7 @@
 //! layers sharing one embedding, with T5's relative position bias instead of absolute
 //! positions, and a language-model head.
 //!
-//! What sets T5 apart (see DESIGN.md's quirks): RMSNorm without bias; attention without the
+//! What sets T5 apart (its quirks, in the sense of docs/ARCHITECTURE.md's checklist): RMSNorm without bias; attention without the
 //! 1/√d scaling (folded into the initialisation); the position bias is computed by the first
 //! block of each stack and added in every block, from bidirectional buckets in the encoder
 //! and causal ones in the decoder; v1.0 ties `lm_head` to `shared` and rescales the decoder
@@ -10,18 +10,16 @@
 
 use crate::config::T5Config;
 use std::path::Path;
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
-use trident_core::generation::Decoder;
+use trident_core::generation::Seq2SeqLm;
 use trident_core::nn::{
-    mask, prepare, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention,
-    Norm, NormPosition, Projections, RelativePositionBias, TransformerLayer,
+    mask, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
+    MultiHeadAttention, Norm, NormPosition, Projections, RelativePositionBias, TransformerLayer,
 };
-use trident_core::weights::{self, Checkpoint};
-use trident_core::{Batch, Dtype, ModelFiles, Result};
+use trident_core::{Dtype, ModelFiles, Result, WeightPath, Weights};
 
 /// `p.{q,k,v,o}`: T5Attention, unscaled, without biases.
-fn attention(p: &tch::nn::Path, c: &T5Config) -> Result<MultiHeadAttention> {
+fn attention(p: &WeightPath, c: &T5Config) -> Result<MultiHeadAttention> {
     let inner = c.num_heads * c.d_kv;
     let projections = Projections::Separate {
         q: Linear::new(&(p / "q"), c.d_model, inner, false)?,
@@ -33,7 +31,7 @@ fn attention(p: &tch::nn::Path, c: &T5Config) -> Result<MultiHeadAttention> {
 }
 
 /// `p.DenseReluDense`: `wo(act(wi(x)))`, or gated `wo(act(wi_0(x)) · wi_1(x))`.
-fn feed_forward(p: &tch::nn::Path, c: &T5Config, config_path: &Path) -> Result<FeedForward> {
+fn feed_forward(p: &WeightPath, c: &T5Config, config_path: &Path) -> Result<FeedForward> {
     let p = p / "DenseReluDense";
     let (activation, gated) = c.feed_forward(config_path)?;
     let wo = Linear::new(&(&p / "wo"), c.d_ff, c.d_model, false)?;
@@ -53,7 +51,7 @@ fn feed_forward(p: &tch::nn::Path, c: &T5Config, config_path: &Path) -> Result<F
     })
 }
 
-fn rms_norm(p: &tch::nn::Path, c: &T5Config) -> Result<Norm> {
+fn rms_norm(p: &WeightPath, c: &T5Config) -> Result<Norm> {
     Norm::rms_norm(p, c.d_model, c.layer_norm_epsilon)
 }
 
@@ -72,7 +70,7 @@ pub struct T5Stack {
 
 impl T5Stack {
     fn new(
-        p: &tch::nn::Path,
+        p: &WeightPath,
         c: &T5Config,
         shared: &Embedding,
         is_decoder: bool,
@@ -109,7 +107,8 @@ impl T5Stack {
         }
         let bias_path = p / "block" / 0 / "layer" / 0 / "SelfAttention" / "relative_attention_bias";
         Ok(T5Stack {
-            embed_tokens: Embedding::from_weight(shared.weight.shallow_clone()),
+            embed_tokens: Embedding::from_weight(shared.weight.shallow_clone())
+                .indexed_by("token id", "vocab_size"),
             block,
             relative_attention_bias: RelativePositionBias {
                 embedding: Embedding::new(
@@ -129,14 +128,15 @@ impl T5Stack {
     ///
     /// - `self_mask`: additive `[batch or 1, 1, n, k]` (padding for the encoder, causal for
     ///   the decoder; None when every key may be seen);
-    /// - `encoder`: the encoder output and its additive `[batch, 1, 1, src]` mask (decoder);
+    /// - `encoder`: the encoder output, its additive `[inputs, 1, 1, src]` mask and the decoder
+    ///   rows per input (decoder);
     /// - `caches`: one per block, for incremental decoding; positions continue from their
     ///   length.
     fn forward(
         &self,
         ids: &Tensor,
         self_mask: Option<&Tensor>,
-        encoder: Option<(&Tensor, &Tensor)>,
+        encoder: Option<(&Tensor, &Tensor, i64)>,
         mut caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let n = ids.size()[1];
@@ -155,17 +155,23 @@ impl T5Stack {
             None => bias,
         };
         let ctx = LayerContext {
-            mask: None,
-            position_bias: Some(&bias),
-            encoder_hidden: encoder.map(|(h, _)| h),
-            encoder_mask: encoder.map(|(_, m)| m),
+            self_attention: AttentionContext {
+                position_bias: Some(&bias),
+                ..Default::default()
+            },
+            encoder_hidden: encoder.map(|(h, _, _)| h),
+            cross_attention: AttentionContext {
+                mask: encoder.map(|(_, m, _)| m),
+                groups: encoder.map_or(1, |(_, _, g)| g),
+                ..Default::default()
+            },
         };
-        let mut x = self.embed_tokens.forward(ids); // [batch, n, d_model]
+        let mut x = self.embed_tokens.forward(ids)?; // [batch, n, d_model]
         for (i, layer) in self.block.iter().enumerate() {
             let cache = caches.as_deref_mut().and_then(|c| c.get_mut(i));
             x = layer.forward(&x, &ctx, cache)?;
         }
-        Ok(self.final_layer_norm.forward(&x))
+        self.final_layer_norm.forward(&x)
     }
 }
 
@@ -194,7 +200,6 @@ pub struct T5ForConditionalGeneration {
     /// The configuration.
     pub config: T5Config,
     device: Device,
-    _vars: VarStore,
 }
 
 impl T5ForConditionalGeneration {
@@ -202,47 +207,33 @@ impl T5ForConditionalGeneration {
     pub fn from_pretrained(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
         let config_path = files.get("config.json")?;
         let config = T5Config::from_file(&config_path)?;
-        Self::load(
-            config,
-            &config_path,
-            &Checkpoint::open(files)?,
-            device,
-            dtype,
-        )
+        let weights = Weights::open(files, device, dtype)?;
+        let model = Self::load(config, &config_path, &weights)?;
+        weights.finish()?;
+        Ok(model)
     }
 
-    /// Build the model from `config`, fill it from `checkpoint` (`config_path` is named in
-    /// errors) and prepare it to compute in `dtype`.
-    pub fn load(
-        config: T5Config,
-        config_path: &Path,
-        checkpoint: &Checkpoint,
-        device: Device,
-        dtype: Dtype,
-    ) -> Result<Self> {
-        let mut vars = VarStore::new(device);
-        let root = vars.root();
+    /// Build the model from `config`, reading its weights from `weights` (`config_path` is
+    /// named in errors). Call [`Weights::finish`] afterwards to hear of missing tensors.
+    pub fn load(config: T5Config, config_path: &Path, weights: &Weights) -> Result<Self> {
+        let root = weights.root();
         let c = &config;
-        let shared = Embedding::new(&(&root / "shared"), c.vocab_size, c.d_model)?;
-        let mut encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
-        let mut decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
-        let mut lm_head = if c.tie_word_embeddings {
-            Linear::tied(&shared.weight)
+        let shared = Embedding::new(&(&root / "shared"), c.vocab_size, c.d_model)?
+            .indexed_by("token id", "vocab_size");
+        let encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
+        let decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear::tied(&shared.weight, weights.dtype())?
         } else {
             Linear::new(&(&root / "lm_head"), c.d_model, c.vocab_size, false)?
         };
-        weights::load(&vars, checkpoint)?;
-        let blocks = encoder.block.iter_mut().chain(decoder.block.iter_mut());
-        let linears = blocks.flat_map(|b| b.linears_mut());
-        prepare(&mut vars, linears.chain([&mut lm_head]), dtype)?;
         Ok(T5ForConditionalGeneration {
             shared,
             encoder,
             decoder,
             lm_head,
             config,
-            device,
-            _vars: vars,
+            device: weights.device(),
         })
     }
 
@@ -252,26 +243,28 @@ impl T5ForConditionalGeneration {
     }
 
     /// The additive cross-attention mask `[batch, 1, 1, src]` of a 1/0 attention mask.
-    pub fn encoder_mask(attention_mask: &Tensor) -> Tensor {
+    pub fn encoder_mask(attention_mask: &Tensor) -> Result<Tensor> {
         mask::padding_mask(attention_mask, Kind::Float)
     }
 
     /// Encoder: `[batch, src]` ids and 1/0 mask → `[batch, src, d_model]`.
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        let self_mask = Self::encoder_mask(attention_mask);
+        let self_mask = Self::encoder_mask(attention_mask)?;
         self.encoder
             .forward(input_ids, Some(&self_mask), None, None)
     }
 
     /// Decoder hidden states `[batch, n, d_model]` for `decoder_ids` `[batch, n]`, given the
-    /// encoder output and its additive mask. With `caches`, `decoder_ids` continue the
-    /// cached positions and their keys/values are appended.
+    /// encoder output and its additive mask (one row per `groups` decoder rows). With
+    /// `caches`, `decoder_ids` continue the cached positions and their keys/values are
+    /// appended.
     pub fn decode_hidden(
         &self,
         decoder_ids: &Tensor,
         encoder_hidden: &Tensor,
         encoder_mask: &Tensor,
+        groups: i64,
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
@@ -281,26 +274,28 @@ impl T5ForConditionalGeneration {
             .and_then(|c| c.first())
             .map_or(0, |c| c.self_attn.len());
         // One new token may see every cached one; several need the causal mask.
-        let causal = (n > 1).then(|| mask::causal_mask(n, past + n, Kind::Float, self.device));
+        let causal = (n > 1)
+            .then(|| mask::causal_mask(n, past + n, Kind::Float, self.device))
+            .transpose()?;
         self.decoder.forward(
             decoder_ids,
             causal.as_ref(),
-            Some((encoder_hidden, encoder_mask)),
+            Some((encoder_hidden, encoder_mask, groups)),
             caches,
         )
     }
 
     /// The language-model head: `[…, d_model]` → `[…, vocab]`.
     /// Logits are f32 whatever the model computes in.
-    pub fn lm_logits(&self, decoder_hidden: &Tensor) -> Tensor {
+    pub fn lm_logits(&self, decoder_hidden: &Tensor) -> Result<Tensor> {
         let logits = if self.config.rescales_decoder_output() {
             // Tied weights: rescale as Mesh TensorFlow did before the shared projection.
             self.lm_head
-                .forward(&(decoder_hidden * (self.config.d_model as f64).powf(-0.5)))
+                .forward(&decoder_hidden.f_mul_scalar((self.config.d_model as f64).powf(-0.5))?)?
         } else {
-            self.lm_head.forward(decoder_hidden)
+            self.lm_head.forward(decoder_hidden)?
         };
-        logits.to_kind(Kind::Float)
+        Ok(logits.f_to_kind(Kind::Float)?)
     }
 
     /// A full forward pass without caches (teacher forcing on `decoder_input_ids`).
@@ -314,10 +309,11 @@ impl T5ForConditionalGeneration {
         let decoder_last_hidden_state = self.decode_hidden(
             decoder_input_ids,
             &encoder_last_hidden_state,
-            &Self::encoder_mask(attention_mask),
+            &Self::encoder_mask(attention_mask)?,
+            1,
             None,
         )?;
-        let logits = self.lm_logits(&decoder_last_hidden_state);
+        let logits = self.lm_logits(&decoder_last_hidden_state)?;
         Ok(Seq2SeqOutput {
             encoder_last_hidden_state,
             decoder_last_hidden_state,
@@ -335,85 +331,33 @@ impl T5ForConditionalGeneration {
     }
 }
 
-/// What T5 carries between generation steps.
-#[derive(Debug)]
-pub struct T5State {
-    /// `[inputs, src, d_model]`: one per input, shared by its `copies` decoder rows.
-    pub encoder_hidden: Tensor,
-    /// Additive `[inputs, 1, 1, src]`.
-    pub encoder_mask: Tensor,
-    /// Decoder rows per input (its beams or returned sequences), on consecutive rows.
-    pub copies: i64,
-    /// One per decoder block: self-attention keys/values so far, and the cross-attention
-    /// keys/values of the encoder output, computed on the first step only.
-    pub caches: Vec<LayerCache>,
-}
-
-impl Decoder for T5ForConditionalGeneration {
-    type State = T5State;
-
-    fn initial_ids(&self, batch: &Batch) -> Result<Tensor> {
-        let rows = batch.input_ids.size()[0];
-        Ok(Tensor::f_full(
-            [rows, 1],
-            self.config.decoder_start(),
-            (Kind::Int64, self.device),
-        )?)
+impl Seq2SeqLm for T5ForConditionalGeneration {
+    fn device(&self) -> Device {
+        self.device
     }
 
-    fn start(&self, batch: &Batch) -> Result<T5State> {
-        let input_ids = batch.input_ids.f_to(self.device)?;
-        let attention_mask = batch.attention_mask.f_to(self.device)?;
-        Ok(T5State {
-            encoder_hidden: self.encode(&input_ids, &attention_mask)?,
-            encoder_mask: Self::encoder_mask(&attention_mask),
-            copies: 1,
-            caches: self.new_caches(),
-        })
+    fn num_decoder_layers(&self) -> usize {
+        self.decoder.block.len()
     }
 
-    fn step(&self, ids: &Tensor, state: &mut T5State) -> Result<Tensor> {
-        let hidden = self.decode_hidden(
-            ids,
-            &state.encoder_hidden,
-            &state.encoder_mask,
-            Some(&mut state.caches),
-        )?;
+    fn decoder_start_token_id(&self) -> i64 {
+        self.config.decoder_start()
+    }
+
+    fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        T5ForConditionalGeneration::encode(self, input_ids, attention_mask)
+    }
+
+    fn next_logits(
+        &self,
+        ids: &Tensor,
+        encoder_hidden: &Tensor,
+        encoder_mask: &Tensor,
+        groups: i64,
+        caches: &mut [LayerCache],
+    ) -> Result<Tensor> {
+        let hidden = self.decode_hidden(ids, encoder_hidden, encoder_mask, groups, Some(caches))?;
         let last = hidden.f_select(1, hidden.size()[1] - 1)?; // [rows, d_model]
-        Ok(self.lm_logits(&last))
-    }
-
-    /// The encoder output and the cross-attention keys/values stay one per input: the first
-    /// reorder repeats each input on consecutive rows (the [`Decoder`] contract), and
-    /// cross-attention then serves an input's rows from its one copy (core's grouped
-    /// attention), which saves the copies and reads each input's keys/values once a step.
-    /// Later reorders move rows among an input's copies, so only the self-attention caches
-    /// follow them.
-    fn reorder(&self, state: &mut T5State, beam_idx: &Tensor) -> Result<()> {
-        let idx = beam_idx.f_to(self.device)?.f_to_kind(Kind::Int64)?;
-        let (rows, inputs) = (idx.size()[0], state.encoder_hidden.size()[0]);
-        if rows != inputs * state.copies {
-            let copies = rows / inputs.max(1);
-            let repeat: Vec<i64> = (0..rows).map(|r| r / copies.max(1)).collect();
-            let consecutive = state.copies == 1
-                && copies * inputs == rows
-                && Vec::<i64>::try_from(&idx.f_to(Device::Cpu)?)? == repeat;
-            if !consecutive {
-                // Not the documented pattern: give every row its own copy of everything.
-                let input_of = idx.f_floor_divide_scalar(state.copies)?;
-                state.encoder_hidden = state.encoder_hidden.f_index_select(0, &input_of)?;
-                state.encoder_mask = state.encoder_mask.f_index_select(0, &input_of)?;
-                for cache in &mut state.caches {
-                    cache.cross_attn.reorder(&input_of)?;
-                }
-                state.copies = 1;
-            } else {
-                state.copies = copies;
-            }
-        }
-        for cache in &mut state.caches {
-            cache.self_attn.reorder(&idx)?;
-        }
-        Ok(())
+        self.lm_logits(&last)
     }
 }

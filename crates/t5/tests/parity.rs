@@ -5,11 +5,13 @@
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use trident_core::config::GenerationDefaults;
-use trident_core::generation::{generate, Decoder, GenerationConfig, GenerationOptions};
-use trident_core::testing::{assert_close, fixture_dir, int_tensor, reference, tensor};
+use trident_core::config::TokenIds;
+use trident_core::generation::{
+    generate, Decoder, EarlyStopping, GenerationConfig, Seq2SeqDecoder,
+};
 use trident_core::{Batch, Dtype, Encoded, ModelFiles, PaddingSide, TextEncoder};
 use trident_t5::T5ForConditionalGeneration;
+use trident_testing::{assert_close, fixture_dir, int_tensor, reference, tensor};
 
 const FIXTURES: [&str; 2] = ["t5-tiny", "t5-v1_1-tiny"];
 
@@ -107,9 +109,10 @@ fn cached_decoding_equals_uncached() {
             .logits;
         // One token at a time through the Decoder interface, with self- and cross-attention
         // caches, must give every position's logits.
-        let mut state = m.start(&batch).unwrap();
+        let decoder = Seq2SeqDecoder(&m);
+        let mut state = decoder.start(&batch).unwrap();
         for t in 0..dec.size()[1] {
-            let step = m.step(&dec.narrow(1, t, 1), &mut state).unwrap();
+            let step = decoder.step(&dec.narrow(1, t, 1), &mut state).unwrap();
             assert_close(
                 &step,
                 &full.select(1, t),
@@ -126,8 +129,62 @@ fn cached_decoding_equals_uncached() {
     }
 }
 
-/// transformers' `generate` kwargs as engine options.
-fn options(kwargs: &Value) -> GenerationOptions {
+#[test]
+fn grouped_cross_attention_equals_repeated_encoder_rows() {
+    // `decode_hidden` with `groups` decoder rows per encoder row (an input's beams reading one
+    // copy of its encoder output) must equal the same rows against repeated encoder rows.
+    for name in FIXTURES {
+        let m = model(name);
+        let r = reference(name).unwrap();
+        let b = &r["batch"];
+        let batch = batch_of(&b["input_ids"], &b["attention_mask"]);
+        let dec = int_tensor(&b["decoder_input_ids"]).unwrap();
+        let encoder_hidden = m.encode(&batch.input_ids, &batch.attention_mask).unwrap();
+        let encoder_mask = T5ForConditionalGeneration::encoder_mask(&batch.attention_mask).unwrap();
+        let groups = 3;
+        // Row i of the decoder batch serves input i / groups; the copies of an input differ
+        // (each row's ids shifted by its own offset), so that a mix-up of rows shows.
+        let repeated_ids = dec.repeat_interleave_self_int(groups, 0, None);
+        let n = repeated_ids.size()[0];
+        let offsets = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([n, 1]) * 7;
+        let rows = (repeated_ids + offsets).remainder(m.config.vocab_size);
+        let grouped = m
+            .decode_hidden(&rows, &encoder_hidden, &encoder_mask, groups, None)
+            .unwrap();
+        let repeated = m
+            .decode_hidden(
+                &rows,
+                &encoder_hidden.repeat_interleave_self_int(groups, 0, None),
+                &encoder_mask.repeat_interleave_self_int(groups, 0, None),
+                1,
+                None,
+            )
+            .unwrap();
+        assert_close(&grouped, &repeated, 1e-5, &format!("{name} grouped"));
+        // And the same through caches, one token at a time.
+        let mut caches = m.new_caches();
+        for t in 0..rows.size()[1] {
+            let step = m
+                .decode_hidden(
+                    &rows.narrow(1, t, 1),
+                    &encoder_hidden,
+                    &encoder_mask,
+                    groups,
+                    Some(&mut caches),
+                )
+                .unwrap();
+            assert_close(
+                &step.select(1, 0),
+                &repeated.select(1, t),
+                1e-4,
+                &format!("{name} grouped, cached, position {t}"),
+            );
+        }
+    }
+}
+
+/// transformers' `generate` kwargs as the caller's generation settings.
+fn options(kwargs: &Value) -> GenerationConfig {
     let usize_of = |k: &str| kwargs.get(k).and_then(Value::as_u64).map(|v| v as usize);
     let f64_of = |k: &str| kwargs.get(k).and_then(Value::as_f64);
     for key in kwargs.as_object().unwrap().keys() {
@@ -148,14 +205,14 @@ fn options(kwargs: &Value) -> GenerationOptions {
             "unhandled generate kwarg {key}"
         );
     }
-    GenerationOptions {
+    GenerationConfig {
         max_new_tokens: usize_of("max_new_tokens"),
         do_sample: kwargs.get("do_sample").and_then(Value::as_bool),
         num_beams: usize_of("num_beams"),
         length_penalty: f64_of("length_penalty"),
         early_stopping: kwargs
             .get("early_stopping")
-            .map(|v| trident_core::generation::EarlyStopping::from_json(v).unwrap()),
+            .map(|v| EarlyStopping::from_json(v).unwrap()),
         no_repeat_ngram_size: usize_of("no_repeat_ngram_size"),
         num_return_sequences: usize_of("num_return_sequences"),
         repetition_penalty: f64_of("repetition_penalty"),
@@ -170,16 +227,13 @@ fn generate_gives_transformers_ids_exactly() {
         let m = model(name);
         let r = reference(name).unwrap();
         let defaults =
-            GenerationDefaults::from_file(&fixture_dir(name).join("generation_config.json"))
-                .unwrap();
+            GenerationConfig::from_file(&fixture_dir(name).join("generation_config.json")).unwrap();
         let cases = r["generate"].as_array().unwrap();
         assert!(cases.len() >= 9, "{name}: every generate case is recorded");
         for case in cases {
-            let config = GenerationConfig::from_defaults(&defaults)
-                .unwrap()
-                .with_options(&options(&case["kwargs"]));
+            let config = defaults.merge(&options(&case["kwargs"]));
             let batch = batch_of(&case["input_ids"], &case["attention_mask"]);
-            let out = generate(&m, &batch, &config).unwrap();
+            let out = generate(&Seq2SeqDecoder(&m), &batch, &config).unwrap();
             let ids: Vec<Vec<i64>> = out.iter().map(|s| s.ids.clone()).collect();
             assert_eq!(
                 ids,
@@ -198,20 +252,21 @@ fn a_text_alone_generates_what_it_generates_in_a_padded_batch() {
     let b = &r["batch"];
     let together = batch_of(&b["input_ids"], &b["attention_mask"]);
     let config = GenerationConfig {
-        eos_token_ids: vec![1],
-        pad_token_id: Some(0),
-        num_beams: 2,
+        eos_token_id: Some(TokenIds::One(1)),
+        pad_token_id: Some(TokenIds::One(0)),
+        num_beams: Some(2),
         max_new_tokens: Some(8),
         ..Default::default()
     };
-    let all = generate(&m, &together, &config).unwrap();
+    let decoder = Seq2SeqDecoder(&m);
+    let all = generate(&decoder, &together, &config).unwrap();
     for (i, e) in together.encodings.iter().enumerate() {
         let alone = Batch::new(vec![e.clone()], 0, PaddingSide::Right, Device::Cpu).unwrap();
-        let one = generate(&m, &alone, &config).unwrap();
+        let one = generate(&decoder, &alone, &config).unwrap();
         assert_eq!(one[0].generated(), all[i].generated(), "text {i}");
     }
     // The decoder starts every row from decoder_start_token_id.
-    let start = m.initial_ids(&together).unwrap();
+    let start = decoder.initial_ids(&together).unwrap();
     assert_eq!(start.size(), vec![together.len() as i64, 1]);
     assert_eq!(start.sum(Kind::Int64).int64_value(&[]), 0);
 }

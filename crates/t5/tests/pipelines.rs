@@ -2,11 +2,11 @@
 //! fixtures (recorded as `task_specific_params` + `generate` + decode), and bad input.
 
 use serde_json::{json, Value};
-use trident_core::generation::GenerationOptions;
-use trident_core::testing::{fixture_dir, reference};
-use trident_core::{ModelFiles, TextEncoder};
-use trident_t5::pipelines::chunk::split_to_fit;
-use trident_t5::{Summarizer, SummarizerOptions, Translator, TranslatorOptions};
+use trident_core::chunk::split_to_fit;
+use trident_core::generation::GenerationConfig;
+use trident_core::{LoadOptions, ModelFiles, TextEncoder};
+use trident_t5::{SummarizeOptions, Summarizer, TranslateOptions, Translator};
+use trident_testing::{fixture_dir, reference};
 
 const FIXTURES: [&str; 2] = ["t5-tiny", "t5-v1_1-tiny"];
 
@@ -14,15 +14,20 @@ fn files(name: &str) -> ModelFiles {
     ModelFiles::local(fixture_dir(name)).unwrap()
 }
 
-fn summarizer(name: &str, generation: GenerationOptions) -> Summarizer {
-    Summarizer::from_pretrained(
-        &files(name),
-        SummarizerOptions {
-            generation,
-            ..Default::default()
-        },
-    )
-    .unwrap()
+fn summarizer(name: &str) -> Summarizer {
+    Summarizer::from_pretrained(&files(name), &LoadOptions::default()).unwrap()
+}
+
+fn translator(name: &str) -> Translator {
+    Translator::from_pretrained(&files(name), &LoadOptions::default()).unwrap()
+}
+
+/// One call's summarization options with `generation` over the task defaults.
+fn summarize(generation: GenerationConfig) -> SummarizeOptions {
+    SummarizeOptions {
+        generation,
+        ..Default::default()
+    }
 }
 
 /// Check every recorded case of `task`: each text alone, then all texts as one list.
@@ -52,12 +57,14 @@ fn check_task(name: &str, task: &str, run: impl Fn(&[&str]) -> Vec<Value>) {
 #[test]
 fn summaries_equal_the_transformers_pipeline() {
     for name in FIXTURES {
-        let s = summarizer(name, GenerationOptions::default());
-        assert_eq!(s.prefix(), "summarize: ");
-        assert_eq!(s.max_input_tokens(), 512);
-        assert_eq!(s.generation_config().num_beams, 4, "task params apply");
+        let s = summarizer(name);
+        let options = SummarizeOptions::default();
+        let settings = s.settings(&options).unwrap();
+        assert_eq!(settings.prefix.as_deref(), Some("summarize: "));
+        assert_eq!(s.max_input_tokens(&options), 512);
+        assert_eq!(settings.num_beams(), 4, "task params apply");
         check_task(name, "summarization", |texts| {
-            s.run(texts)
+            s.run(texts, &options)
                 .unwrap()
                 .into_iter()
                 .map(|mut v| {
@@ -73,92 +80,115 @@ fn summaries_equal_the_transformers_pipeline() {
 #[test]
 fn translations_equal_the_transformers_pipeline() {
     for name in FIXTURES {
-        let t =
-            Translator::from_pretrained(&files(name), TranslatorOptions::new("en", "de")).unwrap();
-        assert_eq!(t.prefix(), "translate English to German: ");
+        let t = translator(name);
+        let options = TranslateOptions::new("en", "de");
+        assert_eq!(
+            t.settings(&options).unwrap().prefix.as_deref(),
+            Some("translate English to German: ")
+        );
         check_task(name, "translation_en_to_de", |texts| {
-            t.run(texts)
+            t.run(texts, &options)
                 .unwrap()
                 .into_iter()
                 .map(|mut v| serde_json::to_value(v.remove(0)).unwrap())
                 .collect()
         });
+        // The language pair is per call: the same translator serves another pair.
+        let fr = t.settings(&TranslateOptions::new("en", "fr")).unwrap();
+        assert_eq!(fr.prefix.as_deref(), Some("translate English to French: "));
     }
 }
 
 #[test]
 fn explicit_options_override_the_task_defaults() {
-    let s = summarizer(
-        "t5-tiny",
-        GenerationOptions {
-            num_beams: Some(3),
-            num_return_sequences: Some(2),
-            max_new_tokens: Some(4),
-            ..Default::default()
-        },
+    let s = summarizer("t5-tiny");
+    let options = summarize(GenerationConfig {
+        num_beams: Some(3),
+        num_return_sequences: Some(2),
+        max_new_tokens: Some(4),
+        ..Default::default()
+    });
+    let c = s.settings(&options).unwrap();
+    assert_eq!((c.num_beams(), c.max_total_length(1)), (3, 5));
+    assert_eq!(
+        c.no_repeat_ngram_size,
+        Some(3),
+        "untouched task defaults stay"
     );
-    let c = s.generation_config();
-    assert_eq!((c.num_beams, c.max_total_length(1)), (3, 5));
-    assert_eq!(c.no_repeat_ngram_size, 3, "untouched task defaults stay");
-    let out = s.run(&["Angela Merkel met Emmanuel Macron."]).unwrap();
+    let out = s
+        .run(&["Angela Merkel met Emmanuel Macron."], &options)
+        .unwrap();
     assert_eq!(out[0].len(), 2, "two returned sequences");
     assert!(out[0].iter().all(|o| o.generated_tokens <= 2 * 4));
+    // One call's options do not stay with the loaded model.
+    let c = s.settings(&SummarizeOptions::default()).unwrap();
+    assert_eq!((c.num_beams(), c.num_return_sequences()), (4, 1));
+    let out = s
+        .run(
+            &["Angela Merkel met Emmanuel Macron."],
+            &SummarizeOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(out[0].len(), 1);
 }
 
 #[test]
 fn unknown_language_pairs_are_named() {
-    let err = Translator::from_pretrained(&files("t5-tiny"), TranslatorOptions::new("en", "es"))
-        .err()
-        .unwrap()
-        .to_string();
+    let t = translator("t5-tiny");
+    let options = TranslateOptions::new("en", "es");
+    let err = t.settings(&options).unwrap_err().to_string();
     assert!(
         err.contains("en → es") && err.contains("en → de") && err.contains("en → fr"),
         "{err}"
+    );
+    let err = t.run(&["The house is wonderful."], &options).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        t.settings(&options).unwrap_err().to_string()
     );
 }
 
 #[test]
 fn bad_options_and_inputs_are_clear_errors_or_sensible_results() {
-    let load_err = |o: GenerationOptions| {
-        Summarizer::from_pretrained(
-            &files("t5-tiny"),
-            SummarizerOptions {
-                generation: o,
-                ..Default::default()
-            },
-        )
-        .err()
-        .unwrap()
-        .to_string()
+    let s = summarizer("t5-tiny");
+    // Invalid settings are errors of the call (settings and run alike), naming the field.
+    let call_err = |o: GenerationConfig| {
+        let options = summarize(o);
+        let settings = s.settings(&options).unwrap_err().to_string();
+        let run = s
+            .run(&["Angela Merkel met Emmanuel Macron."], &options)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(settings, run);
+        run
     };
-    let e = load_err(GenerationOptions {
+    let e = call_err(GenerationConfig {
         num_beams: Some(0),
         ..Default::default()
     });
     assert!(e.contains("num_beams must be at least 1"), "{e}");
-    let e = load_err(GenerationOptions {
+    let e = call_err(GenerationConfig {
         top_p: Some(1.5),
         ..Default::default()
     });
     assert!(e.contains("top_p must be in (0, 1]"), "{e}");
 
-    let s = summarizer("t5-tiny", GenerationOptions::default());
+    let options = SummarizeOptions::default();
     for empty in ["", "  \t\n"] {
-        let e = s.run(&[empty]).unwrap_err().to_string();
+        let e = s.run(&[empty], &options).unwrap_err().to_string();
         assert!(
             e.contains("empty") && e.contains("nothing to summarize"),
             "{e}"
         );
     }
     // Zero new tokens: an empty summary, not an error.
-    let s = summarizer(
-        "t5-tiny",
-        GenerationOptions {
-            max_new_tokens: Some(0),
-            ..Default::default()
-        },
-    );
-    let out = s.run(&["Angela Merkel met Emmanuel Macron."]).unwrap();
+    let options = summarize(GenerationConfig {
+        max_new_tokens: Some(0),
+        ..Default::default()
+    });
+    let out = s
+        .run(&["Angela Merkel met Emmanuel Macron."], &options)
+        .unwrap();
     assert_eq!(out[0][0].summary_text, "");
     assert_eq!(out[0][0].generated_tokens, 0);
 }
@@ -208,33 +238,22 @@ fn a_long_document_is_split_at_sentences_not_cut() {
     let joined: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
     assert_eq!(words(&joined.join(" ")), words(&doc), "nothing is lost");
 
-    let s = summarizer(
-        "t5-tiny",
-        GenerationOptions {
-            max_new_tokens: Some(2),
-            num_beams: Some(1),
-            ..Default::default()
-        },
-    );
-    let out = s.run(&[&doc]).unwrap();
+    let s = summarizer("t5-tiny");
+    let options = summarize(GenerationConfig {
+        max_new_tokens: Some(2),
+        num_beams: Some(1),
+        ..Default::default()
+    });
+    let out = s.run(&[&doc], &options).unwrap();
     assert_eq!(out[0][0].chunks, pieces.len());
 
     // --resummarize: the joined piece summaries are summarized once more.
-    let again = Summarizer::from_pretrained(
-        &files("t5-tiny"),
-        SummarizerOptions {
-            generation: GenerationOptions {
-                max_new_tokens: Some(2),
-                num_beams: Some(1),
-                ..Default::default()
-            },
-            resummarize: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let twice = again.run(&[&doc]).unwrap();
-    let direct = s.run(&[&out[0][0].summary_text]).unwrap();
+    let again = SummarizeOptions {
+        resummarize: true,
+        ..options.clone()
+    };
+    let twice = s.run(&[&doc], &again).unwrap();
+    let direct = s.run(&[&out[0][0].summary_text], &options).unwrap();
     assert_eq!(twice[0][0].summary_text, direct[0][0].summary_text);
     assert_eq!(twice[0][0].chunks, pieces.len());
 }
@@ -257,17 +276,24 @@ fn a_checkpoint_without_task_params_gets_t5_prompts_and_its_own_defaults() {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let local = ModelFiles::local(&dir).unwrap();
 
-    let t = Translator::from_pretrained(&local, TranslatorOptions::new("en", "es")).unwrap();
-    assert_eq!(t.prefix(), "translate English to Spanish: ");
-    assert_eq!(t.generation_config().num_beams, 1);
-    let err = Translator::from_pretrained(&local, TranslatorOptions::new("en", "xx"))
-        .err()
-        .unwrap()
-        .to_string();
+    let t = Translator::from_pretrained(&local, &LoadOptions::default()).unwrap();
+    let c = t.settings(&TranslateOptions::new("en", "es")).unwrap();
+    assert_eq!(c.prefix.as_deref(), Some("translate English to Spanish: "));
+    assert_eq!(c.num_beams(), 1);
+    let xx = TranslateOptions::new("en", "xx");
+    let err = t.settings(&xx).unwrap_err().to_string();
     assert!(err.contains("unknown language code 'xx'"), "{err}");
-    let s = Summarizer::from_pretrained(&local, SummarizerOptions::default()).unwrap();
-    assert_eq!(s.prefix(), "");
-    assert_eq!(s.generation_config().max_length, 20);
+    let err = t.run(&["The house is wonderful."], &xx).unwrap_err();
+    assert!(
+        err.to_string().contains("unknown language code 'xx'"),
+        "{err}"
+    );
+    let s = Summarizer::from_pretrained(&local, &LoadOptions::default()).unwrap();
+    let c = s.settings(&SummarizeOptions::default()).unwrap();
+    assert_eq!(c.prefix.as_deref(), Some(""));
+    // transformers' default length: 20 in all, no max_new_tokens.
+    assert_eq!((c.max_length, c.max_new_tokens), (None, None));
+    assert_eq!(c.max_total_length(1), 20);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

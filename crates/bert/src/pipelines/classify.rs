@@ -1,12 +1,12 @@
 //! Text classification (sentiment and the like): `{label, score}` per text, as
 //! transformers' `text-classification` pipeline returns.
 
-use super::{load_common, max_tokens, run_batches, PipelineOptions};
+use super::{check_batch_size, load_common, max_tokens, run_batches, DEFAULT_BATCH_SIZE};
 use crate::config::EncoderConfig;
 use crate::heads::SequenceClassificationModel;
 use serde::Serialize;
 use tch::Kind;
-use trident_core::{Encoded, Error, ModelFiles, Result, TextEncoder};
+use trident_core::{Encoded, Error, LoadOptions, ModelFiles, Result, TextEncoder};
 
 /// One label with its score.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,11 +28,11 @@ pub enum ScoreFunction {
     None,
 }
 
-/// Options of [`TextClassifier`].
+/// One call's options of a [`TextClassifier`].
 #[derive(Debug, Clone)]
 pub struct ClassifyOptions {
-    /// Device and batch size.
-    pub pipeline: PipelineOptions,
+    /// Texts per forward pass.
+    pub batch_size: usize,
     /// Return the `k` best labels; `None` returns every label, sorted by score.
     pub top_k: Option<usize>,
     /// Override the score function the config implies.
@@ -42,7 +42,7 @@ pub struct ClassifyOptions {
 impl Default for ClassifyOptions {
     fn default() -> Self {
         ClassifyOptions {
-            pipeline: PipelineOptions::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
             top_k: Some(1),
             function: None,
         }
@@ -52,7 +52,8 @@ impl Default for ClassifyOptions {
 /// The result for one text: the labels by decreasing score (one label unless `top_k` asks).
 pub type Classification = Vec<Label>;
 
-/// A sequence-classification pipeline.
+/// A sequence-classification pipeline. Loaded once, it serves any number of calls, from any
+/// number of threads, each with its own [`ClassifyOptions`].
 pub struct TextClassifier {
     tokens: std::sync::atomic::AtomicUsize,
     model: SequenceClassificationModel,
@@ -60,7 +61,6 @@ pub struct TextClassifier {
     labels: Vec<String>,
     function: ScoreFunction,
     max_len: usize,
-    options: ClassifyOptions,
 }
 
 fn default_function(config: &EncoderConfig, num_labels: usize) -> ScoreFunction {
@@ -74,14 +74,11 @@ fn default_function(config: &EncoderConfig, num_labels: usize) -> ScoreFunction 
 
 impl TextClassifier {
     /// Load a `*ForSequenceClassification` checkpoint.
-    pub fn from_pretrained(files: &ModelFiles, options: ClassifyOptions) -> Result<Self> {
-        let (config, tokenizer, device) = load_common(files, &options.pipeline)?;
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let (config, tokenizer, device) = load_common(files, options)?;
         let labels = config.common.labels(&files.get("config.json")?)?;
-        let model =
-            SequenceClassificationModel::load(files, &config, device, options.pipeline.dtype)?;
-        let function = options
-            .function
-            .unwrap_or_else(|| default_function(&config, labels.len()));
+        let model = SequenceClassificationModel::load(files, &config, device, options.dtype)?;
+        let function = default_function(&config, labels.len());
         let max_len = max_tokens(&config, &tokenizer);
         Ok(TextClassifier {
             tokens: Default::default(),
@@ -90,7 +87,6 @@ impl TextClassifier {
             labels,
             function,
             max_len,
-            options,
         })
     }
 
@@ -113,12 +109,12 @@ impl TextClassifier {
     }
 
     /// Classify texts; results are in input order.
-    pub fn run(&self, texts: &[&str]) -> Result<Vec<Classification>> {
+    pub fn run(&self, texts: &[&str], options: &ClassifyOptions) -> Result<Vec<Classification>> {
         let encodings = texts
             .iter()
             .map(|t| self.encode(t))
             .collect::<Result<Vec<_>>>()?;
-        self.run_encoded(&encodings)
+        self.run_encoded(&encodings, options)
     }
 
     /// Tokens classified so far (for throughput summaries).
@@ -127,11 +123,14 @@ impl TextClassifier {
     }
 
     /// Classify already tokenized texts.
-    pub fn run_encoded(&self, encodings: &[Encoded]) -> Result<Vec<Classification>> {
-        let (batch_size, device) = (
-            self.options.pipeline.batch_size,
-            self.model.encoder.device(),
-        );
+    pub fn run_encoded(
+        &self,
+        encodings: &[Encoded],
+        options: &ClassifyOptions,
+    ) -> Result<Vec<Classification>> {
+        check_batch_size(options.batch_size)?;
+        let (batch_size, device) = (options.batch_size, self.model.encoder.device());
+        let function = options.function.unwrap_or(self.function);
         run_batches(
             encodings,
             |e| e,
@@ -140,19 +139,21 @@ impl TextClassifier {
             device,
             &self.tokens,
             |batch, _| {
-                let logits = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, labels]
-                let scores = match self.function {
-                    ScoreFunction::Softmax => logits.softmax(-1, Kind::Float),
-                    ScoreFunction::Sigmoid => logits.sigmoid(),
+                let logits = self.model.forward(batch)?; // [batch, labels] f32
+                let scores = match function {
+                    ScoreFunction::Softmax => logits.f_softmax(-1, Kind::Float)?,
+                    ScoreFunction::Sigmoid => logits.f_sigmoid()?,
                     ScoreFunction::None => logits,
                 };
-                let rows = Vec::<Vec<f32>>::try_from(&scores.to_device(tch::Device::Cpu))?;
-                rows.into_iter().map(|row| self.rank(row)).collect()
+                let rows = Vec::<Vec<f32>>::try_from(&scores.f_to_device(tch::Device::Cpu)?)?;
+                rows.into_iter()
+                    .map(|row| self.rank(row, options))
+                    .collect()
             },
         )
     }
 
-    fn rank(&self, scores: Vec<f32>) -> Result<Classification> {
+    fn rank(&self, scores: Vec<f32>, options: &ClassifyOptions) -> Result<Classification> {
         if scores.len() != self.labels.len() {
             return Err(Error::Unsupported(format!(
                 "the model gives {} scores but id2label names {} labels",
@@ -171,7 +172,7 @@ impl TextClassifier {
             .collect();
         // Stable sort, highest first: ties keep label order, as transformers' does.
         ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
-        ranked.truncate(self.options.top_k.unwrap_or(ranked.len()));
+        ranked.truncate(options.top_k.unwrap_or(ranked.len()));
         Ok(ranked)
     }
 }

@@ -2,12 +2,12 @@
 //! state, pooled over real tokens (1_Pooling/config.json), then L2-normalised when
 //! modules.json lists a Normalize module.
 
-use super::{load_common, run_batches, PipelineOptions};
+use super::{load_common, run_batches};
 use crate::heads::EncoderModel;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use trident_core::config::read_json;
-use trident_core::{Error, ModelFiles, Result, TextEncoder};
+use trident_core::{Error, LoadOptions, ModelFiles, Result, TextEncoder};
 
 /// One text's embedding.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -50,7 +50,23 @@ struct SentenceBertConfig {
     max_seq_length: Option<usize>,
 }
 
-/// A sentence-embedding pipeline.
+/// One call's options of an [`Embedder`].
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    /// Texts per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for EmbedOptions {
+    fn default() -> Self {
+        EmbedOptions {
+            batch_size: super::DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+/// A sentence-embedding pipeline. Loaded once, it serves any number of calls, from any
+/// number of threads.
 pub struct Embedder {
     tokens: std::sync::atomic::AtomicUsize,
     model: EncoderModel,
@@ -58,14 +74,13 @@ pub struct Embedder {
     pooling: Pooling,
     normalize: bool,
     max_len: usize,
-    batch_size: usize,
 }
 
 impl Embedder {
     /// Load a BERT-family encoder with its sentence-transformers settings (mean pooling and
     /// normalisation when the files do not say otherwise).
-    pub fn from_pretrained(files: &ModelFiles, options: PipelineOptions) -> Result<Self> {
-        let (config, tokenizer, device) = load_common(files, &options)?;
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let (config, tokenizer, device) = load_common(files, options)?;
         let model = EncoderModel::load(files, &config, device, options.dtype)?;
         let (mut pooling, mut normalize) = (Pooling::Mean, true);
         if let Some(path) = files.get_optional("modules.json")? {
@@ -103,7 +118,6 @@ impl Embedder {
             pooling,
             normalize,
             max_len,
-            batch_size: options.batch_size,
         })
     }
 
@@ -113,7 +127,8 @@ impl Embedder {
     }
 
     /// Embed texts (cut to the model's `max_seq_length` tokens, as sentence-transformers does).
-    pub fn run(&self, texts: &[&str]) -> Result<Vec<Embedding>> {
+    pub fn run(&self, texts: &[&str], options: &EmbedOptions) -> Result<Vec<Embedding>> {
+        super::check_batch_size(options.batch_size)?;
         let encodings = texts
             .iter()
             .map(|t| Ok(self.tokenizer.encode_truncated(t, self.max_len)?.0))
@@ -122,19 +137,19 @@ impl Embedder {
         run_batches(
             &encodings,
             |e| e,
-            self.batch_size,
+            options.batch_size,
             &self.tokenizer,
             device,
             &self.tokens,
             |batch, _| {
-                let hidden = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, seq, hidden]
-                let pooled = self.pool(&hidden, &batch.attention_mask); // [batch, hidden]
+                let hidden = self.model.forward(batch)?; // [batch, seq, hidden] f32
+                let pooled = self.pool(&hidden, &batch.attention_mask)?; // [batch, hidden]
                 let pooled = if self.normalize {
-                    l2_normalize(&pooled)
+                    l2_normalize(&pooled)?
                 } else {
                     pooled
                 };
-                let rows = Vec::<Vec<f32>>::try_from(&pooled.to_device(tch::Device::Cpu))?;
+                let rows = Vec::<Vec<f32>>::try_from(&pooled.f_to_device(tch::Device::Cpu)?)?;
                 Ok(rows
                     .into_iter()
                     .map(|embedding| Embedding { embedding })
@@ -143,21 +158,30 @@ impl Embedder {
         )
     }
 
-    fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
-        let mask = attention_mask.unsqueeze(-1).to_kind(Kind::Float); // [batch, seq, 1]
-        match self.pooling {
-            Pooling::Cls => hidden.select(1, 0),
-            Pooling::Mean => {
-                (hidden * &mask).sum_dim_intlist(1, false, Kind::Float)
-                    / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1e-9)
-            }
-            Pooling::Max => hidden.masked_fill(&mask.eq(0.0), -1e9).amax(1, false),
-        }
+    fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let mask = attention_mask.f_unsqueeze(-1)?.f_to_kind(Kind::Float)?; // [batch, seq, 1]
+        Ok(match self.pooling {
+            Pooling::Cls => hidden.f_select(1, 0)?,
+            Pooling::Mean => hidden
+                .f_mul(&mask)?
+                .f_sum_dim_intlist(1, false, Kind::Float)?
+                .f_div(
+                    &mask
+                        .f_sum_dim_intlist(1, false, Kind::Float)?
+                        .f_clamp_min(1e-9)?,
+                )?,
+            Pooling::Max => hidden
+                .f_masked_fill(&mask.f_eq(0.0)?, -1e9)?
+                .f_amax(1, false)?,
+        })
     }
 }
 
-fn l2_normalize(x: &Tensor) -> Tensor {
-    x / x.norm_scalaropt_dim(2.0, [1i64], true).clamp_min(1e-12)
+fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    Ok(x.f_div(
+        &x.f_norm_scalaropt_dim(2.0, [1i64], true)?
+            .f_clamp_min(1e-12)?,
+    )?)
 }
 
 /// Cosine similarity of two vectors (1: same direction); 0 when either is all zeros.

@@ -7,33 +7,25 @@ pub mod ner;
 
 use crate::config::EncoderConfig;
 use trident_core::text::{by_length_batches, Batch, PaddingSide};
-use trident_core::{DeviceChoice, Dtype, Encoded, ModelFiles, Result, TextEncoder};
+use trident_core::{Encoded, LoadOptions, ModelFiles, Result, TextEncoder};
 
-/// Options every encoder pipeline takes.
-#[derive(Debug, Clone)]
-pub struct PipelineOptions {
-    /// Where to run.
-    pub device: DeviceChoice,
-    /// The numeric format the model computes in.
-    pub dtype: Dtype,
-    /// Texts (or windows) per forward pass.
-    pub batch_size: usize,
-}
+/// Texts (or windows) per forward pass when a call does not say.
+pub const DEFAULT_BATCH_SIZE: usize = 8;
 
-impl Default for PipelineOptions {
-    fn default() -> Self {
-        PipelineOptions {
-            device: DeviceChoice::Auto,
-            dtype: Dtype::F32,
-            batch_size: 8,
-        }
+/// An error unless `batch_size` is at least 1.
+pub(crate) fn check_batch_size(batch_size: usize) -> Result<()> {
+    if batch_size == 0 {
+        return Err(trident_core::Error::Input(
+            "batch_size must be at least 1".into(),
+        ));
     }
+    Ok(())
 }
 
 /// config.json, the tokenizer and the device, which every pipeline loads first.
 pub(crate) fn load_common(
     files: &ModelFiles,
-    options: &PipelineOptions,
+    options: &LoadOptions,
 ) -> Result<(EncoderConfig, TextEncoder, tch::Device)> {
     let config = EncoderConfig::from_file(&files.get("config.json")?)?;
     let tokenizer = TextEncoder::from_files(files)?;

@@ -3,12 +3,12 @@
 //! `ignore_labels` (default `["O"]`); character offsets into the original text; and long
 //! texts split into overlapping windows whose entities are merged.
 
-use super::{load_common, max_tokens, run_batches, PipelineOptions};
+use super::{check_batch_size, load_common, max_tokens, run_batches, DEFAULT_BATCH_SIZE};
 use crate::heads::TokenClassificationModel;
 use serde::Serialize;
 use std::str::FromStr;
 use tch::Kind;
-use trident_core::{Encoded, Error, ModelFiles, Result, TextEncoder};
+use trident_core::{Encoded, Error, LoadOptions, ModelFiles, Result, TextEncoder};
 
 /// How token predictions become entities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,11 +98,11 @@ impl Entity {
     }
 }
 
-/// Options of [`TokenClassifier`].
+/// One call's options of a [`TokenClassifier`].
 #[derive(Debug, Clone)]
 pub struct NerOptions {
-    /// Device and batch size (in windows).
-    pub pipeline: PipelineOptions,
+    /// Windows per forward pass.
+    pub batch_size: usize,
     /// Aggregation strategy.
     pub aggregation: Aggregation,
     /// Tokens shared by consecutive windows of a long text. `None`: texts that fit are run
@@ -115,7 +115,7 @@ pub struct NerOptions {
 impl Default for NerOptions {
     fn default() -> Self {
         NerOptions {
-            pipeline: PipelineOptions::default(),
+            batch_size: DEFAULT_BATCH_SIZE,
             aggregation: Aggregation::Simple,
             stride: None,
             ignore_labels: vec!["O".into()],
@@ -143,7 +143,8 @@ struct Tagged {
     index: usize,
 }
 
-/// A token-classification (NER) pipeline.
+/// A token-classification (NER) pipeline. Loaded once, it serves any number of calls, from
+/// any number of threads, each with its own [`NerOptions`].
 pub struct TokenClassifier {
     tokens: std::sync::atomic::AtomicUsize,
     model: TokenClassificationModel,
@@ -152,7 +153,6 @@ pub struct TokenClassifier {
     max_len: usize,
     subword_prefix: Option<String>,
     unk_id: Option<i64>,
-    options: NerOptions,
 }
 
 /// One window of one text.
@@ -165,22 +165,11 @@ struct Window {
 
 impl TokenClassifier {
     /// Load a `*ForTokenClassification` checkpoint.
-    pub fn from_pretrained(files: &ModelFiles, options: NerOptions) -> Result<Self> {
-        let (config, tokenizer, device) = load_common(files, &options.pipeline)?;
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let (config, tokenizer, device) = load_common(files, options)?;
         let labels = config.common.labels(&files.get("config.json")?)?;
-        let model = TokenClassificationModel::load(files, &config, device, options.pipeline.dtype)?;
+        let model = TokenClassificationModel::load(files, &config, device, options.dtype)?;
         let max_len = max_tokens(&config, &tokenizer);
-        if let Some(stride) = options.stride {
-            if options.aggregation == Aggregation::None {
-                return Err(Error::Input("--stride needs an aggregation other than none (as in transformers): tokens of overlapping windows cannot be matched up otherwise".into()));
-            }
-            let room = max_len.saturating_sub(tokenizer.num_special_tokens());
-            if stride >= room {
-                return Err(Error::Input(format!(
-                    "--stride {stride} must be smaller than the {room} text tokens of a window"
-                )));
-            }
-        }
         Ok(TokenClassifier {
             tokens: Default::default(),
             subword_prefix: tokenizer.continuing_subword_prefix(),
@@ -189,16 +178,34 @@ impl TokenClassifier {
             tokenizer,
             labels,
             max_len,
-            options,
         })
+    }
+
+    /// An error when `options` cannot be used with this model, naming the option.
+    pub fn check(&self, options: &NerOptions) -> Result<()> {
+        check_batch_size(options.batch_size)?;
+        if let Some(stride) = options.stride {
+            if options.aggregation == Aggregation::None {
+                return Err(Error::Input("stride needs an aggregation other than none (as in transformers): tokens of overlapping windows cannot be matched up otherwise".into()));
+            }
+            let room = self
+                .max_len
+                .saturating_sub(self.tokenizer.num_special_tokens());
+            if stride >= room {
+                return Err(Error::Input(format!(
+                    "stride {stride} must be smaller than the {room} text tokens of a window"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The windows of one text: one when it fits (and no stride is asked), else overlapping
     /// windows of the model's length.
-    fn windows(&self, text: &str, index: usize) -> Result<Vec<Window>> {
+    fn windows(&self, text: &str, index: usize, options: &NerOptions) -> Result<Vec<Window>> {
         // With --stride every text is windowed directly; otherwise a text that fits is run
         // whole, and only a longer one is tokenized again into windows.
-        let whole_len = match self.options.stride {
+        let whole_len = match options.stride {
             Some(_) => None,
             None => {
                 let whole = self.tokenizer.encode(text)?;
@@ -215,7 +222,7 @@ impl TokenClassifier {
         let room = self
             .max_len
             .saturating_sub(self.tokenizer.num_special_tokens());
-        let stride = self.options.stride.unwrap_or(room / 4);
+        let stride = options.stride.unwrap_or(room / 4);
         let windows = self.tokenizer.encode_windows(text, self.max_len, stride)?;
         if let Some(len) = whole_len {
             tracing::warn!(
@@ -240,15 +247,13 @@ impl TokenClassifier {
     }
 
     /// Find the entities of each text; results are in input order.
-    pub fn run(&self, texts: &[&str]) -> Result<Vec<Vec<Entity>>> {
+    pub fn run(&self, texts: &[&str], options: &NerOptions) -> Result<Vec<Vec<Entity>>> {
+        self.check(options)?;
         let mut windows = Vec::new();
         for (i, text) in texts.iter().enumerate() {
-            windows.extend(self.windows(text, i)?);
+            windows.extend(self.windows(text, i, options)?);
         }
-        let (batch_size, device) = (
-            self.options.pipeline.batch_size,
-            self.model.encoder.device(),
-        );
+        let (batch_size, device) = (options.batch_size, self.model.encoder.device());
         // Scores [seq, labels] per window.
         let scores = run_batches(
             &windows,
@@ -258,17 +263,19 @@ impl TokenClassifier {
             device,
             &self.tokens,
             |batch, group| {
-                let logits = self.model.forward(batch)?.to_kind(Kind::Float); // [batch, seq, labels]
-                let probs = logits.softmax(-1, Kind::Float).to_device(tch::Device::Cpu);
+                let logits = self.model.forward(batch)?; // [batch, seq, labels] f32
+                let probs = logits
+                    .f_softmax(-1, Kind::Float)?
+                    .f_to_device(tch::Device::Cpu)?;
                 group
                     .iter()
                     .enumerate()
                     .map(|(row, w)| {
-                        Ok(Vec::<Vec<f32>>::try_from(&probs.get(row as i64).narrow(
-                            0,
-                            0,
-                            w.encoding.len() as i64,
-                        ))?)
+                        Ok(Vec::<Vec<f32>>::try_from(
+                            &probs
+                                .f_get(row as i64)?
+                                .f_narrow(0, 0, w.encoding.len() as i64)?,
+                        )?)
                     })
                     .collect()
             },
@@ -277,11 +284,11 @@ impl TokenClassifier {
         let mut windows_per_text = vec![0usize; texts.len()];
         for (w, s) in windows.iter().zip(scores) {
             let pre = self.pre_entities(texts[w.text], w, s);
-            let entities = self.aggregate(pre)?;
+            let entities = self.aggregate(pre, options.aggregation)?;
             per_text[w.text].extend(
                 entities
                     .into_iter()
-                    .filter(|e| !self.options.ignore_labels.iter().any(|l| l == e.label())),
+                    .filter(|e| !options.ignore_labels.iter().any(|l| l == e.label())),
             );
             windows_per_text[w.text] += 1;
         }
@@ -350,8 +357,7 @@ impl TokenClassifier {
         )
     }
 
-    fn aggregate(&self, pre: Vec<PreEntity>) -> Result<Vec<Entity>> {
-        let strategy = self.options.aggregation;
+    fn aggregate(&self, pre: Vec<PreEntity>, strategy: Aggregation) -> Result<Vec<Entity>> {
         let tagged: Vec<Tagged> = match strategy {
             Aggregation::None | Aggregation::Simple => pre
                 .into_iter()
@@ -367,7 +373,7 @@ impl TokenClassifier {
                     }
                 })
                 .collect(),
-            _ => self.aggregate_words(pre)?,
+            _ => self.aggregate_words(pre, strategy)?,
         };
         if strategy == Aggregation::None {
             return Ok(tagged
@@ -386,7 +392,7 @@ impl TokenClassifier {
     }
 
     /// Join subword tokens into words and give each word one label (first/average/max).
-    fn aggregate_words(&self, pre: Vec<PreEntity>) -> Result<Vec<Tagged>> {
+    fn aggregate_words(&self, pre: Vec<PreEntity>, strategy: Aggregation) -> Result<Vec<Tagged>> {
         let mut words: Vec<Vec<PreEntity>> = Vec::new();
         for p in pre {
             match words.last_mut() {
@@ -394,14 +400,17 @@ impl TokenClassifier {
                 _ => words.push(vec![p]),
             }
         }
-        words.into_iter().map(|w| self.aggregate_word(w)).collect()
+        words
+            .into_iter()
+            .map(|w| self.aggregate_word(w, strategy))
+            .collect()
     }
 
-    fn aggregate_word(&self, tokens: Vec<PreEntity>) -> Result<Tagged> {
+    fn aggregate_word(&self, tokens: Vec<PreEntity>, strategy: Aggregation) -> Result<Tagged> {
         let word = self
             .tokenizer
             .tokens_to_string(&tokens.iter().map(|t| t.word.clone()).collect::<Vec<_>>())?;
-        let (entity, score) = match self.options.aggregation {
+        let (entity, score) = match strategy {
             Aggregation::First => self.label(&tokens[0].scores),
             Aggregation::Max => {
                 // The first token whose best score is highest.

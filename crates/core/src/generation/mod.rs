@@ -10,10 +10,14 @@
 pub mod config;
 pub mod logits;
 pub mod search;
+pub mod state;
 pub mod stream;
 
-pub use config::{bad_words_ids, EarlyStopping, GenerationConfig, GenerationOptions};
+pub use config::{bad_words_ids, EarlyStopping, GenerationConfig};
 pub use logits::LogitsProcessor;
+pub use state::{
+    CausalLm, CausalLmDecoder, CausalLmState, Seq2SeqDecoder, Seq2SeqLm, Seq2SeqState,
+};
 pub use stream::{Hooks, Token};
 
 use crate::text::{tensor_to_rows, Batch};
@@ -93,13 +97,16 @@ pub fn generate_with<D: Decoder + ?Sized>(
     mut hooks: Hooks,
 ) -> Result<Vec<Sequence>> {
     config.validate()?;
-    let stops = StopStrings::new(&config.stop_strings, hooks.detokenize)?;
+    let stops = StopStrings::new(
+        config.stop_strings.as_deref().unwrap_or(&[]),
+        hooks.detokenize,
+    )?;
     let initial = decoder.initial_ids(batch)?;
     let device = initial.device();
     let rows = tensor_to_rows(&initial)?;
     let prompt_len = rows.first().map_or(0, Vec::len);
     let max_len = config.max_total_length(prompt_len);
-    let copies = config.num_return_sequences;
+    let copies = config.num_return_sequences();
     if max_len <= prompt_len {
         return Ok((0..rows.len() * copies)
             .map(|i| Sequence {
@@ -113,8 +120,8 @@ pub fn generate_with<D: Decoder + ?Sized>(
     }
     let mut state = decoder.start(batch)?;
     // Each input is repeated, one row per beam (beam search) or per returned sequence.
-    let repeat = if config.num_beams > 1 {
-        config.num_beams
+    let repeat = if config.num_beams() > 1 {
+        config.num_beams()
     } else {
         copies
     };
@@ -124,7 +131,7 @@ pub fn generate_with<D: Decoder + ?Sized>(
             .collect();
         decoder.reorder(&mut state, &Tensor::f_from_slice(&idx)?.f_to(device)?)?;
     }
-    if config.num_beams > 1 {
+    if config.num_beams() > 1 {
         search::beam_search(
             decoder, &mut state, rows, config, max_len, device, &mut hooks, &stops,
         )

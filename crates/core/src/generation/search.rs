@@ -118,13 +118,14 @@ pub(crate) fn greedy_or_sample<D: Decoder + ?Sized>(
     let prompt_len = rows.first().map_or(0, Vec::len);
     let processors: Vec<Box<dyn LogitsProcessor>> = config.processors(prompt_len);
     let fill = config.fill_token_id();
+    let eos = config.eos_token_ids();
     let mut rng = Rng::new(config.seed);
     let mut lens: Vec<Option<usize>> = vec![None; rows.len()]; // Some(len) once finished
     let mut ids = ids_tensor(&rows, device)?;
     loop {
         let logits = decoder.step(&ids, state)?.f_to_kind(Kind::Float)?; // [rows, vocab]
         let scores = apply(&processors, &rows, logits)?;
-        let next: Vec<i64> = if config.do_sample {
+        let next: Vec<i64> = if config.do_sample() {
             let mut picks = Vec::with_capacity(rows.len());
             for p in probabilities(&scores)? {
                 picks.push(rng.categorical(&p).ok_or_else(no_candidates)? as i64);
@@ -143,9 +144,8 @@ pub(crate) fn greedy_or_sample<D: Decoder + ?Sized>(
                 sequence: i,
                 id: next[i],
             })?;
-            let done = config.eos_token_ids.contains(&next[i])
-                || row.len() >= max_len
-                || stops.hit(&row[prompt_len..])?;
+            let done =
+                eos.contains(&next[i]) || row.len() >= max_len || stops.hit(&row[prompt_len..])?;
             if done {
                 lens[i] = Some(row.len());
             }
@@ -412,21 +412,21 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
     hooks: &mut Hooks,
     stops: &StopStrings,
 ) -> Result<Vec<Sequence>> {
-    let (batch, beams) = (rows.len() as i64, config.num_beams as i64);
+    let (batch, beams) = (rows.len() as i64, config.num_beams() as i64);
     let prompt_len = rows.first().map_or(0, Vec::len);
-    let eos = &config.eos_token_ids;
-    let k = (2.max(1 + eos.len()) * config.num_beams) as i64;
+    let eos = &config.eos_token_ids();
+    let k = (2.max(1 + eos.len()) * config.num_beams()) as i64;
     let processors = config.processors(prompt_len);
-    let (lp, early) = (config.length_penalty, config.early_stopping);
+    let (lp, early) = (config.length_penalty(), config.early_stopping());
     // Unwritten positions hold the pad id, or EOS when the pad id is 0 or absent (this is how
     // transformers' `pad_token_id or eos_token_id[0]` reads), or -1 without EOS.
-    let fill = match (eos.first(), config.pad_token_id) {
+    let fill = match (eos.first(), config.pad_token_id()) {
         (None, _) => -1,
         (Some(_), Some(p)) if p != 0 => p,
         (Some(&e), _) => e,
     };
     let mut rng = Rng::new(config.seed);
-    let mut b = Beams::new(&rows, config.num_beams, max_len, fill)?;
+    let mut b = Beams::new(&rows, config.num_beams(), max_len, fill)?;
     let batch_offset = Tensor::f_arange(batch, (Kind::Int64, Device::Cpu))?
         .f_mul_scalar(beams)?
         .f_unsqueeze(1)?;
@@ -450,7 +450,7 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         .f_reshape([batch, beams * vocab])?;
 
         // The k best continuations over all beams (or k drawn without replacement).
-        let (top_scores, top_index) = if config.do_sample {
+        let (top_scores, top_index) = if config.do_sample() {
             let mut picks = Vec::with_capacity((batch * k) as usize);
             for mut p in probabilities(&total)? {
                 let drawn = rng.categorical_distinct(&mut p, k as usize)?;
@@ -495,7 +495,7 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         }
     }
 
-    let best = b.best(config.num_return_sequences)?;
+    let best = b.best(config.num_return_sequences())?;
     for (i, s) in best.iter().enumerate() {
         for &id in s.generated() {
             hooks.emit(Token { sequence: i, id })?;

@@ -6,13 +6,14 @@
 
 use super::cache::KvCache;
 use super::linear::Linear;
+use super::position::RotaryAngles;
 use crate::Result;
 use tch::Tensor;
 
 /// How queries, keys and values are projected from the hidden states.
 #[derive(Debug)]
 pub enum Projections {
-    /// Three projections (BERT `query`/`key`/`value`, T5 `q`/`k`/`v`).
+    /// Three projections (BERT `query`/`key`/`value`, T5 `q`/`k`/`v`, Llama `q_proj`/…).
     Separate {
         /// Query projection.
         q: Linear,
@@ -21,20 +22,40 @@ pub enum Projections {
         /// Value projection.
         v: Linear,
     },
-    /// One projection to `[q | k | v]` (GPT-2 `c_attn`). Self-attention only.
+    /// One projection to `[q | k | v]` (GPT-2 `c_attn`), split by the widths of the query
+    /// heads and of the key/value heads. Self-attention only.
     Fused(Linear),
 }
 
+/// What every attention call of one forward pass shares, built once by the model.
+#[derive(Default, Clone, Copy)]
+pub struct AttentionContext<'a> {
+    /// Additive mask `[batch, 1, q_len, k_len]` (or broadcastable), see [`super::mask`].
+    pub mask: Option<&'a Tensor>,
+    /// Additive position bias `[1 or batch, heads, q_len, k_len]` (T5 buckets, ALiBi).
+    pub position_bias: Option<&'a Tensor>,
+    /// Rotary angles of the new positions, applied to queries and keys before the keys are
+    /// cached (Llama family). Self-attention only.
+    pub rotary: Option<&'a RotaryAngles>,
+    /// Query rows per key/value row in cross-attention: an input's beams share its encoder
+    /// output on consecutive rows. 0 or 1: one query row per key/value row.
+    pub groups: i64,
+}
+
 /// Multi-head attention: self-attention when no key/value input is given, cross-attention
-/// otherwise.
+/// otherwise. With fewer key/value heads than query heads (grouped-query attention) each
+/// key/value head serves `num_heads / num_kv_heads` consecutive query heads, and caches keep
+/// only the key/value heads.
 #[derive(Debug)]
 pub struct MultiHeadAttention {
     /// The input projections.
     pub projections: Projections,
     /// The output projection (BERT `output.dense`, T5 `o`, GPT-2 `c_proj`).
     pub out: Linear,
-    /// Number of heads.
+    /// Number of query heads.
     pub num_heads: i64,
+    /// Number of key/value heads (= `num_heads` except in grouped-query attention).
+    pub num_kv_heads: i64,
     /// Width of each head.
     pub head_dim: i64,
     /// Multiplier on `Q·Kᵀ`: `1/√head_dim` usually, 1 for T5 (folded into its init).
@@ -42,12 +63,14 @@ pub struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
-    /// Attention with the standard `1/√head_dim` scaling.
+    /// Attention with as many key/value heads as query heads and the standard `1/√head_dim`
+    /// scaling.
     pub fn new(projections: Projections, out: Linear, num_heads: i64, head_dim: i64) -> Self {
         MultiHeadAttention {
             projections,
             out,
             num_heads,
+            num_kv_heads: num_heads,
             head_dim,
             scale: 1.0 / (head_dim as f64).sqrt(),
         }
@@ -59,11 +82,24 @@ impl MultiHeadAttention {
         self
     }
 
+    /// Grouped-query attention with `num_kv_heads` key/value heads (a divisor of the query
+    /// heads).
+    pub fn with_kv_heads(mut self, num_kv_heads: i64) -> Result<Self> {
+        if num_kv_heads <= 0 || self.num_heads % num_kv_heads != 0 {
+            return Err(crate::Error::Unsupported(format!(
+                "{} attention heads cannot be shared by {num_kv_heads} key/value heads: \
+                 num_key_value_heads must divide num_attention_heads",
+                self.num_heads
+            )));
+        }
+        self.num_kv_heads = num_kv_heads;
+        Ok(self)
+    }
+
     /// `[batch, seq, heads·head_dim] → [batch, heads, seq, head_dim]`.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+    fn split_heads(&self, x: &Tensor, heads: i64) -> Result<Tensor> {
         let (b, s) = (x.size()[0], x.size()[1]);
-        Ok(x.f_view([b, s, self.num_heads, self.head_dim])?
-            .f_transpose(1, 2)?)
+        Ok(x.f_view([b, s, heads, self.head_dim])?.f_transpose(1, 2)?)
     }
 
     /// Project `x` (queries) and `kv` (keys/values source, `None` for self-attention).
@@ -71,14 +107,18 @@ impl MultiHeadAttention {
         match (&self.projections, kv) {
             (Projections::Separate { q, k, v }, source) => {
                 let source = source.unwrap_or(x);
-                Ok((q.forward(x), k.forward(source), v.forward(source)))
+                Ok((q.forward(x)?, k.forward(source)?, v.forward(source)?))
             }
             (Projections::Fused(qkv), None) => {
-                let parts = qkv.forward(x).f_split(self.num_heads * self.head_dim, -1)?;
+                let (q_width, kv_width) = (
+                    self.num_heads * self.head_dim,
+                    self.num_kv_heads * self.head_dim,
+                );
+                let parts = qkv
+                    .forward(x)?
+                    .f_split_with_sizes([q_width, kv_width, kv_width], -1)?;
                 let [q, k, v]: [Tensor; 3] = parts.try_into().map_err(|_| {
-                    crate::Error::Unsupported(
-                        "fused qkv projection must have 3·hidden outputs".into(),
-                    )
+                    crate::Error::Unsupported("a fused qkv projection splits in three".into())
                 })?;
                 Ok((q, k, v))
             }
@@ -93,17 +133,15 @@ impl MultiHeadAttention {
     /// - `x`: `[batch, q_len, hidden]` queries' hidden states.
     /// - `kv`: `None` for self-attention; the encoder output `[batch, k_len, hidden]` for
     ///   cross-attention, or `[batch / groups, k_len, hidden]` when each of its rows serves
-    ///   `groups` consecutive rows of `x` (an input's beams).
-    /// - `mask`: additive `[batch, 1, q_len, k_len]` (or broadcastable), see [`super::mask`].
-    /// - `position_bias`: additive `[1 or batch, heads, q_len, k_len]` (T5).
+    ///   `ctx.groups` consecutive rows of `x` (an input's beams).
+    /// - `ctx`: masks, position bias, rotary angles and groups (see [`AttentionContext`]).
     /// - `cache`: for self-attention the new keys/values are appended and all are used; for
     ///   cross-attention they are computed on the first call and reused afterwards.
     pub fn forward(
         &self,
         x: &Tensor,
         kv: Option<&Tensor>,
-        mask: Option<&Tensor>,
-        position_bias: Option<&Tensor>,
+        ctx: &AttentionContext,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, q_len) = (x.size()[0], x.size()[1]);
@@ -113,15 +151,24 @@ impl MultiHeadAttention {
                 let (k, v) = c
                     .get()?
                     .ok_or_else(|| crate::Error::Input("empty cross-attention cache".into()))?;
-                (self.split_heads(&self.query_only(x)?)?, k, v)
+                (
+                    self.split_heads(&self.query_only(x)?, self.num_heads)?,
+                    k,
+                    v,
+                )
             }
             (_, cache) => {
                 let (q, k, v) = self.project(x, kv)?;
-                let (q, k, v) = (
-                    self.split_heads(&q)?,
-                    self.split_heads(&k)?,
-                    self.split_heads(&v)?,
-                );
+                // q: [batch, heads, q_len, head_dim]; k, v: [rows, kv_heads, new, head_dim]
+                let mut q = self.split_heads(&q, self.num_heads)?;
+                let mut k = self.split_heads(&k, self.num_kv_heads)?;
+                let v = self.split_heads(&v, self.num_kv_heads)?;
+                if let (None, Some(rotary)) = (kv, ctx.rotary) {
+                    // Rotary positions turn queries and keys before the keys are cached, so
+                    // a cached key keeps the angle of its own position.
+                    q = rotary.apply(&q)?;
+                    k = rotary.apply(&k)?;
+                }
                 match cache {
                     Some(c) => {
                         let (k, v) = c.append(&k, &v)?;
@@ -131,19 +178,34 @@ impl MultiHeadAttention {
                 }
             }
         };
-        // q: [batch, heads, q_len, head_dim]; k, v: [batch, heads, k_len, head_dim]
-        let bias = match (mask, position_bias) {
-            (Some(m), Some(p)) => Some(p + m),
+        // Grouped-query attention: each key/value head serves `repeat` query heads.
+        let repeat = self.num_heads / self.num_kv_heads;
+        let (k, v) = if repeat > 1 {
+            (
+                k.f_repeat_interleave_self_int(repeat, 1, None::<i64>)?,
+                v.f_repeat_interleave_self_int(repeat, 1, None::<i64>)?,
+            )
+        } else {
+            (k, v)
+        };
+        let bias = match (ctx.mask, ctx.position_bias) {
+            (Some(m), Some(p)) => Some(p.f_add(m)?),
             (Some(m), None) => Some(m.shallow_clone()),
             (None, Some(p)) => Some(p.shallow_clone()),
             (None, None) => None,
         };
         // The kernel wants the bias in the queries' dtype (f32 masks meet bf16 models).
         let bias = bias.map(|b| b.f_to_kind(q.kind())).transpose()?;
-        let groups = b / k.size()[0].max(1);
+        let groups = ctx.groups.max(1);
         let context = if groups > 1 {
             self.grouped_attention(&q, &k, &v, bias, groups)?
         } else {
+            if k.size()[0] != b {
+                return Err(crate::Error::Input(format!(
+                    "{b} query rows against {} key/value rows: pass the groups explicitly",
+                    k.size()[0]
+                )));
+            }
             // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
             Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, self.scale, false)?
         };
@@ -153,7 +215,7 @@ impl MultiHeadAttention {
             q_len,
             self.num_heads * self.head_dim,
         ])?;
-        Ok(self.out.forward(&context))
+        self.out.forward(&context)
     }
 
     /// Cross-attention of `groups` consecutive query rows on each key/value row (the beams of
@@ -174,7 +236,7 @@ impl MultiHeadAttention {
         let (h, d) = (self.num_heads, self.head_dim);
         if q.size()[0] != rows * groups {
             return Err(crate::Error::Input(format!(
-                "{} query rows do not divide into groups over {rows} key/value rows",
+                "{} query rows are not {groups} per each of {rows} key/value rows",
                 q.size()[0]
             )));
         }
@@ -200,19 +262,9 @@ impl MultiHeadAttention {
             .f_reshape([rows * groups, h, q_len, d])?)
     }
 
-    /// Every projection, for [`super::prepare`].
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut all = match &mut self.projections {
-            Projections::Separate { q, k, v } => vec![q, k, v],
-            Projections::Fused(qkv) => vec![qkv],
-        };
-        all.push(&mut self.out);
-        all
-    }
-
     fn query_only(&self, x: &Tensor) -> Result<Tensor> {
         match &self.projections {
-            Projections::Separate { q, .. } => Ok(q.forward(x)),
+            Projections::Separate { q, .. } => q.forward(x),
             Projections::Fused(_) => Err(crate::Error::Unsupported(
                 "cross-attention needs separate q/k/v projections".into(),
             )),

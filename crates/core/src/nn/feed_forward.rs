@@ -1,5 +1,5 @@
 //! The position-wise feed-forward network: `FFN(x) = W₂·act(W₁·x)`, or its gated form
-//! `W₂·(act(W₁·x) ⊙ V·x)` (T5 v1.1 gated-GELU).
+//! `W₂·(act(W₁·x) ⊙ V·x)` (T5 v1.1 gated-GELU, Llama's SwiGLU `down(silu(gate(x)) ⊙ up(x))`).
 
 use super::linear::Linear;
 use crate::config::Activation;
@@ -39,18 +39,11 @@ impl FeedForward {
         }
     }
 
-    /// Every projection, for [`super::prepare`].
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        let mut all = vec![&mut self.up, &mut self.down];
-        all.extend(self.gate.as_mut());
-        all
-    }
-
     /// `[..., hidden] → [..., hidden]`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let h = self.activation.forward(&self.up.forward(x)); // [..., intermediate]
+    pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
+        let h = self.activation.forward(&self.up.forward(x)?)?; // [..., intermediate]
         let h = match &self.gate {
-            Some(linear) => h * linear.forward(x),
+            Some(linear) => h.f_mul(&linear.forward(x)?)?,
             None => h,
         };
         self.down.forward(&h)

@@ -2,7 +2,7 @@
 //! residual connection and a normalisation placed before (pre-LN: GPT-2, T5) or after
 //! (post-LN: BERT, the original Transformer) the sublayer.
 
-use super::attention::MultiHeadAttention;
+use super::attention::{AttentionContext, MultiHeadAttention};
 use super::cache::LayerCache;
 use super::feed_forward::FeedForward;
 use super::norm::Norm;
@@ -36,16 +36,15 @@ pub struct TransformerLayer {
 }
 
 /// What a layer needs besides its input; built once per forward pass and shared by all layers.
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 pub struct LayerContext<'a> {
-    /// Additive self-attention mask `[batch, 1, q, k]`.
-    pub mask: Option<&'a Tensor>,
-    /// Additive self-attention position bias `[1, heads, q, k]` (T5).
-    pub position_bias: Option<&'a Tensor>,
-    /// Encoder output `[batch, src, hidden]` for cross-attention.
+    /// Self-attention: its mask, position bias and rotary angles.
+    pub self_attention: AttentionContext<'a>,
+    /// Encoder output `[inputs, src, hidden]` for cross-attention.
     pub encoder_hidden: Option<&'a Tensor>,
-    /// Additive cross-attention mask `[batch, 1, 1, src]`.
-    pub encoder_mask: Option<&'a Tensor>,
+    /// Cross-attention: the additive encoder mask `[inputs, 1, 1, src]` and the decoder rows
+    /// per encoder row (`groups`).
+    pub cross_attention: AttentionContext<'a>,
 }
 
 impl TransformerLayer {
@@ -56,19 +55,9 @@ impl TransformerLayer {
         f: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         Ok(match self.norm_position {
-            NormPosition::Pre => x + f(&norm.forward(x))?,
-            NormPosition::Post => norm.forward(&(x + f(x)?)),
+            NormPosition::Pre => x.f_add(&f(&norm.forward(x)?)?)?,
+            NormPosition::Post => norm.forward(&x.f_add(&f(x)?)?)?,
         })
-    }
-
-    /// Every projection of the layer, for [`super::prepare`].
-    pub fn linears_mut(&mut self) -> Vec<&mut super::Linear> {
-        let mut all = self.self_attention.linears_mut();
-        if let Some((attention, _)) = &mut self.cross_attention {
-            all.extend(attention.linears_mut());
-        }
-        all.extend(self.feed_forward.linears_mut());
-        all
     }
 
     /// `[batch, seq, hidden] → [batch, seq, hidden]`.
@@ -84,11 +73,11 @@ impl TransformerLayer {
         };
         let x = self.residual(x, &self.self_attention_norm, |h| {
             self.self_attention
-                .forward(h, None, ctx.mask, ctx.position_bias, self_cache)
+                .forward(h, None, &ctx.self_attention, self_cache)
         })?;
         let x = match (&self.cross_attention, ctx.encoder_hidden) {
             (Some((attention, norm)), Some(encoder)) => self.residual(&x, norm, |h| {
-                attention.forward(h, Some(encoder), ctx.encoder_mask, None, cross_cache)
+                attention.forward(h, Some(encoder), &ctx.cross_attention, cross_cache)
             })?,
             (Some(_), None) => {
                 return Err(crate::Error::Input(
@@ -98,7 +87,7 @@ impl TransformerLayer {
             (None, _) => x,
         };
         self.residual(&x, &self.feed_forward_norm, |h| {
-            Ok(self.feed_forward.forward(h))
+            self.feed_forward.forward(h)
         })
     }
 }

@@ -1,19 +1,9 @@
-//! Dense projections and embedding tables, with the weight layouts checkpoints use.
+//! Dense projections and embedding tables, read from the checkpoint in the format the model
+//! computes in.
 
-use crate::dtype::Dtype;
-use crate::Result;
-use tch::nn::{Path, VarStore};
+use crate::weights::WeightPath;
+use crate::{Dtype, Error, Result};
 use tch::{Device, Kind, Tensor};
-
-/// How a checkpoint stores a projection's weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Layout {
-    /// `[out, in]`, PyTorch's `nn.Linear` (BERT, T5), and every projection after
-    /// [`Linear::prepare`].
-    OutIn,
-    /// `[in, out]`, GPT-2's `Conv1D`, as loaded; [`Linear::prepare`] re-stores it `[out, in]`.
-    InOut,
-}
 
 /// Rows up to which a projection runs as a split matrix-vector product (see
 /// [`Linear::forward`]): the token-by-token decoding case. Above it, one GEMM.
@@ -21,200 +11,154 @@ const SPLIT_MAX_ROWS: i64 = 4;
 
 /// A dense projection `y = x·Wᵀ + b`.
 ///
-/// After loading, [`Linear::prepare`] puts every weight in the `[out, in]` layout and, for
-/// [`Dtype::Int8`], quantizes it. [`Linear::forward`] then picks the kernel by the number of
-/// rows: decoding one token per sequence reads the whole matrix to produce a few numbers, so
-/// it is bound by memory bandwidth, and the matrix is cut into row blocks that libtorch's
-/// batched product streams on all threads at once (its plain matrix-vector product uses one);
-/// larger inputs are compute-bound and go to oneDNN's GEMM.
+/// The weight is always stored `[out, in]` (a GPT-2 `Conv1D`, stored `[in, out]`, is
+/// transposed while it is read) and, for [`Dtype::Int8`], quantized while it is read: every
+/// projection of a model is built through [`Linear::new`] or [`Linear::conv1d`], so none can
+/// be missed. [`Linear::forward`] picks the kernel by the number of rows: decoding one token
+/// per sequence reads the whole matrix to produce a few numbers, so it is bound by memory
+/// bandwidth, and the matrix is cut into row blocks that libtorch's batched product streams
+/// on all threads at once (its plain matrix-vector product uses one on some CPUs); larger
+/// inputs are compute-bound and go to oneDNN's GEMM.
 #[derive(Debug)]
 pub struct Linear {
-    /// The weight: `[out, in]` (`[in, out]` for a `Conv1D` before [`Linear::prepare`]);
-    /// int8 once quantized.
+    /// The weight `[out, in]`: float, or int8 when quantized.
     pub weight: Tensor,
     /// The optional bias `[out]`.
     pub bias: Option<Tensor>,
-    layout: Layout,
     /// `[out]` f32, the scale of each output channel of an int8 weight.
     scales: Option<Tensor>,
-    /// The weight belongs to another module (a tied embedding table): never changed in place.
-    tied: bool,
 }
 
 impl Linear {
     /// An `nn.Linear` named `p` (`p.weight` `[out, in]`, `p.bias` `[out]` when `bias`).
-    pub fn new(p: &Path, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+    pub fn new(p: &WeightPath, in_dim: i64, out_dim: i64, bias: bool) -> Result<Self> {
+        let (weight, scales) = p.projection("weight", out_dim, in_dim, false)?;
+        let bias = bias.then(|| p.param("bias", &[out_dim])).transpose()?;
         Ok(Linear {
-            weight: p.f_zeros_no_train("weight", &[out_dim, in_dim])?,
-            bias: if bias {
-                Some(p.f_zeros_no_train("bias", &[out_dim])?)
-            } else {
-                None
-            },
-            layout: Layout::OutIn,
-            scales: None,
-            tied: false,
+            weight,
+            bias,
+            scales,
         })
     }
 
-    /// A GPT-2 `Conv1D` named `p` (`p.weight` `[in, out]`, `p.bias` `[out]`).
-    pub fn conv1d(p: &Path, in_dim: i64, out_dim: i64) -> Result<Self> {
+    /// A GPT-2 `Conv1D` named `p` (`p.weight` stored `[in, out]`, `p.bias` `[out]`).
+    pub fn conv1d(p: &WeightPath, in_dim: i64, out_dim: i64) -> Result<Self> {
+        let (weight, scales) = p.projection("weight", out_dim, in_dim, true)?;
         Ok(Linear {
-            weight: p.f_zeros_no_train("weight", &[in_dim, out_dim])?,
-            bias: Some(p.f_zeros_no_train("bias", &[out_dim])?),
-            layout: Layout::InOut,
-            scales: None,
-            tied: false,
+            weight,
+            bias: Some(p.param("bias", &[out_dim])?),
+            scales,
         })
     }
 
-    /// A projection that reuses another module's weight `[out, in]` (tied embeddings).
-    pub fn tied(weight: &Tensor) -> Self {
-        Linear {
+    /// A projection that reuses another module's weight `[out, in]` (a tied embedding table).
+    /// For [`Dtype::Int8`] the head quantizes a copy of its own and the table stays intact.
+    pub fn tied(weight: &Tensor, dtype: Dtype) -> Result<Self> {
+        if dtype == Dtype::Int8 {
+            let (q, scales) = quantize_rows(weight)?;
+            return Ok(Linear {
+                weight: q,
+                bias: None,
+                scales: Some(scales),
+            });
+        }
+        Ok(Linear {
             weight: weight.shallow_clone(),
             bias: None,
-            layout: Layout::OutIn,
             scales: None,
-            tied: true,
+        })
+    }
+
+    /// A projection over given tensors (`weight` `[out, in]`), not quantized.
+    pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight,
+            bias,
+            scales: None,
         }
     }
 
-    /// Make the loaded weight ready for inference in `dtype`: re-store a `Conv1D` weight
-    /// `[out, in]` (in place, so the memory is not doubled), and for [`Dtype::Int8`] replace
-    /// it by int8 values with one scale per output channel (`w ≈ q·scale`, `|q| ≤ 127`).
-    /// A tied weight keeps its table intact: the quantized copy is the head's own.
-    /// (bfloat16 is a conversion of every parameter, done by [`prepare`].)
-    pub fn prepare(&mut self, dtype: Dtype) -> Result<()> {
-        if self.layout == Layout::InOut {
-            // A Conv1D's own weight (never tied): changed in place for every handle.
-            transpose_in_place(&mut self.weight)?;
-            self.layout = Layout::OutIn;
-        }
-        if dtype == Dtype::Int8 && self.scales.is_none() {
-            let (q, scales) = quantize_rows(&self.weight)?;
-            self.replace_weight(q)?;
-            self.scales = Some(scales);
-        }
-        Ok(())
-    }
-
-    /// Point this projection at `new`: in place (freeing the old values, which the store and
-    /// every shallow copy share), or, for a tied weight, by taking a handle of its own.
-    fn replace_weight(&mut self, new: Tensor) -> Result<()> {
-        if self.tied {
-            self.weight = new;
-        } else {
-            tch::no_grad(|| self.weight.f_set_data(&new))?;
-        }
-        Ok(())
+    /// Output width.
+    pub fn out_features(&self) -> i64 {
+        self.weight.size()[0]
     }
 
     /// `[..., in] → [..., out]`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut out_shape = x.size();
         let in_dim = out_shape.pop().unwrap_or(1);
-        if self.layout == Layout::InOut {
-            // A Conv1D not yet prepared.
-            let y = x.matmul(&self.weight);
-            return match &self.bias {
-                Some(b) => y + b,
-                None => y,
-            };
+        let expected = self.weight.size().get(1).copied().unwrap_or(0);
+        if in_dim != expected {
+            return Err(Error::Input(format!(
+                "a projection of {expected} inputs was given {in_dim}"
+            )));
         }
         let rows = out_shape.iter().product::<i64>();
-        let x2 = x.reshape([rows, in_dim]); // [rows, in]
+        let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
         let y = match &self.scales {
-            Some(scales) => self.forward_int8(&x2, scales),
-            None if x.device() != Device::Cpu => x2.linear(&self.weight, self.bias.as_ref()),
+            Some(scales) => self.forward_int8(&x2, scales)?,
+            None if x.device() != Device::Cpu => x2.f_linear(&self.weight, self.bias.as_ref())?,
             // (bfloat16 goes to oneDNN at every size: its kernels use all threads.)
-            None if x.kind() != Kind::Float => x2.linear(&self.weight, self.bias.as_ref()),
-            None if rows <= SPLIT_MAX_ROWS => self.forward_split(&x2),
+            None if x.kind() != Kind::Float => x2.f_linear(&self.weight, self.bias.as_ref())?,
+            None if rows <= SPLIT_MAX_ROWS => self.forward_split(&x2)?,
             None if has_onednn() => x2
-                .to_mkldnn()
-                .mkldnn_linear(&self.weight, self.bias.as_ref())
-                .to_dense(None::<Kind>, false),
-            None => x2.linear(&self.weight, self.bias.as_ref()),
+                .f_to_mkldnn(None::<Kind>)?
+                .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
+                .f_to_dense(None::<Kind>, false)?,
+            None => x2.f_linear(&self.weight, self.bias.as_ref())?,
         }; // [rows, out]
         out_shape.push(self.weight.size()[0]);
-        y.reshape(out_shape.as_slice())
+        Ok(y.f_reshape(out_shape.as_slice())?)
     }
 
     /// Few rows: `x·Wᵀ` as `P` matrix-vector products over row blocks of `W`, one batched
     /// call that libtorch spreads over its threads. `x`: `[rows, in]` → `[rows, out]`.
-    fn forward_split(&self, x: &Tensor) -> Tensor {
+    fn forward_split(&self, x: &Tensor) -> Result<Tensor> {
         let (out, in_dim) = (self.weight.size()[0], self.weight.size()[1]);
         let rows = x.size()[0];
         let p = i64::from(tch::get_num_threads()).max(2).min(out);
         let main = out / p * p; // rows of W in the blocks; the few left over go alone
-        let xt = x.tr(); // [in, rows]
-        let blocks = self.weight.narrow(0, 0, main).view([p, main / p, in_dim]); // [p, out/p, in]
+        let xt = x.f_tr()?; // [in, rows]
+        let blocks = self
+            .weight
+            .f_narrow(0, 0, main)?
+            .f_view([p, main / p, in_dim])?; // [p, out/p, in]
         let y = blocks
-            .bmm(&xt.unsqueeze(0).expand([p, in_dim, rows], false)) // [p, out/p, rows]
-            .reshape([main, rows]);
+            .f_bmm(&xt.f_unsqueeze(0)?.f_expand([p, in_dim, rows], false)?)? // [p, out/p, rows]
+            .f_reshape([main, rows])?;
         let y = if main < out {
-            let rest = self.weight.narrow(0, main, out - main).mm(&xt); // [out - main, rows]
-            Tensor::cat(&[y, rest], 0)
+            let rest = self.weight.f_narrow(0, main, out - main)?.f_mm(&xt)?; // [out - main, rows]
+            Tensor::f_cat(&[y, rest], 0)?
         } else {
             y
         };
-        let mut y = y.tr().contiguous(); // [rows, out]
-        if let Some(b) = &self.bias {
-            y += b;
-        }
-        y
+        let y = y.f_tr()?.f_contiguous()?; // [rows, out]
+        Ok(match &self.bias {
+            Some(b) => y.f_add(b)?,
+            None => y,
+        })
     }
 
     /// Dynamic int8: each row of `x` is quantized with its own scale, multiplied by the int8
     /// weight in integer arithmetic, and rescaled. `x`: `[rows, in]` → `[rows, out]` f32.
-    fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Tensor {
-        let x = x.to_kind(Kind::Float);
-        let row_scale = x.abs().amax([1], true).clamp_min(1e-12) / 127.0; // [rows, 1]
-        let q = (&x / &row_scale)
-            .round()
-            .clamp(-127, 127)
-            .to_kind(Kind::Int8);
-        let acc = q.internal_int_mm(&self.weight.tr()); // [rows, out] int32
-        let y = acc.to_kind(Kind::Float) * row_scale * scales;
-        match &self.bias {
-            Some(b) => y + b,
+    fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
+        let x = x.f_to_kind(Kind::Float)?;
+        let row_scale = x.f_abs()?.f_amax([1], true)?.f_clamp_min(1e-12)? / 127.0; // [rows, 1]
+        let q = x
+            .f_div(&row_scale)?
+            .f_round()?
+            .f_clamp(-127, 127)?
+            .f_to_kind(Kind::Int8)?;
+        let acc = q.f_internal_int_mm(&self.weight.f_tr()?)?; // [rows, out] int32
+        let y = acc
+            .f_to_kind(Kind::Float)?
+            .f_mul(&row_scale)?
+            .f_mul(scales)?;
+        Ok(match &self.bias {
+            Some(b) => y.f_add(b)?,
             None => y,
-        }
+        })
     }
-}
-
-thread_local! {
-    /// [`transpose_in_place`]'s buffer, as large as the largest matrix transposed so far;
-    /// [`prepare`] empties it when it is done.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Re-store a `[rows, cols]` weight as `[cols, rows]` in its own memory. For a contiguous f32
-/// CPU tensor (every checkpoint loaded there) the transposition goes through a scratch buffer
-/// reused from one call to the next: a fresh allocation per matrix would cost more in page
-/// faults than the transposition itself (measured on GPT-2: 350 → 120 ms for its 48 Conv1Ds).
-fn transpose_in_place(w: &mut Tensor) -> Result<()> {
-    let size = w.size();
-    if size.len() != 2 || w.device() != Device::Cpu || w.kind() != Kind::Float {
-        let t = w.f_t_copy()?.f_contiguous()?;
-        return Ok(tch::no_grad(|| w.f_set_data(&t))?);
-    }
-    if !w.is_contiguous() {
-        let c = w.f_contiguous()?;
-        tch::no_grad(|| w.f_set_data(&c))?;
-    }
-    let (rows, cols) = (size[0], size[1]);
-    let n = (rows * cols) as usize;
-    // SAFETY: `w` is a contiguous f32 CPU tensor of `n` elements, and nothing else reads or
-    // writes it while this runs (weights are prepared once, before any forward pass).
-    let data = unsafe { std::slice::from_raw_parts_mut(w.data_ptr() as *mut f32, n) };
-    SCRATCH.with_borrow_mut(|scratch| {
-        scratch.resize(n.max(scratch.len()), 0.0);
-        let scratch = &mut scratch[..n];
-        transpose::transpose(data, scratch, cols as usize, rows as usize);
-        data.copy_from_slice(scratch);
-    });
-    let view = w.f_view([cols, rows])?;
-    Ok(tch::no_grad(|| w.f_set_data(&view))?)
 }
 
 /// Symmetric int8 quantization of each row of a `[rows, cols]` weight: the row's largest
@@ -222,7 +166,7 @@ fn transpose_in_place(w: &mut Tensor) -> Result<()> {
 /// int8 `[rows, cols]` values and the f32 `[rows]` scales. On the CPU in f32 it is one pass
 /// over the weight without temporaries (the tensor-op version below makes five and copies the
 /// matrix twice, which is most of an int8 model's load time).
-fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
     let size = w.size();
     if size.len() != 2 || w.device() != Device::Cpu || w.kind() != Kind::Float {
         let w = w.f_to_kind(Kind::Float)?;
@@ -286,63 +230,75 @@ fn has_onednn() -> bool {
     *HAS.get_or_init(tch::utils::has_mkldnn)
 }
 
-/// Prepare a loaded model for inference in `dtype`: every parameter of `vs` converted to
-/// bfloat16 for [`Dtype::Bf16`], then each of `linears` re-laid-out and, for
-/// [`Dtype::Int8`], quantized (see [`Linear::prepare`]).
-pub fn prepare<'a>(
-    vs: &mut VarStore,
-    linears: impl IntoIterator<Item = &'a mut Linear>,
-    dtype: Dtype,
-) -> Result<()> {
-    if dtype == Dtype::Int8 && vs.device() != Device::Cpu {
-        // libtorch's integer products take ≥ 17 rows on CUDA (a decoding step has one) and do
-        // not exist on MPS.
-        return Err(crate::Error::Unsupported(format!(
-            "--dtype int8 runs on the CPU only, not on {:?}: use --dtype bf16 on a GPU, or \
-             --device cpu",
-            vs.device()
-        )));
-    }
-    if dtype == Dtype::Bf16 {
-        vs.bfloat16();
-    }
-    let prepared = linears
-        .into_iter()
-        .try_for_each(|linear| linear.prepare(dtype));
-    SCRATCH.with_borrow_mut(|scratch| *scratch = Vec::new());
-    prepared?;
-    if dtype != Dtype::F32 {
-        // The f32 weights just replaced are free now; keep them out of the process's memory.
-        crate::device::release_free_memory();
-    }
-    Ok(())
-}
-
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
 #[derive(Debug)]
 pub struct Embedding {
     /// `[num, dim]`.
     pub weight: Tensor,
+    /// What its ids are and which config field bounds them, for errors
+    /// (`("token id", "vocab_size")`).
+    names: Option<(&'static str, &'static str)>,
 }
 
 impl Embedding {
-    /// An `nn.Embedding` named `p`.
-    pub fn new(p: &Path, num: i64, dim: i64) -> Result<Self> {
-        Ok(Embedding::from_weight(
-            p.f_zeros_no_train("weight", &[num, dim])?,
-        ))
+    /// An `nn.Embedding` named `p`, in the model's float format.
+    pub fn new(p: &WeightPath, num: i64, dim: i64) -> Result<Self> {
+        Ok(Embedding::from_weight(p.param("weight", &[num, dim])?))
     }
 
     /// A table over an existing `[num, dim]` weight (shared embeddings, as in T5).
     pub fn from_weight(weight: Tensor) -> Self {
-        Embedding { weight }
+        Embedding {
+            weight,
+            names: None,
+        }
     }
 
-    /// `[...] ids → [..., dim]`.
-    pub fn forward(&self, ids: &Tensor) -> Tensor {
-        Tensor::embedding(&self.weight, ids, -1, false, false)
+    /// Name the ids and the config field that bounds them in errors:
+    /// `.indexed_by("position", "n_positions")`.
+    pub fn indexed_by(mut self, what: &'static str, limit: &'static str) -> Self {
+        self.names = Some((what, limit));
+        self
+    }
+
+    /// Rows in the table (the vocabulary size of a token embedding).
+    pub fn num_embeddings(&self) -> i64 {
+        self.weight.size()[0]
+    }
+
+    /// `[...] ids → [..., dim]`. An id outside the table is an error naming it (libtorch
+    /// would abort the process).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let limit = self.num_embeddings();
+        if ids.numel() > 0 {
+            let (lo, hi) = (ids.f_min()?.int64_value(&[]), ids.f_max()?.int64_value(&[]));
+            if lo < 0 || hi >= limit {
+                let bad = if lo < 0 { lo } else { hi };
+                return Err(Error::Input(match self.names {
+                    Some((what, field)) => format!(
+                        "{what} {bad} is outside the model's range 0..{limit} ({field} = {limit})"
+                    ),
+                    None => format!("id {bad} is outside the embedding table of {limit} rows"),
+                }));
+            }
+        }
+        Ok(Tensor::f_embedding(&self.weight, ids, -1, false, false)?)
     }
 }
+
+// SAFETY (the loaded-model contract, docs/ARCHITECTURE.md "Loaded model and request"):
+// tch's `Tensor` is not `Sync` because a shared handle could be mutated in place. The tensors
+// of `Linear` and `Embedding` are written only while the model is being built (by the loader
+// in `crate::weights`, which owns them exclusively then); after construction every method
+// takes `&self` and calls only out-of-place libtorch ops (`f_linear`, `f_bmm`,
+// `f_embedding`, …), which read the weights without touching their storage, version
+// counter or autograd state (parameters never require grad). Concurrent reads of one
+// tensor from several threads are safe in libtorch. Nothing in the workspace mutates a
+// parameter through a handle obtained from `&self` (keep it so: in-place ops on weights
+// belong in the loader, before the model is shared).
+unsafe impl Sync for Linear {}
+// SAFETY: as for `Linear` above.
+unsafe impl Sync for Embedding {}
 
 #[cfg(test)]
 mod tests {
@@ -353,39 +309,25 @@ mod tests {
     }
 
     /// Every kernel `forward` chooses (split matrix-vector, oneDNN GEMM, a block count that
-    /// does not divide the output width, a Conv1D before and after `prepare`) computes
-    /// `x·Wᵀ + b`.
+    /// does not divide the output width) computes `x·Wᵀ + b`.
     #[test]
     fn every_path_computes_x_times_weight_transposed_plus_bias() {
-        let vs = VarStore::new(Device::Cpu);
-        let mut conv = Linear::conv1d(&vs.root().sub("c"), 6, 7).unwrap();
-        tch::no_grad(|| {
-            conv.weight
-                .copy_(&Tensor::randn([6, 7], (Kind::Float, Device::Cpu)));
-            conv.bias
-                .as_mut()
-                .unwrap()
-                .copy_(&Tensor::randn([7], (Kind::Float, Device::Cpu)));
-        });
-        let (w, b) = (conv.weight.copy(), conv.bias.as_ref().unwrap().copy());
-        for rows in [1i64, 3, 4, 5, 40] {
+        let w = Tensor::randn([7, 6], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([7], (Kind::Float, Device::Cpu));
+        let linear = Linear::from_tensors(w.copy(), Some(b.copy()));
+        for rows in [1i64, 2, 3, 4, 5, 40] {
             let x = Tensor::randn([rows, 2, 6], (Kind::Float, Device::Cpu));
-            let expected = x.matmul(&w) + &b;
+            let expected = x.matmul(&w.tr()) + &b;
             assert!(
-                close(&conv.forward(&x), &expected, 1e-5),
-                "conv1d, {rows} rows"
+                close(&linear.forward(&x).unwrap(), &expected, 1e-5),
+                "{rows} rows"
             );
         }
-        conv.prepare(Dtype::F32).unwrap();
-        assert_eq!(conv.weight.size(), vec![7, 6]);
-        for rows in [1i64, 2, 3, 5, 40] {
-            let x = Tensor::randn([rows, 6], (Kind::Float, Device::Cpu));
-            let expected = x.matmul(&w) + &b;
-            assert!(
-                close(&conv.forward(&x), &expected, 1e-5),
-                "prepared, {rows} rows"
-            );
-        }
+        let err = linear
+            .forward(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6 inputs") && err.contains("5"), "{err}");
     }
 
     /// Int8 projections stay within the error of their quantization, and a tied table is
@@ -394,8 +336,7 @@ mod tests {
     fn int8_is_close_and_leaves_a_tied_table_alone() {
         let table = Tensor::randn([50, 16], (Kind::Float, Device::Cpu));
         let before = table.copy();
-        let mut head = Linear::tied(&table);
-        head.prepare(Dtype::Int8).unwrap();
+        let head = Linear::tied(&table, Dtype::Int8).unwrap();
         assert_eq!(head.weight.kind(), Kind::Int8);
         // The one-pass CPU quantization gives exactly what the tensor ops give.
         let scales = table.abs().amax([1], false).clamp_min(1e-12) / 127.0;
@@ -411,9 +352,32 @@ mod tests {
         for rows in [1i64, 7] {
             let x = Tensor::randn([rows, 16], (Kind::Float, Device::Cpu));
             let exact = x.matmul(&before.tr());
-            let err = (head.forward(&x) - &exact).abs().max().double_value(&[]);
+            let err = (head.forward(&x).unwrap() - &exact)
+                .abs()
+                .max()
+                .double_value(&[]);
             let scale = exact.abs().max().double_value(&[]);
             assert!(err < 0.03 * scale, "{rows} rows: error {err} of {scale}");
         }
+    }
+
+    #[test]
+    fn embedding_ids_out_of_range_are_errors() {
+        let e = Embedding::from_weight(Tensor::zeros([4, 2], (Kind::Float, Device::Cpu)));
+        let ids = Tensor::from_slice(&[0i64, 4]);
+        let err = e.forward(&ids).unwrap_err().to_string();
+        assert!(err.contains("id 4") && err.contains("4 rows"), "{err}");
+        let named =
+            Embedding::from_weight(e.weight.shallow_clone()).indexed_by("position", "n_positions");
+        let err = named.forward(&ids).unwrap_err().to_string();
+        assert!(
+            err.contains("position 4") && err.contains("n_positions = 4"),
+            "{err}"
+        );
+        assert!(e.forward(&Tensor::from_slice(&[-1i64])).is_err());
+        assert_eq!(
+            e.forward(&Tensor::from_slice(&[3i64])).unwrap().size(),
+            [1, 2]
+        );
     }
 }

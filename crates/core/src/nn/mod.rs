@@ -13,10 +13,13 @@ pub mod mask;
 pub mod norm;
 pub mod position;
 
-pub use attention::{MultiHeadAttention, Projections};
+pub use attention::{AttentionContext, MultiHeadAttention, Projections};
 pub use cache::{KvCache, LayerCache};
 pub use feed_forward::FeedForward;
 pub use layer::{LayerContext, NormPosition, TransformerLayer};
-pub use linear::{prepare, Embedding, Linear};
+pub use linear::{Embedding, Linear};
 pub use norm::Norm;
-pub use position::{relative_position_bucket, sinusoidal_table, RelativePositionBias};
+pub use position::{
+    relative_position_bucket, sinusoidal_table, RelativePositionBias, RopeScaling, Rotary,
+    RotaryAngles,
+};

@@ -1,7 +1,7 @@
 //! Normalisation: LayerNorm (BERT, GPT-2) and RMSNorm (T5's `T5LayerNorm`).
 
+use crate::weights::WeightPath;
 use crate::Result;
-use tch::nn::Path;
 use tch::{Kind, Tensor};
 
 /// A normalisation over the last dimension.
@@ -27,38 +27,42 @@ pub enum Norm {
 
 impl Norm {
     /// A LayerNorm named `p` (`p.weight`, `p.bias`).
-    pub fn layer_norm(p: &Path, dim: i64, eps: f64) -> Result<Self> {
+    pub fn layer_norm(p: &WeightPath, dim: i64, eps: f64) -> Result<Self> {
         Ok(Norm::LayerNorm {
-            weight: p.f_zeros_no_train("weight", &[dim])?,
-            bias: p.f_zeros_no_train("bias", &[dim])?,
+            weight: p.param("weight", &[dim])?,
+            bias: p.param("bias", &[dim])?,
             eps,
         })
     }
 
     /// An RMSNorm named `p` (`p.weight`).
-    pub fn rms_norm(p: &Path, dim: i64, eps: f64) -> Result<Self> {
+    pub fn rms_norm(p: &WeightPath, dim: i64, eps: f64) -> Result<Self> {
         Ok(Norm::RmsNorm {
-            weight: p.f_zeros_no_train("weight", &[dim])?,
+            weight: p.param("weight", &[dim])?,
             eps,
         })
     }
 
     /// Normalise `[..., dim]`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        match self {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
             Norm::LayerNorm { weight, bias, eps } => {
                 let dim = weight.size();
-                x.layer_norm(dim.as_slice(), Some(weight), Some(bias), *eps, true)
+                x.f_layer_norm(dim.as_slice(), Some(weight), Some(bias), *eps, true)?
             }
             Norm::RmsNorm { weight, eps } => {
-                // Accumulate in f32 even for half-precision weights, as T5 does.
-                let variance =
-                    x.to_kind(Kind::Float)
-                        .pow_tensor_scalar(2)
-                        .mean_dim(-1, true, Kind::Float);
-                let normed = x.to_kind(Kind::Float) * (variance + *eps).rsqrt();
-                weight * normed.to_kind(weight.kind())
+                // Accumulate in f32 even for half-precision weights, as T5 and Llama do.
+                let x32 = x.f_to_kind(Kind::Float)?;
+                let variance = x32
+                    .f_pow_tensor_scalar(2)?
+                    .f_mean_dim(-1, true, Kind::Float)?;
+                let normed = x32.f_mul(&(variance + *eps).f_rsqrt()?)?;
+                weight.f_mul(&normed.f_to_kind(weight.kind())?)?
             }
-        }
+        })
     }
 }
+
+// SAFETY: the weights are written only while the model is built; afterwards `forward` reads
+// them with out-of-place ops only (see the contract at `Linear`'s `Sync` impl in linear.rs).
+unsafe impl Sync for Norm {}

@@ -19,17 +19,17 @@
 //!   the K most probable next tokens.
 
 use crate::config::GPT2Config;
-use crate::model::{GPT2LMHeadModel, GPT2State};
+use crate::model::GPT2LMHeadModel;
 use serde::Serialize;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
-use trident_core::config::GenerationDefaults;
 use trident_core::generation::{
-    self, bad_words_ids, Decoder, GenerationConfig, GenerationOptions, Hooks, Sequence, Token,
+    self, bad_words_ids, CausalLmDecoder, CausalLmState, Decoder, GenerationConfig, Hooks,
+    Sequence, Token,
 };
 use trident_core::text::{Batch, PaddingSide};
-use trident_core::{DeviceChoice, Dtype, Encoded, Error, ModelFiles, Result, TextEncoder};
+use trident_core::{Encoded, Error, LoadOptions, ModelFiles, Result, TextEncoder};
 
 /// New tokens when neither the checkpoint nor the caller gives a length (transformers'
 /// text-generation pipeline default).
@@ -38,17 +38,13 @@ pub const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 /// Sampling temperature when sampling is asked for without one (transformers' pipeline default).
 pub const DEFAULT_SAMPLING_TEMPERATURE: f64 = 0.7;
 
-/// How to load and run a [`TextGenerator`].
+/// One call's options of a [`TextGenerator`].
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
-    /// Where the model runs.
-    pub device: DeviceChoice,
-    /// The numeric format the model computes in.
-    pub dtype: Dtype,
     /// Prompts generated together (left-padded into one batch).
     pub batch_size: usize,
-    /// Generation options overriding the checkpoint's defaults.
-    pub generation: GenerationOptions,
+    /// Generation settings over the checkpoint's and the pipeline's defaults.
+    pub generation: GenerationConfig,
     /// Return the prompt followed by the continuation (true, transformers' default) or only
     /// the continuation.
     pub return_full_text: bool,
@@ -60,10 +56,8 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
-            device: DeviceChoice::Auto,
-            dtype: Dtype::F32,
             batch_size: 8,
-            generation: GenerationOptions::default(),
+            generation: GenerationConfig::default(),
             return_full_text: true,
             show_probs: None,
         }
@@ -125,61 +119,32 @@ pub struct Piece<'a> {
     pub step: Option<&'a StepProbs>,
 }
 
-/// Generates text with a GPT-2 checkpoint.
+/// Generates text with a GPT-2 checkpoint. Loaded once, it serves any number of calls, from
+/// any number of threads, each with its own [`GenerateOptions`].
 pub struct TextGenerator {
     model: GPT2LMHeadModel,
     tokenizer: TextEncoder,
-    generation: GenerationConfig,
-    options: GenerateOptions,
-    prompt_room: usize,
+    /// The checkpoint's generation settings with the pipeline's defaults over them.
+    defaults: GenerationConfig,
     tokens: AtomicUsize,
 }
 
 impl TextGenerator {
-    /// Load the model and tokenizer and settle the generation settings (see the module
-    /// documentation for the order of precedence). Invalid options are errors here.
-    pub fn from_pretrained(files: &ModelFiles, options: GenerateOptions) -> Result<Self> {
-        if options.batch_size == 0 {
-            return Err(Error::Input("batch size must be at least 1".into()));
-        }
-        let config_path = files.get("config.json")?;
-        let model_config = GPT2Config::from_file(&config_path)?;
-        let from_config = GenerationDefaults::from_file(&config_path)?;
-        let checkpoint = match files.get_optional("generation_config.json")? {
-            Some(p) => GenerationDefaults::from_file(&p)?.or(&from_config),
-            None => from_config,
-        };
+    /// Load the model, its tokenizer and its generation settings.
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let model_config = GPT2Config::from_file(&files.get("config.json")?)?;
+        let checkpoint = GenerationConfig::from_checkpoint(files, None)?;
         let tokenizer = TextEncoder::from_files(files)?;
-        let mut generation = GenerationConfig::from_defaults(&checkpoint)?;
         let context = model_config.n_positions as usize;
-        if checkpoint.max_length.is_none() && checkpoint.max_new_tokens.is_none() {
-            generation.max_new_tokens = Some(DEFAULT_MAX_NEW_TOKENS.min(context / 2));
-        }
-        let asked = &options.generation;
-        let mut generation = generation.with_options(asked);
-        if generation.do_sample && asked.temperature.is_none() && checkpoint.temperature.is_none() {
-            generation.temperature = DEFAULT_SAMPLING_TEMPERATURE;
-        }
-        generation
-            .bad_words_ids
-            .extend(bad_words_ids(&asked.bad_words, &tokenizer)?);
-        generation.validate()?;
-        match options.show_probs {
-            Some(0) => {
-                return Err(Error::Input(
-                    "show_probs must be at least 1 (the number of candidates to show)".into(),
-                ))
-            }
-            Some(_) if generation.num_beams > 1 => {
-                return Err(Error::Input(
-                    "show_probs needs greedy search or sampling: beam search decides which \
-                     tokens survive only at the end (drop num_beams)"
-                        .into(),
-                ))
-            }
-            _ => {}
-        }
-        let prompt_room = prompt_room(&generation, context)?;
+        // The pipeline's defaults, under the checkpoint's own values.
+        let pipeline = GenerationConfig {
+            max_new_tokens: (checkpoint.max_length.is_none()
+                && checkpoint.max_new_tokens.is_none())
+            .then_some(DEFAULT_MAX_NEW_TOKENS.min(context / 2)),
+            temperature: Some(DEFAULT_SAMPLING_TEMPERATURE),
+            ..Default::default()
+        };
+        let defaults = pipeline.merge(&checkpoint);
         let model = GPT2LMHeadModel::load(
             files,
             &model_config,
@@ -189,9 +154,7 @@ impl TextGenerator {
         Ok(TextGenerator {
             model,
             tokenizer,
-            generation,
-            options,
-            prompt_room,
+            defaults,
             tokens: AtomicUsize::new(0),
         })
     }
@@ -206,25 +169,54 @@ impl TextGenerator {
         &self.tokenizer
     }
 
-    /// The generation settings in effect.
-    pub fn generation_config(&self) -> &GenerationConfig {
-        &self.generation
+    /// The settings a call with `options` runs with: the checkpoint's, the pipeline's
+    /// defaults (see the module documentation), then the caller's. Invalid settings are
+    /// errors here, naming the field.
+    pub fn settings(&self, options: &GenerateOptions) -> Result<GenerationConfig> {
+        if options.batch_size == 0 {
+            return Err(Error::Input("batch_size must be at least 1".into()));
+        }
+        let mut generation = self.defaults.merge(&options.generation);
+        if let Some(words) = &options.generation.bad_words {
+            let mut ids = generation.bad_words_ids.take().unwrap_or_default();
+            ids.extend(bad_words_ids(words, &self.tokenizer)?);
+            generation.bad_words_ids = Some(ids);
+        }
+        generation.validate()?;
+        match options.show_probs {
+            Some(0) => {
+                return Err(Error::Input(
+                    "show_probs must be at least 1 (the number of candidates to show)".into(),
+                ))
+            }
+            Some(_) if generation.num_beams() > 1 => {
+                return Err(Error::Input(
+                    "show_probs needs greedy search or sampling: beam search decides which \
+                     tokens survive only at the end (drop num_beams)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(generation)
     }
 
-    /// The longest prompt in tokens: the context minus the tokens to generate.
-    pub fn max_prompt_tokens(&self) -> usize {
-        self.prompt_room
+    /// The longest prompt in tokens for `generation`: the context minus the tokens to
+    /// generate; an error when nothing would fit.
+    pub fn max_prompt_tokens(&self, generation: &GenerationConfig) -> Result<usize> {
+        prompt_room(generation, self.model.config().n_positions as usize)
     }
 
-    /// Tokens read and generated so far (for throughput summaries).
+    /// Tokens read and generated so far, over every call (for throughput summaries).
     pub fn tokens_processed(&self) -> usize {
         self.tokens.load(Ordering::Relaxed)
     }
 
     /// Tokenize a prompt: an empty one becomes the BOS token, one longer than
-    /// [`max_prompt_tokens`](Self::max_prompt_tokens) keeps its last tokens (with a warning).
+    /// `prompt_room` ([`max_prompt_tokens`](Self::max_prompt_tokens)) keeps its last tokens
+    /// (with a warning).
     /// Returns the encoding and whether it was truncated.
-    pub fn encode_prompt(&self, prompt: &str) -> Result<(Encoded, bool)> {
+    pub fn encode_prompt(&self, prompt: &str, prompt_room: usize) -> Result<(Encoded, bool)> {
         let mut e = self.tokenizer.encode(prompt)?;
         if e.is_empty() {
             let bos = self.model.config().bos_id().ok_or_else(|| {
@@ -241,7 +233,7 @@ impl TextGenerator {
                 word_ids: vec![None],
             };
         }
-        let excess = e.len().saturating_sub(self.prompt_room);
+        let excess = e.len().saturating_sub(prompt_room);
         if excess == 0 {
             return Ok((e, false));
         }
@@ -250,8 +242,8 @@ impl TextGenerator {
              tokens: generating from its last {} tokens",
             e.len(),
             self.model.config().n_positions,
-            self.model.config().n_positions as usize - self.prompt_room,
-            self.prompt_room
+            self.model.config().n_positions as usize - prompt_room,
+            prompt_room
         );
         fn drop_first<T>(v: &mut Vec<T>, n: usize) {
             v.drain(..n.min(v.len()));
@@ -266,8 +258,12 @@ impl TextGenerator {
     }
 
     /// Generate for each prompt: `num_return_sequences` texts per prompt, in input order.
-    pub fn run(&self, prompts: &[&str]) -> Result<Vec<Vec<GeneratedText>>> {
-        self.run_streaming(prompts, &mut |_| Ok(()))
+    pub fn run(
+        &self,
+        prompts: &[&str],
+        options: &GenerateOptions,
+    ) -> Result<Vec<Vec<GeneratedText>>> {
+        self.run_streaming(prompts, options, &mut |_| Ok(()))
     }
 
     /// [`run`](Self::run), passing text to `on_piece` as it is produced (greedy search and
@@ -276,12 +272,18 @@ impl TextGenerator {
     pub fn run_streaming(
         &self,
         prompts: &[&str],
+        options: &GenerateOptions,
         on_piece: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<Vec<Vec<GeneratedText>>> {
+        let call = Call {
+            generation: self.settings(options)?,
+            options,
+        };
+        let room = self.max_prompt_tokens(&call.generation)?;
         let mut out = Vec::with_capacity(prompts.len());
-        for (n, chunk) in prompts.chunks(self.options.batch_size).enumerate() {
-            let first = n * self.options.batch_size;
-            out.extend(self.run_batch(chunk, first, on_piece)?);
+        for (n, chunk) in prompts.chunks(options.batch_size).enumerate() {
+            let first = n * options.batch_size;
+            out.extend(self.run_batch(chunk, first, &call, room, on_piece)?);
         }
         Ok(out)
     }
@@ -290,12 +292,15 @@ impl TextGenerator {
         &self,
         prompts: &[&str],
         first: usize,
+        call: &Call,
+        prompt_room: usize,
         on_piece: &mut dyn FnMut(Piece) -> Result<()>,
     ) -> Result<Vec<Vec<GeneratedText>>> {
+        let (generation, options) = (&call.generation, call.options);
         let mut truncated = Vec::with_capacity(prompts.len());
         let mut encodings = Vec::with_capacity(prompts.len());
         for p in prompts {
-            let (e, cut) = self.encode_prompt(p)?;
+            let (e, cut) = self.encode_prompt(p, prompt_room)?;
             truncated.push(cut);
             encodings.push(e);
         }
@@ -307,11 +312,11 @@ impl TextGenerator {
             PaddingSide::Left,
             self.model.device(),
         )?;
-        let copies = self.generation.num_return_sequences;
+        let copies = generation.num_return_sequences();
         let probed = Probed {
-            model: &self.model,
+            model: CausalLmDecoder(&self.model),
             probs: RefCell::new(None),
-            record: self.options.show_probs.is_some(),
+            record: options.show_probs.is_some(),
         };
         let streams: RefCell<Vec<Stream>> = RefCell::new(
             (0..prompts.len() * copies)
@@ -324,7 +329,7 @@ impl TextGenerator {
                 .get_mut(t.sequence)
                 .ok_or_else(|| Error::Input(format!("no output sequence {}", t.sequence)))?;
             stream.ids.push(t.id);
-            if let Some(k) = self.options.show_probs {
+            if let Some(k) = options.show_probs {
                 let step = self.step_probs(&probed, t, k)?;
                 stream.steps.push(step);
             }
@@ -344,10 +349,7 @@ impl TextGenerator {
                 input: first + t.sequence / copies,
                 sequence: t.sequence % copies,
                 text: &piece,
-                step: stream
-                    .steps
-                    .last()
-                    .filter(|_| self.options.show_probs.is_some()),
+                step: stream.steps.last().filter(|_| options.show_probs.is_some()),
             })
         };
         let detokenize = |ids: &[i64]| self.tokenizer.decode(ids, true);
@@ -356,11 +358,11 @@ impl TextGenerator {
             detokenize: Some(&detokenize),
         };
         let sequences =
-            tch::no_grad(|| generation::generate_with(&probed, &batch, &self.generation, hooks))?;
+            tch::no_grad(|| generation::generate_with(&probed, &batch, generation, hooks))?;
         let mut streams = streams.into_inner();
         let mut results: Vec<Vec<GeneratedText>> = (0..prompts.len()).map(|_| Vec::new()).collect();
         for (i, seq) in sequences.iter().enumerate() {
-            let generated = self.without_eos(seq);
+            let generated = without_eos(seq, generation);
             let text = self.decode_generated(generated)?;
             self.tokens
                 .fetch_add(seq.generated().len(), Ordering::Relaxed);
@@ -378,7 +380,7 @@ impl TextGenerator {
                     })?;
                 }
             }
-            let generated_text = if self.options.return_full_text {
+            let generated_text = if options.return_full_text {
                 format!("{}{text}", prompts[seq.input])
             } else {
                 text
@@ -391,8 +393,7 @@ impl TextGenerator {
             })?;
             row.push(GeneratedText {
                 generated_text,
-                steps: self
-                    .options
+                steps: options
                     .show_probs
                     .map(|_| std::mem::take(&mut stream.steps)),
                 generated_tokens: seq.generated().len(),
@@ -400,15 +401,6 @@ impl TextGenerator {
             });
         }
         Ok(results)
-    }
-
-    /// The new tokens of `seq` without the EOS that ended them.
-    fn without_eos<'s>(&self, seq: &'s Sequence) -> &'s [i64] {
-        let ids = seq.generated();
-        match ids.split_last() {
-            Some((last, rest)) if self.generation.eos_token_ids.contains(last) => rest,
-            _ => ids,
-        }
     }
 
     /// Generated ids as text, special tokens skipped (transformers' pipeline decodes so).
@@ -447,6 +439,21 @@ impl TextGenerator {
     }
 }
 
+/// One call's settled settings and options.
+struct Call<'o> {
+    generation: GenerationConfig,
+    options: &'o GenerateOptions,
+}
+
+/// The new tokens of `seq` without the EOS that ended them.
+fn without_eos<'s>(seq: &'s Sequence, generation: &GenerationConfig) -> &'s [i64] {
+    let ids = seq.generated();
+    match ids.split_last() {
+        Some((last, rest)) if generation.eos_token_ids().contains(last) => rest,
+        _ => ids,
+    }
+}
+
 /// The longest prompt that leaves room for the tokens to generate in a context of `context`
 /// positions; an error when nothing would fit.
 fn prompt_room(generation: &GenerationConfig, context: usize) -> Result<usize> {
@@ -456,12 +463,12 @@ fn prompt_room(generation: &GenerationConfig, context: usize) -> Result<usize> {
              tokens, prompt included"
         ))),
         Some(n) => Ok(context - n),
-        None if generation.max_length > context => Err(Error::Input(format!(
+        None if generation.max_total_length(0) > context => Err(Error::Input(format!(
             "max_length {} exceeds the model's context of {context} tokens",
-            generation.max_length
+            generation.max_total_length(0)
         ))),
         // The total length is capped at max_length ≤ context: any prompt that fits it fits.
-        None => Ok(generation.max_length),
+        None => Ok(generation.max_total_length(0)),
     }
 }
 
@@ -476,24 +483,24 @@ struct Stream {
 /// GPT-2 as the engine sees it, keeping the model's next-token distribution of the latest
 /// step when probabilities are asked for (the engine's callback gets only the chosen token).
 struct Probed<'a> {
-    model: &'a GPT2LMHeadModel,
+    model: CausalLmDecoder<'a, GPT2LMHeadModel>,
     /// `[rows, vocab]` softmax of the last step's logits, on the CPU.
     probs: RefCell<Option<Tensor>>,
     record: bool,
 }
 
 impl Decoder for Probed<'_> {
-    type State = GPT2State;
+    type State = CausalLmState;
 
     fn initial_ids(&self, batch: &Batch) -> Result<Tensor> {
         self.model.initial_ids(batch)
     }
 
-    fn start(&self, batch: &Batch) -> Result<GPT2State> {
+    fn start(&self, batch: &Batch) -> Result<CausalLmState> {
         self.model.start(batch)
     }
 
-    fn step(&self, ids: &Tensor, state: &mut GPT2State) -> Result<Tensor> {
+    fn step(&self, ids: &Tensor, state: &mut CausalLmState) -> Result<Tensor> {
         let logits = self.model.step(ids, state)?;
         if self.record {
             let probs = logits.f_softmax(-1, Kind::Float)?.f_to(Device::Cpu)?;
@@ -502,7 +509,7 @@ impl Decoder for Probed<'_> {
         Ok(logits)
     }
 
-    fn reorder(&self, state: &mut GPT2State, beam_idx: &Tensor) -> Result<()> {
+    fn reorder(&self, state: &mut CausalLmState, beam_idx: &Tensor) -> Result<()> {
         self.model.reorder(state, beam_idx)
     }
 }
@@ -515,7 +522,7 @@ mod tests {
     fn the_prompt_gets_what_the_new_tokens_leave() {
         let with = |max_new_tokens, max_length| GenerationConfig {
             max_new_tokens,
-            max_length,
+            max_length: Some(max_length),
             ..Default::default()
         };
         assert_eq!(prompt_room(&with(Some(20), 20), 128).unwrap(), 108);

@@ -1,9 +1,10 @@
 //! Summarization: `summarize: ` + text → a shorter text (transformers' `SummarizationPipeline`).
 
-use super::{task_params, Seq2Seq, Settings};
+use crate::model::T5ForConditionalGeneration;
 use serde::Serialize;
-use trident_core::generation::{GenerationConfig, GenerationOptions};
-use trident_core::{DeviceChoice, Dtype, ModelFiles, Result};
+use trident_core::generation::GenerationConfig;
+use trident_core::seq2seq::{Seq2SeqPipeline, Seq2SeqRequest};
+use trident_core::{LoadOptions, ModelFiles, Result};
 
 /// One summary, serialized as transformers prints it: `{"summary_text": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,15 +23,11 @@ pub struct Summary {
     pub token_ids: Vec<i64>,
 }
 
-/// How to load and run a [`Summarizer`].
+/// One call's options of a [`Summarizer`].
 #[derive(Debug, Clone)]
-pub struct SummarizerOptions {
-    /// Where the model runs (`Auto`: CUDA when present).
-    pub device: DeviceChoice,
-    /// The numeric format the model computes in.
-    pub dtype: Dtype,
-    /// Generation options overriding the checkpoint's `summarization` defaults.
-    pub generation: GenerationOptions,
+pub struct SummarizeOptions {
+    /// Generation settings over the checkpoint's `summarization` defaults.
+    pub generation: GenerationConfig,
     /// Longest input in tokens before a document is split (default: the tokenizer's
     /// `model_max_length`, else 512).
     pub max_input_tokens: Option<usize>,
@@ -40,12 +37,10 @@ pub struct SummarizerOptions {
     pub resummarize: bool,
 }
 
-impl Default for SummarizerOptions {
+impl Default for SummarizeOptions {
     fn default() -> Self {
-        SummarizerOptions {
-            device: DeviceChoice::Auto,
-            dtype: Dtype::F32,
-            generation: GenerationOptions::default(),
+        SummarizeOptions {
+            generation: GenerationConfig::default(),
             max_input_tokens: None,
             batch_size: 8,
             resummarize: false,
@@ -53,42 +48,41 @@ impl Default for SummarizerOptions {
     }
 }
 
-/// Summarizes documents with a T5 checkpoint.
+/// Summarizes documents with a T5 checkpoint. Loaded once, it serves any number of calls,
+/// from any number of threads, each with its own [`SummarizeOptions`].
 pub struct Summarizer {
-    inner: Seq2Seq,
-    resummarize: bool,
+    inner: Seq2SeqPipeline<T5ForConditionalGeneration>,
 }
 
 impl Summarizer {
-    /// Load the model and apply `task_specific_params["summarization"]` (prefix and
-    /// generation defaults), then `options`.
-    pub fn from_pretrained(files: &ModelFiles, options: SummarizerOptions) -> Result<Self> {
-        let params = task_params(files)?;
-        let inner = Seq2Seq::load(
-            files,
-            params.get("summarization"),
-            "",
-            Settings {
-                device: options.device,
-                dtype: options.dtype,
-                generation: &options.generation,
-                max_input_tokens: options.max_input_tokens,
-                batch_size: options.batch_size,
-            },
-        )?;
+    /// Load the model and tokenizer.
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
         Ok(Summarizer {
-            inner,
-            resummarize: options.resummarize,
+            inner: super::load(files, options)?,
         })
     }
 
-    /// Summaries of `texts`: for each text, `num_return_sequences` summaries.
-    pub fn run(&self, texts: &[&str]) -> Result<Vec<Vec<Summary>>> {
-        let mut results = self.inner.run(texts, "summarize")?;
-        if self.resummarize {
+    fn request<'a>(&self, options: &'a SummarizeOptions) -> Seq2SeqRequest<'a> {
+        Seq2SeqRequest {
+            task: Some("summarization"),
+            default_prefix: "",
+            generation: &options.generation,
+            max_input_tokens: options.max_input_tokens,
+            batch_size: options.batch_size,
+            what: "summarize",
+        }
+    }
+
+    /// Summaries of `texts`: for each text, `num_return_sequences` summaries, with the
+    /// checkpoint's `task_specific_params["summarization"]` (prefix and generation defaults)
+    /// under `options`.
+    pub fn run(&self, texts: &[&str], options: &SummarizeOptions) -> Result<Vec<Vec<Summary>>> {
+        let request = self.request(options);
+        let mut results = self.inner.run(texts, &request)?;
+        if options.resummarize {
             for r in results.iter_mut().filter(|r| r.chunks > 1) {
                 let joined: Vec<&str> = r.texts.iter().map(String::as_str).collect();
-                let again = self.inner.run(&joined, "summarize")?;
+                let again = self.inner.run(&joined, &request)?;
                 r.texts = again.iter().map(|a| a.texts[0].clone()).collect();
                 r.token_ids = again.iter().map(|a| a.token_ids[0].clone()).collect();
                 r.generated_tokens += again.iter().map(|a| a.generated_tokens).sum::<usize>();
@@ -111,18 +105,13 @@ impl Summarizer {
             .collect())
     }
 
-    /// The text put before every document (`summarize: ` for T5).
-    pub fn prefix(&self) -> &str {
-        &self.inner.prefix
+    /// The generation settings (prefix included) a call with `options` runs with.
+    pub fn settings(&self, options: &SummarizeOptions) -> Result<GenerationConfig> {
+        self.inner.settings(&self.request(options))
     }
 
-    /// Longest input in tokens before a document is split.
-    pub fn max_input_tokens(&self) -> usize {
-        self.inner.max_input_tokens
-    }
-
-    /// The generation settings in effect.
-    pub fn generation_config(&self) -> &GenerationConfig {
-        &self.inner.generation
+    /// Longest input in tokens before a document is split, for `options`.
+    pub fn max_input_tokens(&self, options: &SummarizeOptions) -> usize {
+        self.inner.max_input_tokens(options.max_input_tokens)
     }
 }

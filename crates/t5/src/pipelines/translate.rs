@@ -1,10 +1,12 @@
 //! Translation: `translate English to German: ` + text → German (transformers'
 //! `TranslationPipeline` with a `translation_en_to_de` task).
 
-use super::{task_params, Seq2Seq, Settings};
+use crate::model::T5ForConditionalGeneration;
 use serde::Serialize;
-use trident_core::generation::{GenerationConfig, GenerationOptions};
-use trident_core::{DeviceChoice, Dtype, Error, ModelFiles, Result};
+use trident_core::config::{read_json, CommonConfig};
+use trident_core::generation::GenerationConfig;
+use trident_core::seq2seq::{Seq2SeqPipeline, Seq2SeqRequest};
+use trident_core::{Error, LoadOptions, ModelFiles, Result};
 
 /// One translation, serialized as transformers prints it: `{"translation_text": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -23,19 +25,15 @@ pub struct Translation {
     pub token_ids: Vec<i64>,
 }
 
-/// How to load and run a [`Translator`].
+/// One call's options of a [`Translator`].
 #[derive(Debug, Clone)]
-pub struct TranslatorOptions {
+pub struct TranslateOptions {
     /// Source language code (`en`).
     pub source: String,
     /// Target language code (`de`, `fr`, `ro`, …).
     pub target: String,
-    /// Where the model runs (`Auto`: CUDA when present).
-    pub device: DeviceChoice,
-    /// The numeric format the model computes in.
-    pub dtype: Dtype,
-    /// Generation options overriding the checkpoint's task defaults.
-    pub generation: GenerationOptions,
+    /// Generation settings over the checkpoint's task defaults.
+    pub generation: GenerationConfig,
     /// Longest input in tokens before a document is split (default: the tokenizer's
     /// `model_max_length`, else 512).
     pub max_input_tokens: Option<usize>,
@@ -43,15 +41,13 @@ pub struct TranslatorOptions {
     pub batch_size: usize,
 }
 
-impl TranslatorOptions {
+impl TranslateOptions {
     /// Translate from `source` to `target` (language codes such as `en`, `de`).
     pub fn new(source: &str, target: &str) -> Self {
-        TranslatorOptions {
+        TranslateOptions {
             source: source.to_string(),
             target: target.to_string(),
-            device: DeviceChoice::Auto,
-            dtype: Dtype::F32,
-            generation: GenerationOptions::default(),
+            generation: GenerationConfig::default(),
             max_input_tokens: None,
             batch_size: 8,
         }
@@ -87,65 +83,92 @@ fn language_name(code: &str) -> Result<&'static str> {
         })
 }
 
-/// Translates documents with a T5 checkpoint.
+/// Translates documents with a T5 checkpoint. Loaded once, it serves any number of calls,
+/// from any number of threads, each with its own [`TranslateOptions`] (language pair
+/// included).
 pub struct Translator {
-    inner: Seq2Seq,
+    inner: Seq2SeqPipeline<T5ForConditionalGeneration>,
+    /// The `translation_*` tasks of `task_specific_params`.
+    tasks: Vec<String>,
+}
+
+/// What a language pair asks of the pipeline.
+struct Pair {
+    task: Option<String>,
+    default_prefix: String,
 }
 
 impl Translator {
-    /// Load the model and apply `task_specific_params["translation_{source}_to_{target}"]`.
-    ///
-    /// A checkpoint with translation tasks but not this pair is an error that lists the pairs
-    /// it has. One with no translation tasks at all (flan-t5) gets T5's prompt,
-    /// `translate English to German: `.
-    pub fn from_pretrained(files: &ModelFiles, options: TranslatorOptions) -> Result<Self> {
+    /// Load the model and tokenizer.
+    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+        let config: CommonConfig = read_json(&files.get("config.json")?)?;
+        let tasks = config
+            .task_specific_params
+            .keys()
+            .filter(|k| k.starts_with("translation_"))
+            .cloned()
+            .collect();
+        Ok(Translator {
+            inner: super::load(files, options)?,
+            tasks,
+        })
+    }
+
+    /// The task of `task_specific_params` for the pair, or T5's prompt for a checkpoint with
+    /// no translation tasks at all (flan-t5: `translate English to German: `). A checkpoint
+    /// with translation tasks but not this pair is an error that lists the pairs it has.
+    fn pair(&self, options: &TranslateOptions) -> Result<Pair> {
         let (src, tgt) = (
             options.source.to_ascii_lowercase(),
             options.target.to_ascii_lowercase(),
         );
-        let params = task_params(files)?;
         let key = format!("translation_{src}_to_{tgt}");
-        let pairs: Vec<String> = params
-            .keys()
-            .filter_map(|k| k.strip_prefix("translation_"))
-            .map(|p| p.replace("_to_", " → "))
-            .collect();
-        let task = params.get(&key);
-        let default_prefix = match task {
-            Some(_) => String::new(),
-            None if !pairs.is_empty() => {
-                return Err(Error::Input(format!(
-                    "{} has no {src} → {tgt} translation; it translates {}",
-                    files.name(),
-                    pairs.join(", ")
-                )))
-            }
-            None => format!(
+        if self.tasks.contains(&key) {
+            return Ok(Pair {
+                task: Some(key),
+                default_prefix: String::new(),
+            });
+        }
+        if !self.tasks.is_empty() {
+            let pairs: Vec<String> = self
+                .tasks
+                .iter()
+                .filter_map(|k| k.strip_prefix("translation_"))
+                .map(|p| p.replace("_to_", " → "))
+                .collect();
+            return Err(Error::Input(format!(
+                "{} has no {src} → {tgt} translation; it translates {}",
+                self.inner.files().name(),
+                pairs.join(", ")
+            )));
+        }
+        Ok(Pair {
+            task: None,
+            default_prefix: format!(
                 "translate {} to {}: ",
                 language_name(&src)?,
                 language_name(&tgt)?
             ),
-        };
-        let inner = Seq2Seq::load(
-            files,
-            task,
-            &default_prefix,
-            Settings {
-                device: options.device,
-                dtype: options.dtype,
-                generation: &options.generation,
-                max_input_tokens: options.max_input_tokens,
-                batch_size: options.batch_size,
-            },
-        )?;
-        Ok(Translator { inner })
+        })
+    }
+
+    fn request<'a>(&self, pair: &'a Pair, options: &'a TranslateOptions) -> Seq2SeqRequest<'a> {
+        Seq2SeqRequest {
+            task: pair.task.as_deref(),
+            default_prefix: &pair.default_prefix,
+            generation: &options.generation,
+            max_input_tokens: options.max_input_tokens,
+            batch_size: options.batch_size,
+            what: "translate",
+        }
     }
 
     /// Translations of `texts`: for each text, `num_return_sequences` translations.
-    pub fn run(&self, texts: &[&str]) -> Result<Vec<Vec<Translation>>> {
+    pub fn run(&self, texts: &[&str], options: &TranslateOptions) -> Result<Vec<Vec<Translation>>> {
+        let pair = self.pair(options)?;
         Ok(self
             .inner
-            .run(texts, "translate")?
+            .run(texts, &self.request(&pair, options))?
             .into_iter()
             .map(|r| {
                 r.texts
@@ -162,18 +185,14 @@ impl Translator {
             .collect())
     }
 
-    /// The text put before every document (`translate English to German: `).
-    pub fn prefix(&self) -> &str {
-        &self.inner.prefix
+    /// The generation settings (prefix included) a call with `options` runs with.
+    pub fn settings(&self, options: &TranslateOptions) -> Result<GenerationConfig> {
+        let pair = self.pair(options)?;
+        self.inner.settings(&self.request(&pair, options))
     }
 
-    /// Longest input in tokens before a document is split.
-    pub fn max_input_tokens(&self) -> usize {
-        self.inner.max_input_tokens
-    }
-
-    /// The generation settings in effect.
-    pub fn generation_config(&self) -> &GenerationConfig {
-        &self.inner.generation
+    /// Longest input in tokens before a document is split, for `options`.
+    pub fn max_input_tokens(&self, options: &TranslateOptions) -> usize {
+        self.inner.max_input_tokens(options.max_input_tokens)
     }
 }

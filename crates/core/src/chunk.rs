@@ -2,7 +2,7 @@
 //! each fit, so that nothing is cut. A sentence too long on its own is split between words,
 //! and a word too long on its own between tokens.
 
-use trident_core::{Encoded, Error, Result, TextEncoder};
+use crate::{Encoded, Error, Result, TextEncoder};
 
 /// Sentence-ending punctuation; after it comes whitespace (or the end) for a boundary.
 const SENTENCE_END: &[char] = &['.', '!', '?', '…', '。', '！', '？'];

@@ -1,10 +1,11 @@
-//! Helpers for tests that compare against the golden fixtures in `weights/` (recorded with
-//! Python transformers by `scripts/make_fixtures.py`). Used by every crate's tests.
+//! Test-only helpers, a dev-dependency of every crate and not part of the public API: the
+//! golden fixtures in `weights/` (recorded with Python transformers by
+//! `scripts/make_fixtures.py`) and tensor comparisons. Used by every crate's tests.
 
-use crate::{Error, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use tch::{Kind, Tensor};
+use trident_core::{Error, Result};
 
 /// The fixture directory `weights/<name>` (or `$TRIDENT_FIXTURES/<name>` when set).
 pub fn fixture_dir(name: &str) -> PathBuf {
@@ -17,7 +18,7 @@ pub fn fixture_dir(name: &str) -> PathBuf {
 /// `weights/<name>/reference.json`.
 pub fn reference(name: &str) -> Result<Value> {
     let path = fixture_dir(name).join("reference.json");
-    crate::config::read_json(&path)
+    trident_core::config::read_json(&path)
 }
 
 /// A number from JSON, where the fixtures write filtered values as `"-inf"`.

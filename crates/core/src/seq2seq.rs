@@ -1,0 +1,178 @@
+//! The one text-to-text pipeline, for every encoder-decoder family (T5 today; BART, Marian,
+//! M2M100 next), following transformers 4.x's `SummarizationPipeline` and
+//! `TranslationPipeline`: apply the task's `task_specific_params` (prefix and generation
+//! defaults), tokenize `prefix + text`, generate, decode without special tokens.
+//!
+//! One difference, on purpose: a document longer than the encoder's limit is not cut. It is
+//! split at sentence boundaries into pieces that fit ([`crate::chunk`]), each piece is
+//! processed, and the results are joined; each output says into how many pieces its input
+//! was split.
+//!
+//! The pipeline holds only what is fixed once loaded (model, tokenizer, the checkpoint's
+//! generation settings); every call brings its own [`Seq2SeqRequest`].
+
+use crate::chunk;
+use crate::generation::{self, bad_words_ids, GenerationConfig, Hooks, Seq2SeqDecoder, Seq2SeqLm};
+use crate::{Batch, Encoded, Error, ModelFiles, PaddingSide, Result, TextEncoder};
+
+/// The input limit when neither the caller nor tokenizer_config.json gives one (T5's
+/// relative positions have no hard limit; 512 is what T5 was trained on).
+pub const DEFAULT_MAX_INPUT_TOKENS: usize = 512;
+
+/// What one input became.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextResult {
+    /// One text per returned sequence.
+    pub texts: Vec<String>,
+    /// The generated ids of each returned sequence (its pieces' ids in order).
+    pub token_ids: Vec<Vec<i64>>,
+    /// Pieces the input was split into to fit the encoder.
+    pub chunks: usize,
+    /// Tokens generated, over all pieces and returned sequences.
+    pub generated_tokens: usize,
+}
+
+/// One call's settings.
+#[derive(Debug, Clone)]
+pub struct Seq2SeqRequest<'a> {
+    /// The `task_specific_params` entry to apply (`summarization`, `translation_en_to_de`).
+    pub task: Option<&'a str>,
+    /// The prefix when neither the task nor the caller gives one.
+    pub default_prefix: &'a str,
+    /// The caller's generation settings, over the checkpoint's and the task's.
+    pub generation: &'a GenerationConfig,
+    /// Longest input in tokens before a document is split (default: the tokenizer's
+    /// `model_max_length`, else [`DEFAULT_MAX_INPUT_TOKENS`]).
+    pub max_input_tokens: Option<usize>,
+    /// Pieces generated together in one batch (at least 1).
+    pub batch_size: usize,
+    /// Names the task in errors ("summarize", "translate").
+    pub what: &'a str,
+}
+
+/// A loaded encoder-decoder model with its tokenizer and the checkpoint's generation
+/// settings.
+pub struct Seq2SeqPipeline<M> {
+    /// The model.
+    pub model: M,
+    /// Its tokenizer.
+    pub tokenizer: TextEncoder,
+    files: ModelFiles,
+    checkpoint: GenerationConfig,
+}
+
+impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
+    /// Wrap a loaded `model` with the tokenizer and generation settings of `files`.
+    pub fn new(model: M, files: &ModelFiles) -> Result<Self> {
+        Ok(Seq2SeqPipeline {
+            model,
+            tokenizer: TextEncoder::from_files(files)?,
+            files: files.clone(),
+            checkpoint: GenerationConfig::from_checkpoint(files, None)?,
+        })
+    }
+
+    /// The checkpoint's files.
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
+    }
+
+    /// The settings a request runs with: the checkpoint's, the task's, then the caller's;
+    /// the prefix falls back to `default_prefix`. Invalid settings are errors here.
+    pub fn settings(&self, request: &Seq2SeqRequest) -> Result<GenerationConfig> {
+        let base = match request.task {
+            Some(task) => GenerationConfig::from_checkpoint(&self.files, Some(task))?,
+            None => self.checkpoint.clone(),
+        };
+        let mut config = base.merge(request.generation);
+        if config.prefix.is_none() {
+            config.prefix = Some(request.default_prefix.to_string());
+        }
+        if let Some(words) = &request.generation.bad_words {
+            let mut ids = config.bad_words_ids.take().unwrap_or_default();
+            ids.extend(bad_words_ids(words, &self.tokenizer)?);
+            config.bad_words_ids = Some(ids);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Longest input in tokens before a document is split, for `asked`.
+    pub fn max_input_tokens(&self, asked: Option<usize>) -> usize {
+        asked
+            .or(self.tokenizer.model_max_length)
+            .unwrap_or(DEFAULT_MAX_INPUT_TOKENS)
+    }
+
+    /// Process `texts` with `request`.
+    pub fn run(&self, texts: &[&str], request: &Seq2SeqRequest) -> Result<Vec<TextResult>> {
+        let config = self.settings(request)?;
+        let prefix = config.prefix.clone().unwrap_or_default();
+        let max_input_tokens = self.max_input_tokens(request.max_input_tokens);
+        if request.batch_size == 0 {
+            return Err(Error::Input("batch_size must be at least 1".into()));
+        }
+        let batch_size = request.batch_size;
+        // (input index, tokenized prefix + piece) for every piece of every input.
+        let mut jobs: Vec<(usize, Encoded)> = Vec::new();
+        let mut chunks = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                let which = match texts.len() {
+                    1 => "the text".to_string(),
+                    n => format!("text {} of {n}", i + 1),
+                };
+                return Err(Error::Input(format!(
+                    "{which} is empty: there is nothing to {}",
+                    request.what
+                )));
+            }
+            let pieces = chunk::split_to_fit(&self.tokenizer, &prefix, text, max_input_tokens)?;
+            chunks.push(pieces.len());
+            jobs.extend(pieces.into_iter().map(|p| (i, p.encoded)));
+        }
+        let copies = config.num_return_sequences();
+        let mut results: Vec<TextResult> = chunks
+            .iter()
+            .map(|&chunks| TextResult {
+                texts: vec![String::new(); copies],
+                token_ids: vec![Vec::new(); copies],
+                chunks,
+                generated_tokens: 0,
+            })
+            .collect();
+        for group in jobs.chunks(batch_size) {
+            let encodings = group.iter().map(|(_, e)| e.clone()).collect();
+            let batch = Batch::new(
+                encodings,
+                self.tokenizer.pad_id,
+                PaddingSide::Right,
+                self.model.device(),
+            )?;
+            // Stop strings are checked on the decoded text.
+            let decode = |ids: &[i64]| self.tokenizer.decode(ids, true);
+            let hooks = Hooks {
+                on_token: None,
+                detokenize: Some(&decode),
+            };
+            let sequences = tch::no_grad(|| {
+                generation::generate_with(&Seq2SeqDecoder(&self.model), &batch, &config, hooks)
+            })?;
+            for (n, seq) in sequences.iter().enumerate() {
+                let result = &mut results[group[seq.input].0];
+                let text = self.tokenizer.decode(seq.generated(), true)?;
+                result.generated_tokens += seq.generated().len();
+                result.token_ids[n % copies].extend_from_slice(seq.generated());
+                // The pieces of a long input are joined in order.
+                let slot = &mut result.texts[n % copies];
+                if slot.is_empty() {
+                    slot.push_str(&text);
+                } else if !text.trim().is_empty() {
+                    slot.push(' ');
+                    slot.push_str(text.trim_start());
+                }
+            }
+        }
+        Ok(results)
+    }
+}
