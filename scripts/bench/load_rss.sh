@@ -3,10 +3,13 @@
 #
 #   scripts/bench/load_rss.sh MODEL_DIR DTYPE [BINARY]
 #
-# Runs `BINARY generate --model MODEL_DIR --dtype DTYPE --max-new-tokens 1 "Hello"` three times under
-# GNU time (`/usr/bin/time -v`; the Debian package `time` is installed with apt-get when missing) and
-# prints the median "Maximum resident set size", the size of MODEL_DIR's *.safetensors files and the
-# ratio of the two. MB = 10^6 bytes (time(1) reports the RSS in KiB, converted here).
+# Runs `BINARY generate --model MODEL_DIR --dtype DTYPE --max-new-tokens 0 "Hello"` (load the model,
+# tokenize, run nothing) three times under GNU time (`/usr/bin/time -v`; the Debian package `time` is
+# installed with apt-get when missing), and the same with the tiny fixture weights/gpt2-tiny (the
+# process without weights: libtorch, tokenizer). Prints the median "Maximum resident set size" of
+# each, the size of MODEL_DIR's *.safetensors files, and the ratios of the whole process and of the
+# load alone (RSS − baseline) to the file. MB = 10^6 bytes (time(1) reports KiB, converted here).
+# MAX_NEW_TOKENS=N in the environment runs N generation steps instead of 0.
 # BINARY defaults to target/release/trident of this repository.
 # Example: scripts/bench/load_rss.sh .bench/models/gpt2-bf16 bf16
 set -euo pipefail
@@ -43,26 +46,34 @@ done
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-RSS_KIB=()
-for i in $(seq 1 "$RUNS"); do
-    if ! "$TIME" -v -o "$WORK/time.$i" "$BINARY" generate --model "$MODEL_DIR" --dtype "$DTYPE" \
-        --max-new-tokens 1 "Hello" > "$WORK/out.$i" 2> "$WORK/err.$i"; then
-        echo "load_rss: run $i failed:" >&2
-        cat "$WORK/err.$i" "$WORK/time.$i" >&2
-        exit 1
-    fi
-    kib="$(awk -F': *' '/Maximum resident set size/ {print $2}' "$WORK/time.$i")"
-    [ -n "$kib" ] || { echo "load_rss: no 'Maximum resident set size' in the output of time:" >&2; cat "$WORK/time.$i" >&2; exit 1; }
-    RSS_KIB+=("$kib")
-done
+# median_rss DIR: the median peak RSS (KiB) of RUNS runs with the weights of DIR.
+median_rss() {
+    local dir="$1" kib i
+    local runs=()
+    for i in $(seq 1 "$RUNS"); do
+        if ! "$TIME" -v -o "$WORK/time.$i" "$BINARY" generate --model "$dir" --dtype "$DTYPE" \
+            --max-new-tokens "${MAX_NEW_TOKENS:-0}" "Hello" > "$WORK/out.$i" 2> "$WORK/err.$i"; then
+            echo "load_rss: run $i with $dir failed:" >&2
+            cat "$WORK/err.$i" "$WORK/time.$i" >&2
+            exit 1
+        fi
+        kib="$(awk -F': *' '/Maximum resident set size/ {print $2}' "$WORK/time.$i")"
+        [ -n "$kib" ] || { echo "load_rss: no 'Maximum resident set size' in the output of time:" >&2; cat "$WORK/time.$i" >&2; exit 1; }
+        runs+=("$kib")
+    done
+    echo "runs ($dir, KiB): ${runs[*]}" >&2
+    printf '%s\n' "${runs[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p"
+}
 
-MEDIAN_KIB="$(printf '%s\n' "${RSS_KIB[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p")"
-awk -v kib="$MEDIAN_KIB" -v bytes="$FILE_BYTES" -v runs="${RSS_KIB[*]}" -v model="$MODEL_DIR" -v dtype="$DTYPE" 'BEGIN {
+MEDIAN_KIB="$(median_rss "$MODEL_DIR")"
+BASE_KIB="$(median_rss "$ROOT/weights/gpt2-tiny")"
+awk -v kib="$MEDIAN_KIB" -v base="$BASE_KIB" -v bytes="$FILE_BYTES" -v model="$MODEL_DIR" -v dtype="$DTYPE" 'BEGIN {
     rss = kib * 1024 / 1e6
+    baseline = base * 1024 / 1e6
     size = bytes / 1e6
     printf "model: %s  dtype: %s\n", model, dtype
-    printf "max RSS (KiB) of the runs: %s\n", runs
-    printf "median max RSS: %.1f MB\n", rss
+    printf "median max RSS: %.1f MB; without weights (weights/gpt2-tiny): %.1f MB\n", rss, baseline
     printf "safetensors size: %.1f MB (%d bytes)\n", size, bytes
-    printf "ratio RSS / file: %.2f\n", rss / size
+    printf "whole process / file: %.2f\n", rss / size
+    printf "load (RSS - baseline) / file: %.2f\n", (rss - baseline) / size
 }'

@@ -49,7 +49,6 @@ impl ModelArgs {
 const FLAGS: &[(&str, &str)] = &[
     ("max_new_tokens", "--max-new-tokens"),
     ("min_new_tokens", "--min-new-tokens"),
-    ("max_length", "--max-new-tokens"),
     ("num_beams", "--num-beams"),
     ("num_return_sequences", "--num-return-sequences"),
     ("length_penalty", "--length-penalty"),
@@ -61,7 +60,6 @@ const FLAGS: &[(&str, &str)] = &[
     ("top_k", "--top-k"),
     ("top_p", "--top-p"),
     ("stop strings", "--stop-strings"),
-    ("bad word", "--bad-words"),
     ("show_probs", "--show-probs"),
     ("batch_size", "--batch-size"),
     ("max_input_tokens", "--max-input-tokens"),
