@@ -20,6 +20,6 @@ pub use layer::{LayerContext, NormPosition, TransformerLayer};
 pub use linear::{Embedding, Linear};
 pub use norm::Norm;
 pub use position::{
-    relative_position_bucket, sinusoidal_table, RelativePositionBias, RopeScaling, Rotary,
-    RotaryAngles,
+    alibi_bias, alibi_slopes, relative_position_bucket, sinusoidal_table, RelativePositionBias,
+    RopeScaling, Rotary, RotaryAngles,
 };

@@ -4,7 +4,8 @@
 //! - learned absolute: an [`Embedding`](super::Embedding) indexed by position (BERT, GPT-2);
 //! - relative: T5's learned bias per (bucketed) query–key distance, added to attention scores;
 //! - rotary: queries and keys turned by position-dependent angles ([`Rotary`], Llama family),
-//!   so that their dot product depends on the distance between them.
+//!   so that their dot product depends on the distance between them;
+//! - ALiBi: a per-head linear penalty on distance, added to the scores ([`alibi_bias`], BLOOM).
 
 use super::linear::Embedding;
 use crate::Result;
@@ -295,5 +296,77 @@ impl RotaryAngles {
     /// The sin table `[batch, 1, seq, head_dim]`.
     pub fn sin(&self) -> &Tensor {
         &self.sin
+    }
+}
+
+/// ALiBi's slope of each head (BLOOM, MPT): a geometric sequence `2^(-8/n)`, `2^(-16/n)`, …
+/// for `n` heads a power of two; otherwise the sequence of the power of two below, followed
+/// by every other slope of the sequence for twice that many heads, as the paper (and
+/// transformers' `build_alibi_tensor`) extend it.
+pub fn alibi_slopes(num_heads: i64) -> Vec<f64> {
+    let below = 1i64 << (63 - num_heads.max(1).leading_zeros()); // largest power of 2 ≤ n
+    let geometric = |n: i64| -> Vec<f64> {
+        let base = 2f64.powf(-8.0 / n as f64);
+        (1..=n).map(|i| base.powi(i as i32)).collect()
+    };
+    let mut slopes = geometric(below);
+    if below < num_heads {
+        let extra = geometric(2 * below);
+        slopes.extend(
+            extra
+                .into_iter()
+                .step_by(2)
+                .take((num_heads - below) as usize),
+        );
+    }
+    slopes
+}
+
+/// ALiBi's additive attention bias `[batch, heads, 1, k]`: each head's slope times the key's
+/// position among the real tokens of its row (`cumsum(mask) − 1`, 0 for padding), added to
+/// the scores (attention's `position_bias`) in place of position embeddings. Slopes are
+/// computed in f64 and the bias cast to `kind`. Adding `slope · k` rather than
+/// `−slope · (q − k)` changes each query's scores by a constant, which the softmax ignores.
+pub fn alibi_bias(attention_mask: &Tensor, num_heads: i64, kind: Kind) -> Result<Tensor> {
+    let mask = attention_mask.f_to_kind(Kind::Int64)?;
+    let positions = (mask.f_cumsum(1, Kind::Int64)? - 1).f_mul(&mask)?; // [batch, k]
+    let slopes = Tensor::f_from_slice(&alibi_slopes(num_heads))?
+        .f_to_device(attention_mask.device())?
+        .f_view([1, num_heads, 1, 1])?;
+    let positions = positions
+        .f_to_kind(Kind::Double)?
+        .f_unsqueeze(1)?
+        .f_unsqueeze(1)?; // [batch, 1, 1, k]
+    Ok(slopes.f_mul(&positions)?.f_to_kind(kind)?)
+}
+
+#[cfg(test)]
+mod alibi_tests {
+    use super::*;
+
+    #[test]
+    fn slopes_follow_the_paper() {
+        // 8 heads: 1/2, 1/4, …, 1/256 (Press et al., section 3).
+        let expected: Vec<f64> = (1..=8).map(|i| 0.5f64.powi(i)).collect();
+        assert_eq!(alibi_slopes(8), expected);
+        // 12 heads: the 8-head sequence, then the odd terms of the 16-head one, 2^-0.5, 2^-1.5, …
+        let twelve = alibi_slopes(12);
+        assert_eq!(twelve.len(), 12);
+        assert_eq!(&twelve[..8], &expected[..]);
+        for (i, s) in twelve[8..].iter().enumerate() {
+            assert!((s - 2f64.powf(-0.5 - i as f64)).abs() < 1e-15, "{i}: {s}");
+        }
+    }
+
+    #[test]
+    fn the_bias_grows_with_the_key_position_among_real_tokens() {
+        let mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1, 1, 1]).view([2, 4]);
+        let bias = alibi_bias(&mask, 2, Kind::Float).unwrap(); // [2, 2, 1, 4]
+        assert_eq!(bias.size(), [2, 2, 1, 4]);
+        let row = |b: i64, h: i64| Vec::<f32>::try_from(bias.get(b).get(h).view([-1])).unwrap();
+        // Two heads: slopes 2^-4 and 2^-8; the first row's padding counts as position 0.
+        assert_eq!(row(0, 0), [0.0, 0.0, 0.0625, 0.125]);
+        assert_eq!(row(1, 0), [0.0, 0.0625, 0.125, 0.1875]);
+        assert_eq!(row(1, 1), [0.0, 1.0 / 256.0, 2.0 / 256.0, 3.0 / 256.0]);
     }
 }
