@@ -494,7 +494,10 @@ impl Weights {
         let (tensor, scales) = if !transposed && target == Target::Float && stored_kind == kind {
             // Stored as it will be used: read straight into the parameter's memory (no page
             // of the mapped file is touched, so the file does not count twice in memory).
-            let t = Tensor::f_empty(found.as_slice(), (kind, tch::Device::Cpu))?;
+            // Zeroed first because libtorch fills on every thread, taking the page faults in
+            // parallel; `pread` into fresh memory takes them on one (measured: BERT 6×768
+            // loads in 0.12 s instead of 0.15 s).
+            let t = Tensor::f_zeros(found.as_slice(), (kind, tch::Device::Cpu))?;
             if !shard.read_into(info, &t)? {
                 t.shallow_clone().f_copy_(&shard.tensor(&stored, info)?)?;
             }
