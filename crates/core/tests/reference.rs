@@ -3,13 +3,12 @@
 
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
-use trident_core::nn::attention::naive_attention;
 use trident_core::nn::mask::{causal_padding_mask, padding_mask};
 use trident_core::nn::{
     relative_position_bucket, sinusoidal_table, AttentionContext, KvCache, Linear,
     MultiHeadAttention, Projections,
 };
-use trident_testing::{assert_close, int_tensor, reference, tensor};
+use trident_testing::{assert_close, int_tensor, naive_attention, reference, tensor};
 
 fn core_ref() -> Value {
     reference("core").expect("weights/core/reference.json (run `make fixtures`)")

@@ -122,3 +122,20 @@ pub fn json_close(actual: &Value, expected: &Value, tol: f64) -> std::result::Re
     }
     walk(actual, expected, tol, "$")
 }
+
+/// Plain attention without the fused kernel, for checking it: `softmax(q·kᵀ·scale + bias)·v`
+/// on `[batch, heads, seq, head_dim]` tensors.
+pub fn naive_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> Tensor {
+    let scores = q.matmul(&k.transpose(-2, -1)) * scale; // [batch, heads, q, k]
+    let scores = match bias {
+        Some(b) => scores + b,
+        None => scores,
+    };
+    scores.softmax(-1, scores.kind()).matmul(v)
+}
