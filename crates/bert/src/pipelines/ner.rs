@@ -6,6 +6,7 @@
 use super::{check_batch_size, load_common, max_tokens, run_batches, DEFAULT_BATCH_SIZE};
 use crate::heads::TokenClassificationModel;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use tch::Kind;
 use trident_core::{Encoded, Error, LoadOptions, ModelFiles, Result, TextEncoder};
@@ -280,27 +281,50 @@ impl TokenClassifier {
                     .collect()
             },
         )?;
-        let mut per_text: Vec<Vec<Entity>> = vec![Vec::new(); texts.len()];
         let mut windows_per_text = vec![0usize; texts.len()];
+        for w in &windows {
+            windows_per_text[w.text] += 1;
+        }
+        let ignored = |e: &Entity| options.ignore_labels.iter().any(|l| l == e.label());
+        let mut per_text: Vec<Vec<Entity>> = vec![Vec::new(); texts.len()];
+        // `none` over several windows: each token once, by its index in the whole text, from
+        // the window where it lies farthest from an edge (distance, entity).
+        let mut by_index: Vec<BTreeMap<usize, (usize, Entity)>> =
+            vec![BTreeMap::new(); texts.len()];
         for (w, s) in windows.iter().zip(scores) {
             let pre = self.pre_entities(texts[w.text], w, s);
+            let tokens = pre.len();
             let entities = self.aggregate(pre, options.aggregation)?;
-            per_text[w.text].extend(
-                entities
-                    .into_iter()
-                    .filter(|e| !options.ignore_labels.iter().any(|l| l == e.label())),
-            );
-            windows_per_text[w.text] += 1;
+            if options.aggregation == Aggregation::None && windows_per_text[w.text] > 1 {
+                for (k, e) in entities.into_iter().enumerate() {
+                    let distance = k.min(tokens - 1 - k);
+                    let Entity::Token { index, .. } = e else {
+                        continue;
+                    };
+                    match by_index[w.text].get(&index) {
+                        Some((best, _)) if *best >= distance => {}
+                        _ => {
+                            by_index[w.text].insert(index, (distance, e));
+                        }
+                    }
+                }
+            } else {
+                per_text[w.text].extend(entities.into_iter().filter(|e| !ignored(e)));
+            }
         }
         Ok(per_text
             .into_iter()
             .zip(windows_per_text)
-            .map(|(entities, n)| {
-                if n > 1 {
-                    merge_overlapping(entities)
-                } else {
-                    entities
-                }
+            .zip(by_index)
+            .map(|((entities, n), tokens)| match (n, options.aggregation) {
+                (0 | 1, _) => entities,
+                (_, Aggregation::None) => tokens
+                    .into_values()
+                    .map(|(_, e)| e)
+                    .filter(|e| !ignored(e))
+                    .collect(),
+                // Grouped entities: transformers' `stride` rule, one per overlapping span.
+                _ => merge_overlapping(entities),
             })
             .collect())
     }
