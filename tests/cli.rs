@@ -128,9 +128,11 @@ fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
     file.extend_from_slice(b"{\"id\": \"a1\", \"text\": \"Angela Merkel visited Paris.\"}\n");
     file.extend_from_slice(b"caf\xe9 au lait\n"); // invalid UTF-8
     file.extend_from_slice(b"{\"id\": 7, \"text\": \n"); // malformed JSON
-    file.extend_from_slice(b"\n"); // empty text
-    file.extend_from_slice(b"   \t  \n"); // whitespace only
-    file.extend_from_slice("Zoë from 東京 loves 🍜 \u{1}\u{7} and rockets 🚀\n".as_bytes()); // emoji, CJK, control chars
+    file.extend_from_slice(b"{\"text\": \"\"}\n"); // empty text
+    file.extend_from_slice(b"{\"text\": \"   \\t  \"}\n"); // whitespace only
+    file.extend_from_slice(
+        "{\"text\": \"Zoë from 東京 loves 🍜 \\u0001\\u0007 and rockets 🚀\"}\n".as_bytes(),
+    ); // emoji, CJK, control chars
     let path = tmp("lines.jsonl", &file);
     for (cmd, model) in [
         ("ner", "bert-tiny-ner"),
@@ -338,4 +340,32 @@ fn json_output_equals_the_transformers_pipeline() {
     );
     let actual: Value = serde_json::from_slice(&o.stdout).unwrap();
     json_close(&actual, &case["output"], 1e-4).unwrap();
+}
+
+/// The input format is decided per file: a plain-text file stays text even where a line starts
+/// with `{`; `--input-format jsonl` (or a *.jsonl name) reads JSON Lines.
+#[test]
+fn a_plain_text_line_that_starts_with_a_brace_is_text() {
+    let path = tmp("braces.txt", b"{y}\nParis is {not} JSON\n");
+    let run = |extra: &[&str]| {
+        let model = fixture("bert-tiny-ner");
+        let mut args = vec![
+            "ner", "--model", &model, "--device", "cpu", "--format", "jsonl",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--input", path.to_str().unwrap()]);
+        trident(&args, None)
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let o = run(&["--input-format", "jsonl"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("line 1")
+            && err.contains("malformed JSON")
+            && err.contains("--input-format text"),
+        "{err}"
+    );
 }

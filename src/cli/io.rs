@@ -1,8 +1,11 @@
 //! Input and output shared by every text command.
 //!
-//! Input: texts as arguments, `--input FILE` (one text per line, or JSONL objects with a
-//! `text` field and an optional `id`), or stdin. A line that is not valid UTF-8 or not valid
-//! JSON becomes an error for that line only; the rest is still processed.
+//! Input: texts as arguments, `--input FILE`, or stdin. The format is decided per file, never
+//! per line: a file named `*.jsonl` or `*.ndjson` (or `--input-format jsonl`) holds JSON Lines,
+//! objects with a `text` field and an optional `id`; anything else (stdin included) is plain
+//! text, one text per line, whatever the line starts with. A line that is not valid UTF-8 or
+//! (in JSON Lines) not a valid object becomes an error for that line only; the rest is still
+//! processed.
 //!
 //! Output: `--format text|json|jsonl` to stdout or `--output FILE`. `json` prints one array
 //! with one element per input (the pipeline's output, `null` for a failed input), as
@@ -27,6 +30,18 @@ pub enum Format {
     Jsonl,
 }
 
+/// How `--input` (or stdin) is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum InputFormat {
+    /// JSON Lines for a file named *.jsonl or *.ndjson, plain text otherwise (stdin included).
+    #[default]
+    Auto,
+    /// One text per line, taken as it is.
+    Text,
+    /// One JSON object per line with a "text" field and an optional "id".
+    Jsonl,
+}
+
 /// Where texts come from and where results go.
 #[derive(Args, Debug, Clone)]
 pub struct IoArgs {
@@ -34,10 +49,16 @@ pub struct IoArgs {
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
-    /// Read texts from FILE: one per line, or JSON Lines with a "text" field and an optional
-    /// "id" carried to the output ("-" for stdin).
+    /// Read texts from FILE ("-" for stdin): one text per line, or, for a file named *.jsonl
+    /// or *.ndjson, JSON Lines with a "text" field and an optional "id" carried to the output.
     #[arg(short, long, value_name = "FILE")]
     pub input: Option<PathBuf>,
+
+    /// How to read --input or stdin: auto (JSON Lines for *.jsonl / *.ndjson files, plain text
+    /// otherwise, stdin included), text (one text per line, even lines that look like JSON) or
+    /// jsonl.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto, value_name = "FORMAT")]
+    pub input_format: InputFormat,
 
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
@@ -59,7 +80,22 @@ pub struct Item {
     pub text: Result<String, String>,
 }
 
-fn parse_line(raw: &[u8], n: usize) -> Item {
+impl IoArgs {
+    /// Whether the input is read as JSON Lines: by `--input-format`, else by the file name.
+    fn jsonl(&self) -> bool {
+        match self.input_format {
+            InputFormat::Jsonl => true,
+            InputFormat::Text => false,
+            InputFormat::Auto => self.input.as_ref().is_some_and(|p| {
+                p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    e.eq_ignore_ascii_case("jsonl") || e.eq_ignore_ascii_case("ndjson")
+                })
+            }),
+        }
+    }
+}
+
+fn parse_line(raw: &[u8], n: usize, jsonl: bool) -> Item {
     let origin = format!("line {n}");
     let id = Value::from(n);
     let text = match std::str::from_utf8(raw) {
@@ -74,7 +110,14 @@ fn parse_line(raw: &[u8], n: usize) -> Item {
         }
         Ok(s) => s.strip_suffix('\r').unwrap_or(s),
     };
-    if text.trim_start().starts_with('{') {
+    if jsonl {
+        if text.trim().is_empty() {
+            return Item {
+                id,
+                origin,
+                text: Err("empty line: JSON Lines input needs one object per line".into()),
+            };
+        }
         return match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(obj)) => {
                 let id = obj.get("id").cloned().unwrap_or(id);
@@ -99,7 +142,9 @@ fn parse_line(raw: &[u8], n: usize) -> Item {
             Err(e) => Item {
                 id,
                 origin,
-                text: Err(format!("malformed JSON ({e})")),
+                text: Err(format!(
+                    "malformed JSON ({e}); for plain text with lines like this, use --input-format text"
+                )),
             },
         };
     }
@@ -146,10 +191,11 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
+    let jsonl = args.jsonl();
     Ok(body
         .split(|&b| b == b'\n')
         .enumerate()
-        .map(|(i, line)| parse_line(line, i + 1))
+        .map(|(i, line)| parse_line(line, i + 1, jsonl))
         .collect())
 }
 
@@ -370,16 +416,46 @@ mod tests {
 
     #[test]
     fn lines_become_items_with_per_line_errors() {
-        let good = parse_line(b"hello world", 1);
+        let good = parse_line(b"hello world", 1, false);
         assert_eq!(good.text.unwrap(), "hello world");
-        let bad = parse_line(b"caf\xe9", 2);
+        let bad = parse_line(b"caf\xe9", 2, false);
         assert!(bad.text.unwrap_err().contains("UTF-8"));
-        let json = parse_line(br#"{"id": "a7", "text": "Paris"}"#, 3);
+        let json = parse_line(br#"{"id": "a7", "text": "Paris"}"#, 3, true);
         assert_eq!(json.id, Value::from("a7"));
         assert_eq!(json.text.unwrap(), "Paris");
-        let broken = parse_line(br#"{"id": 1, "text": "#, 4);
+        let broken = parse_line(br#"{"id": 1, "text": "#, 4, true);
         assert!(broken.text.unwrap_err().contains("malformed JSON"));
-        let crlf = parse_line(b"line\r", 5);
+        let crlf = parse_line(b"line\r", 5, false);
         assert_eq!(crlf.text.unwrap(), "line");
+        assert!(parse_line(b"  ", 6, true)
+            .text
+            .unwrap_err()
+            .contains("empty line"));
+    }
+
+    #[test]
+    fn plain_text_lines_that_look_like_json_stay_text() {
+        let item = parse_line(b"{y}", 1, false);
+        assert_eq!(item.text.unwrap(), "{y}");
+        let item = parse_line(br#"{"text": "x"}"#, 2, false);
+        assert_eq!(item.text.unwrap(), r#"{"text": "x"}"#);
+    }
+
+    #[test]
+    fn the_format_is_decided_per_file() {
+        let args = |input: Option<&str>, input_format| IoArgs {
+            texts: Vec::new(),
+            input: input.map(PathBuf::from),
+            input_format,
+            format: Format::Text,
+            output: None,
+        };
+        assert!(args(Some("a.jsonl"), InputFormat::Auto).jsonl());
+        assert!(args(Some("a.NDJSON"), InputFormat::Auto).jsonl());
+        assert!(!args(Some("a.txt"), InputFormat::Auto).jsonl());
+        assert!(!args(None, InputFormat::Auto).jsonl());
+        assert!(!args(Some("a.jsonl"), InputFormat::Text).jsonl());
+        assert!(args(Some("a.txt"), InputFormat::Jsonl).jsonl());
+        assert!(args(None, InputFormat::Jsonl).jsonl());
     }
 }
