@@ -125,3 +125,48 @@ fn grouped_strategies_still_merge_windows_by_span() {
         assert_eq!(spans.len(), n, "{aggregation:?}: a span listed twice");
     }
 }
+
+/// Issue 19's WordPiece case: with a tokenizer that decomposes Hangul (NFD) and knows the
+/// jamo, the one character "가" becomes two tokens over one character span, `ᄀ` and `##ᅡ`.
+/// The fixture's vocabulary has no jamo, so this copy of it renames two of its rarest
+/// continuation pieces to them and turns on the normalizer's NFD (accent stripping keeps jamo,
+/// which are letters, not marks).
+#[test]
+fn wordpiece_jamo_sharing_one_character_are_all_listed() {
+    let src = fixture_dir("bert-tiny-ner");
+    let dir = std::env::temp_dir().join(format!("trident-jamo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(src.join(file), dir.join(file)).unwrap();
+    }
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let vocab = tokenizer["model"]["vocab"].as_object_mut().unwrap();
+    for (old, new) in [("##itzer", "\u{1100}"), ("##iter", "##\u{1161}")] {
+        let id = vocab.remove(old).unwrap();
+        vocab.insert(new.to_string(), id);
+    }
+    tokenizer["normalizer"]["strip_accents"] = serde_json::Value::Bool(true);
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+
+    let files = ModelFiles::local(&dir).unwrap();
+    let encoder = TextEncoder::from_files(&files).unwrap();
+    let e = encoder.encode("가 a").unwrap();
+    assert_eq!(
+        e.tokens[1..3],
+        ["\u{1100}", "##\u{1161}"],
+        "the jamo pieces"
+    );
+    assert_eq!(e.offsets[1], e.offsets[2], "one character span for both");
+    let cpu = LoadOptions {
+        device: DeviceChoice::Cpu,
+        ..Default::default()
+    };
+    let ner = TokenClassifier::from_pretrained(&files, &cpu).unwrap();
+    let long = format!("가{}", " a".repeat(80));
+    let got = tokens(&ner.run(&[long.as_str()], &every_token()).unwrap()[0]);
+    assert_eq!(got, expected(&encoder, &long), "every token once, in order");
+    assert_eq!(got[1], (2, "##\u{1161}".to_string()), "index 2 is listed");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
