@@ -369,3 +369,53 @@ fn a_plain_text_line_that_starts_with_a_brace_is_text() {
         "{err}"
     );
 }
+
+/// Input edge cases (issue 18, item 13): a UTF-8 byte order mark is not part of the first
+/// line, a binary file gets one error, and `--output` naming the input file is refused.
+#[test]
+fn a_bom_a_binary_file_and_output_over_input() {
+    let model = fixture("bert-tiny-ner");
+    let run = |input: &PathBuf, extra: &[&str]| {
+        let mut args = vec![
+            "ner", "--model", &model, "--device", "cpu", "--format", "jsonl",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--input", input.to_str().unwrap()]);
+        trident(&args, None)
+    };
+    let bom = tmp(
+        "bom.jsonl",
+        b"\xEF\xBB\xBF{\"id\": \"first\", \"text\": \"Paris\"}\n{\"id\": 2, \"text\": \"Berlin\"}\n",
+    );
+    let o = run(&bom, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        first["id"], "first",
+        "the BOM is not part of the first line"
+    );
+
+    let mut binary = b"GIF89a".to_vec();
+    binary.extend((0u8..=255).cycle().take(4096));
+    binary.extend(b"\nmore\nlines\n");
+    let o = run(&tmp("image.txt", &binary), &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("looks binary"), "{err}");
+    assert_eq!(
+        err.matches("error").count(),
+        1,
+        "one error, not one per line: {err}"
+    );
+
+    let texts = tmp("keep.txt", b"Paris\n");
+    let o = run(&texts, &["--output", texts.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would overwrite"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&texts).unwrap(),
+        b"Paris\n",
+        "the input is untouched"
+    );
+}

@@ -173,6 +173,14 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
             })
             .collect());
     }
+    if let (Some(input), Some(output)) = (&args.input, &args.output) {
+        anyhow::ensure!(
+            input.as_os_str() == "-" || !same_file(input, output),
+            "--output {} is the --input file: writing results would overwrite the texts; choose \
+             another output file",
+            output.display()
+        );
+    }
     let mut bytes = Vec::new();
     match &args.input {
         Some(path) if path.as_os_str() != "-" => {
@@ -186,8 +194,21 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
                 .context("cannot read stdin")?;
         }
     }
+    // A UTF-8 byte order mark (Windows editors write one) is not part of the first text.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    // Text never holds a NUL byte; a file that does is binary: one error, not one per line.
+    if let Some(at) = bytes.iter().take(1 << 16).position(|&b| b == 0) {
+        let source = match &args.input {
+            Some(p) if p.as_os_str() != "-" => format!("--input {}", p.display()),
+            _ => "stdin".to_string(),
+        };
+        anyhow::bail!(
+            "{source} looks binary (a NUL byte at offset {at}): give UTF-8 text, one text per \
+             line, or JSON Lines"
+        );
+    }
     // The newline that ends the last line does not start another one.
-    let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if body.is_empty() {
         return Ok(Vec::new());
     }
@@ -197,6 +218,14 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
         .enumerate()
         .map(|(i, line)| parse_line(line, i + 1, jsonl))
         .collect())
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Whether the input came from a file (progress bars are for files).
