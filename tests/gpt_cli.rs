@@ -280,3 +280,44 @@ fn help_lists_generate_with_its_flags() {
         assert!(text.contains(flag), "generate --help lacks {flag}");
     }
 }
+
+/// Short flags as neighbouring tools spell them (issue 18, item 14): `-n`, `-s`, `-t`,
+/// `--temp` mean `--max-new-tokens`, `--seed`, `--threads`, `--temperature`.
+#[test]
+fn short_flags_mean_the_long_ones() {
+    let long = generate(
+        &[
+            "--format",
+            "json",
+            "--do-sample",
+            "--max-new-tokens",
+            "6",
+            "--seed",
+            "5",
+            "--temperature",
+            "0.8",
+            "--threads",
+            "1",
+            "Paris is",
+        ],
+        None,
+    );
+    let short = generate(
+        &[
+            "--format",
+            "json",
+            "--do-sample",
+            "-n",
+            "6",
+            "-s",
+            "5",
+            "--temp",
+            "0.8",
+            "-t",
+            "1",
+            "Paris is",
+        ],
+        None,
+    );
+    assert_eq!(stdout_json(&short), stdout_json(&long));
+}

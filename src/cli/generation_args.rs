@@ -16,7 +16,7 @@ fn early_stopping(s: &str) -> Result<EarlyStopping, String> {
 #[command(next_help_heading = "Generation (defaults come from the model)")]
 pub struct GenerationArgs {
     /// Generate at most N new tokens (0: empty output).
-    #[arg(long, value_name = "N")]
+    #[arg(short = 'n', long, value_name = "N")]
     pub max_new_tokens: Option<usize>,
     /// Generate at least N new tokens before the end-of-sequence token is allowed.
     #[arg(long, value_name = "N")]
@@ -43,7 +43,7 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub do_sample: Option<bool>,
     /// Sampling temperature, above 0: below 1 is more conservative, above 1 more random.
-    #[arg(long, value_name = "F")]
+    #[arg(long, visible_alias = "temp", value_name = "F")]
     pub temperature: Option<f64>,
     /// Sample only among the K most probable tokens (0: all; default 50).
     #[arg(long, value_name = "K")]
@@ -52,7 +52,7 @@ pub struct GenerationArgs {
     #[arg(long, value_name = "P")]
     pub top_p: Option<f64>,
     /// Seed for sampling: the same seed gives the same output.
-    #[arg(long, value_name = "N")]
+    #[arg(short = 's', long, value_name = "N")]
     pub seed: Option<u64>,
     /// Outputs per input (at most --num-beams with beam search; needs beams or sampling).
     #[arg(long, value_name = "N")]

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 #[command(name = "trident", version, about, long_about)]
 pub struct Cli {
     /// Number of CPU threads libtorch uses (default: all cores).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<i32>,
 
     #[command(subcommand)]
