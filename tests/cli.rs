@@ -419,3 +419,35 @@ fn a_bom_a_binary_file_and_output_over_input() {
         "the input is untouched"
     );
 }
+
+/// Stdin from a terminal (issue 18, item 11): a one-line hint instead of a silent wait; a pipe
+/// gets none. The terminal is a pseudo-terminal from util-linux's `script`.
+#[test]
+fn a_terminal_on_stdin_gets_a_hint() {
+    let command = format!(
+        "{} ner --model {} --device cpu",
+        env!("CARGO_BIN_EXE_trident"),
+        fixture("bert-tiny-ner")
+    );
+    let o = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("util-linux `script` runs the command in a pseudo-terminal");
+    let all = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        all.contains("reading texts from stdin") && all.contains("Ctrl-D"),
+        "{all}"
+    );
+    let piped = trident(
+        &[
+            "ner",
+            "--model",
+            &fixture("bert-tiny-ner"),
+            "--device",
+            "cpu",
+        ],
+        Some(b"Paris\n"),
+    );
+    assert!(!stderr(&piped).contains("Ctrl-D"), "{}", stderr(&piped));
+}

@@ -188,7 +188,12 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
                 .with_context(|| format!("cannot read --input {}", path.display()))?;
         }
         _ => {
-            std::io::stdin()
+            let stdin = std::io::stdin();
+            // Someone at a terminal would otherwise wait at a silent prompt.
+            if let Some(hint) = stdin_hint(std::io::IsTerminal::is_terminal(&stdin)) {
+                eprintln!("{hint}");
+            }
+            stdin
                 .lock()
                 .read_to_end(&mut bytes)
                 .context("cannot read stdin")?;
@@ -218,6 +223,14 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
         .enumerate()
         .map(|(i, line)| parse_line(line, i + 1, jsonl))
         .collect())
+}
+
+/// What to tell a user whose stdin is a terminal, before waiting for it.
+fn stdin_hint(terminal: bool) -> Option<&'static str> {
+    terminal.then_some(
+        "reading texts from stdin, one per line; Ctrl-D to finish (or give texts as \
+         arguments, or --input FILE)",
+    )
 }
 
 /// Whether `a` and `b` name the same existing file.
@@ -460,6 +473,12 @@ mod tests {
             .text
             .unwrap_err()
             .contains("empty line"));
+    }
+
+    #[test]
+    fn a_terminal_on_stdin_gets_a_hint_and_a_pipe_does_not() {
+        assert!(stdin_hint(true).unwrap().contains("Ctrl-D"));
+        assert_eq!(stdin_hint(false), None);
     }
 
     #[test]
