@@ -451,3 +451,36 @@ fn a_terminal_on_stdin_gets_a_hint() {
     );
     assert!(!stderr(&piped).contains("Ctrl-D"), "{}", stderr(&piped));
 }
+
+/// A relative `--model` path that is not there (issue 18, item 3) says so, with what the hub
+/// said; each command's `--help` names its default model.
+#[test]
+fn a_missing_relative_model_path_and_the_default_models() {
+    // The test runs in the temporary directory, where `weights/` does not exist.
+    let o = trident(&["ner", "--model", "weights/bert-tiny-ner", "Paris"], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("no local directory `weights/bert-tiny-ner`")
+            && err.contains("as a hub id it failed"),
+        "{err}"
+    );
+    for (command, model) in [
+        ("ner", "dslim/bert-base-NER"),
+        (
+            "classify",
+            "distilbert-base-uncased-finetuned-sst-2-english",
+        ),
+        ("embed", "sentence-transformers/all-MiniLM-L6-v2"),
+        ("summarize", "t5-small"),
+        ("translate", "t5-small"),
+        ("generate", "gpt2"),
+    ] {
+        let help = trident(&[command, "--help"], None);
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains(&format!("Default model (without --model): {model}")),
+            "{command}: {text}"
+        );
+    }
+}

@@ -28,9 +28,23 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     /// Resolve `--model` (or `default`) to the model's files.
+    ///
+    /// A `--model` that is not a directory here but reads like a hub id (`weights/bert-tiny-ner`
+    /// from another directory, `org/name`) is tried on the hub at once; when that fails, the
+    /// error says both: no such local directory, and what the hub said.
     pub fn files(&self, default: &str) -> anyhow::Result<ModelFiles> {
         let spec = self.model.as_deref().unwrap_or(default);
-        Ok(ModelFiles::resolve(spec, HubOptions::from_env())?)
+        let files = ModelFiles::resolve(spec, HubOptions::from_env())?;
+        if self.model.is_some() && matches!(files.source(), trident_core::files::Source::Hub { .. })
+        {
+            if let Err(e) = files.get("config.json") {
+                let here = std::env::current_dir()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|_| "the current directory".into());
+                anyhow::bail!("no local directory `{spec}` in {here}; as a hub id it failed: {e}");
+            }
+        }
+        Ok(files)
     }
 }
 

@@ -34,20 +34,30 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Classify texts (sentiment and the like): the best label and its score per text.
-    #[command(visible_alias = "sentiment")]
+    #[command(visible_alias = "sentiment", after_help = default_model(encoders::CLASSIFY_MODEL))]
     Classify(encoders::ClassifyArgs),
     /// Named-entity recognition: people, organisations, places… with character offsets.
+    #[command(after_help = default_model(encoders::NER_MODEL))]
     Ner(encoders::NerArgs),
     /// Sentence embeddings (mean-pooled, normalised), one vector per text.
+    #[command(after_help = default_model(encoders::EMBED_MODEL))]
     Embed(encoders::EmbedArgs),
     /// Summarize documents (T5): long documents are split at sentence boundaries, not cut.
+    #[command(after_help = default_model(summarize::T5_MODEL))]
     Summarize(summarize::SummarizeArgs),
     /// Translate documents (T5), e.g. `translate --to de "The house is wonderful."`.
+    #[command(after_help = default_model(summarize::T5_MODEL))]
     Translate(translate::TranslateArgs),
     /// Continue a prompt with GPT-2, streaming the text as it is generated.
+    #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
     /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
     Doctor(doctor::DoctorArgs),
+}
+
+/// The line `--help` ends with: the model a command uses without `--model`.
+fn default_model(model: &str) -> String {
+    format!("Default model (without --model): {model}")
 }
 
 /// Run the chosen subcommand; the exit code says whether everything succeeded.
