@@ -1,7 +1,7 @@
 //! End-to-end tests of `trident generate` on the tiny GPT-2 fixture: json output equal to
 //! transformers' text-generation pipeline (greedy and beam, with and without the prompt),
 //! streamed text, `--show-probs`, and bad input (empty and 100k-character prompts,
-//! `--max-new-tokens 0`, `--temperature 0` with sampling, invalid UTF-8): a result or a clear
+//! `--max-new-tokens 0`, `--temperature 0` (greedy), invalid UTF-8): a result or a clear
 //! error, never a panic.
 
 use serde_json::{json, Value};
@@ -212,14 +212,25 @@ fn bad_input_gives_a_result_or_a_clear_error() {
         None,
     ));
     assert_eq!(out, json!([{"generated_text": "Hello there"}]));
-    // Temperature 0 with sampling: an error naming the option and the alternative.
-    let out = generate(&["--do-sample", "--temperature", "0", "Hello"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("temperature") && stderr(&out).contains("greedy"),
-        "{}",
-        stderr(&out)
-    );
+    // Temperature 0, even with --do-sample: greedy search, as llama.cpp reads it.
+    let greedy = stdout_json(&generate(
+        &["--format", "json", "--max-new-tokens", "5", "Hello"],
+        None,
+    ));
+    let zero = stdout_json(&generate(
+        &[
+            "--format",
+            "json",
+            "--max-new-tokens",
+            "5",
+            "--do-sample",
+            "--temperature",
+            "0",
+            "Hello",
+        ],
+        None,
+    ));
+    assert_eq!(zero, greedy);
     // More new tokens than the context holds.
     let out = generate(&["--max-new-tokens", "500", "Hello"], None);
     assert_eq!(out.status.code(), Some(2));
@@ -320,4 +331,47 @@ fn short_flags_mean_the_long_ones() {
         None,
     );
     assert_eq!(stdout_json(&short), stdout_json(&long));
+}
+
+/// Sampling flags are not silently ignored (issue 18, item 2): `--temperature`, `--top-p` or
+/// `--top-k` turn sampling on; a seed with nothing sampled gets a warning.
+#[test]
+fn sampling_flags_turn_sampling_on() {
+    let json = |args: &[&str]| {
+        let mut all = vec!["--format", "json", "--max-new-tokens", "8"];
+        all.extend_from_slice(args);
+        all.push("Paris is");
+        stdout_json(&generate(&all, None))
+    };
+    let flags = json(&["--temperature", "1.5", "--top-p", "0.9", "--seed", "3"]);
+    let explicit = json(&[
+        "--do-sample",
+        "--temperature",
+        "1.5",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(flags, explicit, "the flags sample as --do-sample does");
+    assert_ne!(flags, json(&[]), "and differ from greedy search");
+    let off = json(&["--do-sample=false", "--temperature", "1.5", "--seed", "3"]);
+    assert_eq!(off, json(&[]), "--do-sample=false keeps greedy search");
+    let seed_alone = generate(
+        &[
+            "--format",
+            "json",
+            "--max-new-tokens",
+            "3",
+            "--seed",
+            "3",
+            "Paris is",
+        ],
+        None,
+    );
+    assert!(
+        stderr(&seed_alone).contains("--seed has no effect"),
+        "{}",
+        stderr(&seed_alone)
+    );
 }

@@ -72,6 +72,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     // Settings that cannot work with this model are refused before any input is read.
     let settings = generator.settings(&options)?;
     generator.max_prompt_tokens(&settings)?;
+    args.generation.warn_unused(&settings);
     if text {
         return stream(&args, &generator, &options, &settings);
     }

@@ -38,20 +38,24 @@ pub struct GenerationArgs {
     /// can improve, judged at the current length) or never (judged at the longest length).
     #[arg(long, value_name = "WHEN", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_parser = early_stopping)]
     pub early_stopping: Option<EarlyStopping>,
-    /// Sample the next token instead of taking the most probable one (`--do-sample=false`
-    /// turns off a model's default sampling).
+    /// Sample the next token instead of taking the most probable one. --temperature (above 0),
+    /// --top-k and --top-p turn sampling on by themselves; `--do-sample=false` keeps it off
+    /// (and turns off a model's default sampling).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pub do_sample: Option<bool>,
-    /// Sampling temperature, above 0: below 1 is more conservative, above 1 more random.
+    /// Sampling temperature: below 1 is more conservative, above 1 more random; 0 means greedy
+    /// search (the single most likely output). Turns sampling on.
     #[arg(long, visible_alias = "temp", value_name = "F")]
     pub temperature: Option<f64>,
-    /// Sample only among the K most probable tokens (0: all; default 50).
+    /// Sample only among the K most probable tokens (0: all; default 50). Turns sampling on.
     #[arg(long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Sample only among the most probable tokens whose probabilities add up to P, in (0, 1].
+    /// Turns sampling on.
     #[arg(long, value_name = "P")]
     pub top_p: Option<f64>,
-    /// Seed for sampling: the same seed gives the same output.
+    /// Seed for sampling: the same seed gives the same output (a warning says when nothing is
+    /// sampled).
     #[arg(short = 's', long, value_name = "N")]
     pub seed: Option<u64>,
     /// Outputs per input (at most --num-beams with beam search; needs beams or sampling).
@@ -70,6 +74,16 @@ impl GenerationArgs {
     /// them against the model.
     pub fn options(&self) -> GenerationConfig {
         let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+        // As llama.cpp and ollama read them: temperature 0 is greedy search, and a sampling
+        // setting asks for sampling unless --do-sample=false says otherwise.
+        let greedy = self.temperature == Some(0.0);
+        let asks_sampling =
+            self.temperature.is_some() || self.top_k.is_some() || self.top_p.is_some();
+        let do_sample = if greedy {
+            Some(false)
+        } else {
+            self.do_sample.or(asks_sampling.then_some(true))
+        };
         GenerationConfig {
             max_new_tokens: self.max_new_tokens,
             min_new_tokens: self.min_new_tokens,
@@ -78,8 +92,8 @@ impl GenerationArgs {
             early_stopping: self.early_stopping,
             no_repeat_ngram_size: self.no_repeat_ngram_size,
             repetition_penalty: self.repetition_penalty,
-            do_sample: self.do_sample,
-            temperature: self.temperature,
+            do_sample,
+            temperature: self.temperature.filter(|_| !greedy),
             top_k: self.top_k,
             top_p: self.top_p,
             seed: self.seed,
@@ -88,5 +102,54 @@ impl GenerationArgs {
             bad_words: list(&self.bad_words),
             ..Default::default()
         }
+    }
+}
+
+impl GenerationArgs {
+    /// A one-line warning for a flag that the settled settings leave without effect.
+    pub fn warn_unused(&self, settled: &GenerationConfig) {
+        if self.seed.is_some() && !settled.do_sample() {
+            eprintln!(
+                "warning: --seed has no effect: nothing is sampled (add --do-sample, \
+                 --temperature, --top-k or --top-p to sample)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        generation: GenerationArgs,
+    }
+
+    fn options(args: &[&str]) -> GenerationConfig {
+        let mut all = vec!["trident"];
+        all.extend_from_slice(args);
+        Flags::parse_from(all).generation.options()
+    }
+
+    #[test]
+    fn sampling_flags_turn_sampling_on_and_temperature_zero_is_greedy() {
+        assert_eq!(options(&[]).do_sample, None);
+        assert_eq!(options(&["--top-p", "0.9"]).do_sample, Some(true));
+        assert_eq!(options(&["--temperature", "1.5"]).do_sample, Some(true));
+        assert_eq!(options(&["--top-k", "5"]).do_sample, Some(true));
+        assert_eq!(
+            options(&["--do-sample=false", "--top-p", "0.9"]).do_sample,
+            Some(false)
+        );
+        let zero = options(&["--do-sample", "--temperature", "0"]);
+        assert_eq!((zero.do_sample, zero.temperature), (Some(false), None));
+        assert_eq!(
+            options(&["--seed", "3"]).do_sample,
+            None,
+            "a seed alone samples nothing"
+        );
     }
 }

@@ -84,7 +84,7 @@ pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
         resummarize: args.resummarize,
     };
     // Settings that cannot work with this model are refused before any input is read.
-    summarizer.settings(&options)?;
+    args.generation.warn_unused(&summarizer.settings(&options)?);
     let limit = summarizer.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, summaries: &Vec<Summary>| -> Rendered {

@@ -48,7 +48,7 @@ pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
     options.batch_size = args.model.batch_size as usize;
     let translator = Translator::from_pretrained(&files, &args.model.load_options())?;
     // A pair or settings that cannot work with this model are refused before any input.
-    translator.settings(&options)?;
+    args.generation.warn_unused(&translator.settings(&options)?);
     let limit = translator.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, translations: &Vec<Translation>| -> Rendered {
