@@ -484,3 +484,59 @@ fn a_missing_relative_model_path_and_the_default_models() {
         );
     }
 }
+
+/// Readable NER text output (issue 18, item 15): each block names its input, offsets read
+/// `start-end`; JSON keys come in transformers' order.
+#[test]
+fn ner_text_blocks_name_their_input() {
+    let model = fixture("bert-tiny-ner");
+    let o = trident(
+        &[
+            "ner",
+            "--model",
+            &model,
+            "--device",
+            "cpu",
+            "--ignore-label",
+            "NONE",
+            "Paris",
+            "Berlin",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let blocks: Vec<&str> = out.split("\n\n").filter(|b| !b.trim().is_empty()).collect();
+    assert_eq!(blocks.len(), 2, "{out}");
+    assert!(
+        blocks[0].starts_with("argument 1:\n") && blocks[1].starts_with("argument 2:\n"),
+        "{out}"
+    );
+    assert!(
+        blocks[0].contains("\t0-5\t") && !out.contains(".."),
+        "{out}"
+    );
+    let o = trident(
+        &[
+            "ner",
+            "--model",
+            &model,
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+            "Paris Berlin",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    let at = text
+        .find("\"entity_group\"")
+        .expect("the fixture finds an entity here");
+    let rest = &text[at..];
+    let order: Vec<usize> = ["entity_group", "score", "word", "start", "end"]
+        .iter()
+        .map(|k| rest.find(&format!("\"{k}\"")).unwrap_or(usize::MAX))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "key order in {text}");
+}

@@ -60,7 +60,12 @@ pub fn classify(args: ClassifyArgs) -> anyhow::Result<ExitCode> {
             (None, Some(best)) => (json!(best), Some(json!([best]))),
             _ => (json!(labels), None),
         };
-        Rendered { value, alone, text }
+        Rendered {
+            value,
+            alone,
+            text,
+            heading: false,
+        }
     };
     process(
         &args.io,
@@ -125,7 +130,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
                     word,
                     start,
                     end,
-                } => format!("{entity_group}\t{word}\t{start}..{end}\t{score:.4}"),
+                } => format!("{entity_group}\t{word}\t{start}-{end}\t{score:.4}"),
                 Entity::Token {
                     entity,
                     score,
@@ -133,7 +138,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
                     start,
                     end,
                     index,
-                } => format!("{entity}\t{word}\t{start}..{end}\t{score:.4}\ttoken {index}"),
+                } => format!("{entity}\t{word}\t{start}-{end}\t{score:.4}\ttoken {index}"),
             })
             .collect();
         let text = if lines.is_empty() {
@@ -145,6 +150,7 @@ pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
             value: json!(entities),
             alone: None,
             text: text + "\n\n",
+            heading: true,
         }
     };
     process(
@@ -186,6 +192,7 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             value: json!(e),
             alone: None,
             text,
+            heading: false,
         }
     };
     process(

@@ -87,6 +87,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
                 .map(|t| t.generated_text.as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            heading: false,
         }
     };
     process(

@@ -257,6 +257,10 @@ pub struct Rendered {
     pub alone: Option<Value>,
     /// The `text` format.
     pub text: String,
+    /// In the `text` format, put the input's origin (`argument 2`, `line 17`) on a line of its
+    /// own before the result: for results of several lines, so that each block says which
+    /// input it belongs to.
+    pub heading: bool,
 }
 
 /// Writes results in the chosen format and counts failures.
@@ -296,6 +300,9 @@ impl Output {
         self.succeeded += 1;
         match self.format {
             Format::Text => {
+                if result.heading {
+                    writeln!(self.sink, "{}:", item.origin)?;
+                }
                 self.sink.write_all(result.text.as_bytes())?;
                 if !result.text.ends_with('\n') {
                     self.sink.write_all(b"\n")?;

@@ -54,6 +54,7 @@ pub(super) fn render<T: Serialize>(values: &[T], texts: Vec<&str>) -> Rendered {
         value,
         alone: Some(list),
         text: texts.join("\n"),
+        heading: false,
     }
 }
 
