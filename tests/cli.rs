@@ -540,3 +540,73 @@ fn ner_text_blocks_name_their_input() {
         .collect();
     assert!(order.windows(2).all(|w| w[0] < w[1]), "key order in {text}");
 }
+
+/// Error wording (issue 18, item 9): a checkpoint of another family names its model type,
+/// counts and value lists read as the user typed them (clap's suggestion for a typo, no
+/// internal range), and the pytorch_model.bin advice converts with the checkpoint's own class.
+#[test]
+fn errors_read_as_the_user_typed() {
+    let o = trident(
+        &[
+            "summarize",
+            "--model",
+            &fixture("gpt2-tiny"),
+            "Hello world.",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("model_type 'gpt2' is not an encoder-decoder"),
+        "{}",
+        stderr(&o)
+    );
+
+    let ner = |extra: &[&str]| {
+        let model = fixture("bert-tiny-ner");
+        let mut args = vec!["ner", "--model", &model];
+        args.extend_from_slice(extra);
+        args.push("Paris");
+        trident(&args, None)
+    };
+    let o = ner(&["--batch-size", "0"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("at least 1") && !stderr(&o).contains("18446744073709551615"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ner(&["--aggregation", "firts"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("'first'") && !stderr(&o).contains("invalid input"),
+        "{}",
+        stderr(&o)
+    );
+    let o = ner(&["--dtype", "fp16"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("f32, bf16, int8") && !stderr(&o).contains("invalid input"),
+        "{}",
+        stderr(&o)
+    );
+
+    let dir = std::env::temp_dir().join(format!("trident-pickle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(
+            Path::new(&fixture("bert-tiny-ner")).join(file),
+            dir.join(file),
+        )
+        .unwrap();
+    }
+    std::fs::write(dir.join("pytorch_model.bin"), b"not read").unwrap();
+    let o = trident(&["ner", "--model", dir.to_str().unwrap(), "Paris"], None);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("BertForTokenClassification.from_pretrained(DIR)"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -231,10 +231,17 @@ fn bad_input_gives_a_result_or_a_clear_error() {
         None,
     ));
     assert_eq!(zero, greedy);
-    // More new tokens than the context holds.
-    let out = generate(&["--max-new-tokens", "500", "Hello"], None);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("context"), "{}", stderr(&out));
+    // More new tokens than the context holds: clamped to it, with a warning.
+    let out = generate(
+        &["--format", "json", "--max-new-tokens", "500", "Hello"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--max-new-tokens 500 is more than the model's context of 128"),
+        "{}",
+        stderr(&out)
+    );
     // A 100k-character prompt keeps its end, with a warning.
     let long = "The United Nations said that ".repeat(3500);
     assert!(long.len() >= 100_000);

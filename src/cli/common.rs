@@ -12,17 +12,17 @@ pub struct ModelArgs {
     pub model: Option<String>,
 
     /// Where to run: auto (CUDA when present, else CPU), cpu, cuda or mps.
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    #[arg(long, default_value = "auto", value_name = "DEVICE", ignore_case = true, value_parser = choices::<DeviceChoice>(&[("auto", &[]), ("cpu", &[]), ("cuda", &["gpu"]), ("mps", &[])]))]
     pub device: DeviceChoice,
 
     /// Numeric format: f32 (exact, transformers' results), bf16 (half the memory traffic;
     /// fast on CPUs with AVX512-BF16 or AMX) or int8 (dynamic quantization of the linear
     /// layers). bf16 and int8 trade a little accuracy for speed: see BENCHMARKS.md.
-    #[arg(long, default_value = "f32", value_name = "DTYPE")]
+    #[arg(long, default_value = "f32", value_name = "DTYPE", ignore_case = true, value_parser = choices::<Dtype>(&[("f32", &["float32", "float"]), ("bf16", &["bfloat16"]), ("int8", &["qint8"])]))]
     pub dtype: Dtype,
 
     /// Texts per forward pass.
-    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = at_least_one)]
     pub batch_size: u64,
 }
 
@@ -45,6 +45,34 @@ impl ModelArgs {
             }
         }
         Ok(files)
+    }
+}
+
+/// A parser for a flag with a fixed set of values (each with its aliases) that the library
+/// parses with `FromStr`: clap lists the values in `--help` and in errors, and suggests the
+/// closest one for a typo (`--aggregation firts` → `first`).
+pub fn choices<T>(
+    values: &'static [(&'static str, &'static [&'static str])],
+) -> impl clap::builder::TypedValueParser<Value = T>
+where
+    T: std::str::FromStr + Default + Clone + Send + Sync + 'static,
+{
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(
+        values
+            .iter()
+            .map(|(name, aliases)| PossibleValue::new(*name).aliases(aliases.iter().copied())),
+    )
+    // Every listed value parses; the default is never reached.
+    .map(|s| s.parse::<T>().unwrap_or_default())
+}
+
+/// `--batch-size` and other counts: a whole number of at least 1.
+pub fn at_least_one(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be at least 1".into()),
+        Err(_) => Err(format!("`{s}` is not a whole number (give 1 or more)")),
     }
 }
 

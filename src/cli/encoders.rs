@@ -92,7 +92,7 @@ pub struct NerArgs {
     model: ModelArgs,
     /// How token labels become entities: none (one per token), simple (group adjacent
     /// tokens with the same tag), first, average or max (decide per word, then group).
-    #[arg(long, default_value = "simple", value_name = "STRATEGY")]
+    #[arg(long, default_value = "simple", value_name = "STRATEGY", ignore_case = true, value_parser = super::common::choices::<Aggregation>(&[("none", &[]), ("simple", &[]), ("first", &[]), ("average", &[]), ("max", &[])]))]
     aggregation: Aggregation,
     /// Split texts longer than the model's limit into windows sharing N tokens. Long texts
     /// are always windowed (never cut); this sets the overlap and windows every text.

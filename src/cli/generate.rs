@@ -57,7 +57,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(GPT_MODEL)?;
     let generation = args.generation.options();
     let text = args.io.format == Format::Text;
-    let options = GenerateOptions {
+    let mut options = GenerateOptions {
         // Streaming shows one continuation at a time.
         batch_size: if text {
             1
@@ -69,6 +69,17 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         show_probs: args.show_probs,
     };
     let generator = TextGenerator::from_pretrained(&files, &args.model.load_options())?;
+    // More new tokens than the context holds: as many as it can hold, with a warning
+    // (the prompt then keeps its last token).
+    let context = generator.model().config().n_positions as usize;
+    if let Some(n) = options.generation.max_new_tokens.filter(|&n| n >= context) {
+        let most = context.saturating_sub(1);
+        eprintln!(
+            "warning: --max-new-tokens {n} is more than the model's context of {context} tokens \
+             allows: generating at most {most}"
+        );
+        options.generation.max_new_tokens = Some(most);
+    }
     // Settings that cannot work with this model are refused before any input is read.
     let settings = generator.settings(&options)?;
     generator.max_prompt_tokens(&settings)?;

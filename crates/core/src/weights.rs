@@ -257,10 +257,16 @@ impl Checkpoint {
             });
         }
         if files.get_optional("pytorch_model.bin")?.is_some() {
+            // The checkpoint's own class keeps its head (AutoModel would drop it).
+            let class = files
+                .get_optional("config.json")?
+                .and_then(|p| crate::config::read_json::<crate::config::CommonConfig>(&p).ok())
+                .and_then(|c| c.architectures.into_iter().next())
+                .unwrap_or_else(|| "AutoModel".to_string());
             return Err(Error::Unsupported(format!(
                 "{}: only pytorch_model.bin (a Python pickle) is present, which Trident does not execute. \
-                 Convert it once with Python: `from transformers import AutoModel; \
-                 AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`, \
+                 Convert it once with Python: `from transformers import {class}; \
+                 {class}.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)`, \
                  or use a revision of the repository that has model.safetensors",
                 files.name()
             )));

@@ -75,6 +75,18 @@ pub struct T5Config {
 impl T5Config {
     /// Read and check config.json.
     pub fn from_file(path: &Path) -> Result<Self> {
+        // The model type first: another family's config lacks T5's fields, and "missing field
+        // `d_model`" would not say what is wrong.
+        let common: trident_core::config::CommonConfig = read_json(path)?;
+        if !matches!(common.model_type.as_str(), "t5" | "mt5") {
+            return Err(Error::Unsupported(format!(
+                "{}: model_type '{}' is not an encoder-decoder Trident supports: summarize and \
+                 translate need a T5 checkpoint (t5-small, t5-base, google/flan-t5-*, \
+                 google/mt5-*)",
+                path.display(),
+                common.model_type
+            )));
+        }
         let config: T5Config = read_json(path)?;
         config.check(path)?;
         Ok(config)
