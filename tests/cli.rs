@@ -610,3 +610,28 @@ fn errors_read_as_the_user_typed() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The JSON shape does not depend on how many lines a file has (issue 18, item 5): file and
+/// stdin input give one element per input; only a single text argument unwraps.
+#[test]
+fn json_from_a_file_has_one_element_per_input() {
+    let model = fixture("bert-tiny-ner");
+    let one = tmp("one.txt", b"Angela Merkel visited Paris.\n");
+    let run = |extra: &[&str], stdin: Option<&[u8]>| {
+        let mut args = vec![
+            "ner", "--model", &model, "--device", "cpu", "--format", "json",
+        ];
+        args.extend_from_slice(extra);
+        let o = trident(&args, stdin);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let from_file = run(&["--input", one.to_str().unwrap()], None);
+    let from_stdin = run(&[], Some(b"Angela Merkel visited Paris.\n"));
+    let argument = run(&["Angela Merkel visited Paris."], None);
+    // A list with one element (the entities of the one input), not the entities themselves.
+    assert_eq!(from_file.as_array().unwrap().len(), 1, "{from_file}");
+    assert!(from_file[0].is_array(), "{from_file}");
+    assert_eq!(from_stdin, from_file);
+    assert_eq!(Value::Array(vec![argument]), from_file);
+}

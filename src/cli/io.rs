@@ -269,6 +269,9 @@ pub struct Output {
     sink: Box<dyn Write>,
     json: Vec<Value>,
     alone: Option<Value>,
+    /// Whether the input is one text argument: only then does `json` print what the
+    /// pipeline returns for a single string; file and stdin input always give a list.
+    one_argument: bool,
     /// Inputs that failed.
     pub failed: usize,
     /// Inputs that succeeded.
@@ -290,6 +293,7 @@ impl Output {
             sink,
             json: Vec::new(),
             alone: None,
+            one_argument: args.texts.len() == 1,
             failed: 0,
             succeeded: 0,
         })
@@ -336,9 +340,10 @@ impl Output {
     /// Flush; for json, print the array.
     pub fn finish(mut self) -> anyhow::Result<()> {
         if self.format == Format::Json {
-            // A single input prints what the pipeline returns for a string; several, a list.
-            let value = match (self.succeeded + self.failed, self.alone.take()) {
-                (1, Some(alone)) => alone,
+            // A single text argument prints what the pipeline returns for a string; anything
+            // else (several texts, a file, stdin), one element per input.
+            let value = match (self.one_argument, self.alone.take()) {
+                (true, Some(alone)) => alone,
                 _ => Value::Array(std::mem::take(&mut self.json)),
             };
             writeln!(self.sink, "{}", serde_json::to_string_pretty(&value)?)?;
