@@ -635,3 +635,60 @@ fn json_from_a_file_has_one_element_per_input() {
     assert_eq!(from_stdin, from_file);
     assert_eq!(Value::Array(vec![argument]), from_file);
 }
+
+/// `--output FILE` keeps the work done when the run is interrupted (issue 18, item 4): each
+/// finished chunk is written out, whole lines, as it completes.
+#[test]
+fn an_interrupted_run_keeps_its_finished_lines_in_the_output_file() {
+    let lines: String = (0..20_000)
+        .map(|i| format!("Angela Merkel visited Paris {i}.\n"))
+        .collect();
+    let input = tmp("many.txt", lines.as_bytes());
+    let output = input.with_file_name("many.out.jsonl");
+    let _ = std::fs::remove_file(&output);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args([
+            "ner",
+            "--model",
+            &fixture("bert-tiny-ner"),
+            "--device",
+            "cpu",
+        ])
+        .args(["--format", "jsonl", "--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // As soon as something is in the file, kill the run (as Ctrl-C would).
+    let start = std::time::Instant::now();
+    while std::fs::metadata(&output).map_or(0, |m| m.len()) == 0 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "nothing written within a minute"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let finished_early = child.try_wait().unwrap().is_some();
+    child.kill().ok();
+    child.wait().unwrap();
+    let written = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        written.ends_with('\n'),
+        "only whole lines: {:?}",
+        &written[written.len().saturating_sub(80)..]
+    );
+    let rows: Vec<Value> = written
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!rows.is_empty());
+    assert!(
+        finished_early || rows.len() < 20_000,
+        "the run was interrupted with {} rows written",
+        rows.len()
+    );
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["id"], i + 1, "rows in input order, none lost");
+    }
+}

@@ -251,7 +251,10 @@ fn bad_input_gives_a_result_or_a_clear_error() {
     );
     // Stdin gives one element per input: the list of that prompt's generated texts.
     let v = stdout_json(&out);
-    assert!(v[0][0]["generated_text"].as_str().unwrap().starts_with(&long));
+    assert!(v[0][0]["generated_text"]
+        .as_str()
+        .unwrap()
+        .starts_with(&long));
     assert!(
         stderr(&out).contains("does not fit") && stderr(&out).contains("last 123 tokens"),
         "{}",

@@ -267,6 +267,8 @@ pub struct Rendered {
 pub struct Output {
     format: Format,
     sink: Box<dyn Write>,
+    /// The results of the chunk being processed, written out whole at its end.
+    pending: Vec<u8>,
     json: Vec<Value>,
     alone: Option<Value>,
     /// Whether the input is one text argument: only then does `json` print what the
@@ -282,15 +284,16 @@ impl Output {
     /// Open stdout or `--output`.
     pub fn open(args: &IoArgs) -> anyhow::Result<Self> {
         let sink: Box<dyn Write> = match &args.output {
-            Some(p) => Box::new(std::io::BufWriter::new(
+            Some(p) => Box::new(
                 std::fs::File::create(p)
                     .with_context(|| format!("cannot create --output {}", p.display()))?,
-            )),
+            ),
             None => Box::new(std::io::stdout()),
         };
         Ok(Output {
             format: args.format,
             sink,
+            pending: Vec::new(),
             json: Vec::new(),
             alone: None,
             one_argument: args.texts.len() == 1,
@@ -305,11 +308,11 @@ impl Output {
         match self.format {
             Format::Text => {
                 if result.heading {
-                    writeln!(self.sink, "{}:", item.origin)?;
+                    writeln!(self.pending, "{}:", item.origin)?;
                 }
-                self.sink.write_all(result.text.as_bytes())?;
+                self.pending.write_all(result.text.as_bytes())?;
                 if !result.text.ends_with('\n') {
-                    self.sink.write_all(b"\n")?;
+                    self.pending.write_all(b"\n")?;
                 }
             }
             Format::Json => {
@@ -318,7 +321,7 @@ impl Output {
             }
             Format::Jsonl => {
                 let line = serde_json::json!({"id": item.id, "result": result.value});
-                writeln!(self.sink, "{line}")?;
+                writeln!(self.pending, "{line}")?;
             }
         }
         Ok(())
@@ -337,8 +340,18 @@ impl Output {
         }
     }
 
+    /// Write the finished chunk's results out, whole lines, and flush them: with `--output`,
+    /// an interrupted run (Ctrl-C) keeps every chunk finished before it.
+    pub fn end_chunk(&mut self) -> anyhow::Result<()> {
+        self.sink.write_all(&self.pending)?;
+        self.pending.clear();
+        self.sink.flush()?;
+        Ok(())
+    }
+
     /// Flush; for json, print the array.
     pub fn finish(mut self) -> anyhow::Result<()> {
+        self.end_chunk()?;
         if self.format == Format::Json {
             // A single text argument prints what the pipeline returns for a string; anything
             // else (several texts, a file, stdin), one element per input.
@@ -455,6 +468,7 @@ pub fn process<T>(
                 },
             }
         }
+        output.end_chunk()?;
         progress.inc(group.len());
     }
     progress.tokens = tokens();
