@@ -386,3 +386,27 @@ fn sampling_flags_turn_sampling_on() {
         stderr(&seed_alone)
     );
 }
+
+/// The same seed gives the same text in every output format (issue 18, item 6): text streams
+/// one prompt at a time, json runs the prompts as a batch.
+#[test]
+fn a_seed_gives_the_same_text_in_text_and_json() {
+    let args = ["--do-sample", "--seed", "7", "--max-new-tokens", "10"];
+    let prompts = ["Paris is", "The United Nations said"];
+    let mut json_args = vec!["--format", "json"];
+    json_args.extend_from_slice(&args);
+    json_args.extend_from_slice(&prompts);
+    let json = stdout_json(&generate(&json_args, None));
+    let mut text_args = args.to_vec();
+    text_args.extend_from_slice(&prompts);
+    let text = generate(&text_args, None);
+    assert!(text.status.success(), "{}", stderr(&text));
+    let streamed = String::from_utf8_lossy(&text.stdout);
+    for (i, _) in prompts.iter().enumerate() {
+        let expected = json[i][0]["generated_text"].as_str().unwrap();
+        assert!(
+            streamed.contains(expected),
+            "{expected:?} not in {streamed:?}"
+        );
+    }
+}

@@ -345,3 +345,44 @@ fn defaults_follow_the_checkpoint_then_the_pipeline() {
     g.run(&[PROMPT], &options(sampling(7), None)).unwrap();
     assert_eq!(g.settings(&GenerateOptions::default()).unwrap(), c);
 }
+
+/// A seed gives the same samples whatever the batch (issue 18, item 6: the CLI's text format
+/// generates one prompt at a time, json a batch): each prompt alone equals the same prompt
+/// among others, with its returned sequences still different from each other.
+#[test]
+fn seeded_sampling_does_not_depend_on_the_batch() {
+    let g = load();
+    let prompts = [
+        "The United Nations said",
+        "Paris is",
+        "A long time ago in a galaxy",
+    ];
+    let sampling = |batch_size, num_beams| GenerateOptions {
+        batch_size,
+        ..options(
+            GenerationConfig {
+                max_new_tokens: Some(12),
+                do_sample: Some(true),
+                seed: Some(42),
+                num_beams: Some(num_beams),
+                num_return_sequences: Some(2),
+                ..Default::default()
+            },
+            None,
+        )
+    };
+    for beams in [1, 2] {
+        let batched = g.run(&prompts, &sampling(3, beams)).unwrap();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let alone = g.run(&[prompt], &sampling(1, beams)).unwrap();
+            assert_eq!(
+                alone[0], batched[i],
+                "beams {beams}: prompt {i} alone vs batched"
+            );
+        }
+        assert_ne!(
+            batched[0][0].generated_text, batched[0][1].generated_text,
+            "beams {beams}: the two returned sequences differ"
+        );
+    }
+}

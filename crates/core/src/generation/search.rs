@@ -35,6 +35,20 @@ impl Rng {
         }))
     }
 
+    /// One generator per output sequence: with a seed, stream `stream` of it (the same for a
+    /// given seed and stream, whatever else is in the batch), so that a prompt samples the
+    /// same text alone or batched with others; without one, from the clock.
+    pub(crate) fn stream(seed: Option<u64>, stream: u64) -> Self {
+        let mut base = Rng::new(seed.map(|s| s ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)));
+        if seed.is_none() {
+            base.0 = base
+                .0
+                .wrapping_add(stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        // Mix once, so that neighbouring streams start far apart.
+        Rng(base.next_u64())
+    }
+
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -119,7 +133,15 @@ pub(crate) fn greedy_or_sample<D: Decoder + ?Sized>(
     let processors: Vec<Box<dyn LogitsProcessor>> = config.processors(prompt_len);
     let fill = config.fill_token_id();
     let eos = config.eos_token_ids();
-    let mut rng = Rng::new(config.seed);
+    // One generator per row, by its copy number within its input (rows are input-major), so
+    // that sampling does not depend on the batch: a prompt gives the same text alone or among
+    // others, and its copies (num_return_sequences) differ.
+    let mut rngs: Vec<Rng> = (0..rows.len())
+        .map(|r| {
+            let copy = inputs[..r].iter().filter(|&&i| i == inputs[r]).count();
+            Rng::stream(config.seed, copy as u64)
+        })
+        .collect();
     let mut lens: Vec<Option<usize>> = vec![None; rows.len()]; // Some(len) once finished
     let mut ids = ids_tensor(&rows, device)?;
     loop {
@@ -127,7 +149,7 @@ pub(crate) fn greedy_or_sample<D: Decoder + ?Sized>(
         let scores = apply(&processors, &rows, logits)?;
         let next: Vec<i64> = if config.do_sample() {
             let mut picks = Vec::with_capacity(rows.len());
-            for p in probabilities(&scores)? {
+            for (p, rng) in probabilities(&scores)?.into_iter().zip(&mut rngs) {
                 picks.push(rng.categorical(&p).ok_or_else(no_candidates)? as i64);
             }
             picks
@@ -425,7 +447,8 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         (Some(_), Some(p)) if p != 0 => p,
         (Some(&e), _) => e,
     };
-    let mut rng = Rng::new(config.seed);
+    // One generator per input, as for greedy sampling: the same draws alone or batched.
+    let mut rngs: Vec<Rng> = (0..batch).map(|_| Rng::stream(config.seed, 0)).collect();
     let mut b = Beams::new(&rows, config.num_beams(), max_len, fill)?;
     let batch_offset = Tensor::f_arange(batch, (Kind::Int64, Device::Cpu))?
         .f_mul_scalar(beams)?
@@ -452,7 +475,7 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
         // The k best continuations over all beams (or k drawn without replacement).
         let (top_scores, top_index) = if config.do_sample() {
             let mut picks = Vec::with_capacity((batch * k) as usize);
-            for mut p in probabilities(&total)? {
+            for (mut p, rng) in probabilities(&total)?.into_iter().zip(&mut rngs) {
                 let drawn = rng.categorical_distinct(&mut p, k as usize)?;
                 picks.extend(drawn.into_iter().map(|i| i as i64));
             }
