@@ -91,3 +91,48 @@ fn bad_generation_options_are_clear_errors() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["summary_text"], "");
 }
+
+/// Document tasks read a plain-text file as one document (issue 18, item 1): the README's
+/// `summarize --input article.txt` gives one summary; `--per-line` keeps one per line; JSON
+/// Lines stay one document per line.
+#[test]
+fn a_plain_text_file_is_one_document() {
+    let article = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/news_article.txt");
+    let lines = std::fs::read_to_string(article).unwrap().lines().count();
+    assert!(lines > 1);
+    let model = trident_testing::fixture_dir("t5-tiny")
+        .display()
+        .to_string();
+    let run = |command: &str, extra: &[&str], input: &str| {
+        let mut args = vec![command, "--model", model.as_str(), "--device", "cpu"];
+        args.extend_from_slice(&[
+            "--format",
+            "jsonl",
+            "--max-new-tokens",
+            "4",
+            "--input",
+            input,
+        ]);
+        args.extend_from_slice(extra);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_trident"))
+            .args(&args)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert_eq!(run("summarize", &[], article), 1);
+    assert_eq!(run("translate", &["--to", "de"], article), 1);
+    assert_eq!(run("summarize", &["--per-line"], article), lines);
+    let dir = std::env::temp_dir().join(format!("trident-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jsonl = dir.join("two.jsonl");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"One document.\"}\n{\"text\": \"Another one.\"}\n",
+    )
+    .unwrap();
+    assert_eq!(run("summarize", &[], jsonl.to_str().unwrap()), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -67,6 +67,11 @@ pub struct IoArgs {
     /// Write results to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Document tasks (summarize, translate) set this: plain-text input (a file or stdin) is
+    /// one document, paragraphs and all, instead of one text per line.
+    #[arg(skip)]
+    pub documents: bool,
 }
 
 /// One input text, or why it could not be read.
@@ -218,6 +223,20 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
         return Ok(Vec::new());
     }
     let jsonl = args.jsonl();
+    if args.documents && !jsonl {
+        let origin = match &args.input {
+            Some(p) if p.as_os_str() != "-" => p.display().to_string(),
+            _ => "stdin".to_string(),
+        };
+        let text = std::str::from_utf8(body)
+            .map(|t| t.replace("\r\n", "\n"))
+            .map_err(|e| format!("not valid UTF-8 ({e}); re-encode the file as UTF-8"));
+        return Ok(vec![Item {
+            id: Value::from(1),
+            origin,
+            text,
+        }]);
+    }
     Ok(body
         .split(|&b| b == b'\n')
         .enumerate()
@@ -523,6 +542,7 @@ mod tests {
             input_format,
             format: Format::Text,
             output: None,
+            documents: false,
         };
         assert!(args(Some("a.jsonl"), InputFormat::Auto).jsonl());
         assert!(args(Some("a.NDJSON"), InputFormat::Auto).jsonl());

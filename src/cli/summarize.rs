@@ -35,6 +35,11 @@ pub struct SummarizeArgs {
     /// When a document had to be split, summarize the joined summaries once more.
     #[arg(long)]
     resummarize: bool,
+    /// Treat each line of a plain-text --input (or stdin) as its own document. Without it, a
+    /// plain-text file is one document (its paragraphs together); JSON Lines input is always
+    /// one document per line.
+    #[arg(long)]
+    per_line: bool,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -75,7 +80,8 @@ pub(super) fn note_split(input: &str, chunks: usize, limit: usize, done: &str) {
 }
 
 /// Run `trident summarize`.
-pub fn run(args: SummarizeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: SummarizeArgs) -> anyhow::Result<ExitCode> {
+    args.io.documents = !args.per_line;
     let files = args.model.files(T5_MODEL)?;
     let summarizer = Summarizer::from_pretrained(&files, &args.model.load_options())?;
     let options = SummarizeOptions {

@@ -33,6 +33,11 @@ pub struct TranslateArgs {
     /// for T5).
     #[arg(long, value_name = "N")]
     max_input_tokens: Option<usize>,
+    /// Treat each line of a plain-text --input (or stdin) as its own document. Without it, a
+    /// plain-text file is one document (its paragraphs together); JSON Lines input is always
+    /// one document per line.
+    #[arg(long)]
+    per_line: bool,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -40,7 +45,8 @@ pub struct TranslateArgs {
 }
 
 /// Run `trident translate`.
-pub fn run(args: TranslateArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut args: TranslateArgs) -> anyhow::Result<ExitCode> {
+    args.io.documents = !args.per_line;
     let files = args.model.files(T5_MODEL)?;
     let mut options = TranslateOptions::new(&args.from, &args.to);
     options.generation = args.generation.options();
