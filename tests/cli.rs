@@ -692,3 +692,65 @@ fn an_interrupted_run_keeps_its_finished_lines_in_the_output_file() {
         assert_eq!(row["id"], i + 1, "rows in input order, none lost");
     }
 }
+
+/// `--help` layout and discoverability (issue 18, item 10): help fits the terminal (100
+/// columns when there is none), the input/output flags have their own heading, the settings in
+/// effect can be shown, shell completions exist, and the top-level description names every
+/// command.
+#[test]
+fn help_layout_settings_and_completions() {
+    for command in [
+        "ner",
+        "classify",
+        "embed",
+        "summarize",
+        "translate",
+        "generate",
+    ] {
+        let o = trident(&[command, "--help"], None);
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.lines().all(|l| l.chars().count() <= 100),
+            "{command}: {help}"
+        );
+        let io = help
+            .split("\nInput and output:\n")
+            .nth(1)
+            .expect("an Input and output heading");
+        assert!(
+            io.contains("--input") && io.contains("--format") && io.contains("--output"),
+            "{command}"
+        );
+        assert_eq!(help.matches("\nOptions:\n").count(), 1, "{command}: {help}");
+    }
+    let top = String::from_utf8_lossy(&trident(&["--help"], None).stdout).to_string();
+    for word in [
+        "classif",
+        "ner",
+        "embed",
+        "summar",
+        "translat",
+        "generat",
+        "doctor",
+        "completions",
+    ] {
+        assert!(top.contains(word), "{word} in {top}");
+    }
+    let o = trident(
+        &[
+            "summarize",
+            "--model",
+            &fixture("t5-tiny"),
+            "--num-beams",
+            "2",
+            "--show-config",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(shown["num_beams"], 2, "the flag over the task's 4");
+    assert_eq!(shown["prefix"], "summarize: ", "the task's prefix");
+    let o = trident(&["completions", "bash"], None);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("_trident"));
+}

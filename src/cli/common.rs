@@ -5,6 +5,7 @@ use trident_core::{DeviceChoice, Dtype, HubOptions, ModelFiles};
 
 /// Where the model comes from and where it runs.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Model")]
 pub struct ModelArgs {
     /// A local directory (config.json, model.safetensors, tokenizer.json) or a Hugging Face
     /// Hub id such as `org/name` (optionally `@revision`); the command's default when omitted.

@@ -16,12 +16,12 @@ const CHUNK: usize = 64;
 /// Options of `trident classify`.
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    #[command(flatten)]
-    model: ModelArgs,
     /// Return the K best labels per text with their scores ("all" for every label).
     /// Without it, each text gets its best label, as transformers' pipeline returns.
     #[arg(long, value_name = "K|all")]
     top_k: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     io: IoArgs,
 }
@@ -88,8 +88,6 @@ fn preview(text: &str) -> String {
 /// Options of `trident ner`.
 #[derive(Args, Debug)]
 pub struct NerArgs {
-    #[command(flatten)]
-    model: ModelArgs,
     /// How token labels become entities: none (one per token), simple (group adjacent
     /// tokens with the same tag), first, average or max (decide per word, then group).
     #[arg(long, default_value = "simple", value_name = "STRATEGY", ignore_case = true, value_parser = super::common::choices::<Aggregation>(&[("none", &[]), ("simple", &[]), ("first", &[]), ("average", &[]), ("max", &[])]))]
@@ -101,6 +99,8 @@ pub struct NerArgs {
     /// Labels to leave out of the output (repeat the flag for several).
     #[arg(long = "ignore-label", value_name = "LABEL", default_values_t = vec!["O".to_string()])]
     ignore_labels: Vec<String>,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     io: IoArgs,
 }

@@ -35,10 +35,6 @@ transformers' text-generation pipeline); at most 256 new tokens (half the contex
 models) unless the model or --max-new-tokens says otherwise. A prompt longer than the context
 keeps its last tokens, with a warning.")]
 pub struct GenerateArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    generation: GenerationArgs,
     /// Output only the generated continuation, without the prompt (transformers'
     /// return_full_text=False).
     #[arg(long)]
@@ -48,6 +44,10 @@ pub struct GenerateArgs {
     /// greedy search and sampling only.
     #[arg(long, value_name = "K")]
     show_probs: Option<usize>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    generation: GenerationArgs,
     #[command(flatten)]
     io: IoArgs,
 }
@@ -83,6 +83,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     // Settings that cannot work with this model are refused before any input is read.
     let settings = generator.settings(&options)?;
     generator.max_prompt_tokens(&settings)?;
+    if args.generation.show(&settings)? {
+        return Ok(ExitCode::SUCCESS);
+    }
     args.generation.warn_unused(&settings);
     if text {
         return stream(&args, &generator, &options, &settings);

@@ -67,6 +67,10 @@ pub struct GenerationArgs {
     /// Never generate WORD (repeat the flag for several).
     #[arg(long = "bad-words", value_name = "WORD")]
     pub bad_words: Vec<String>,
+    /// Print the generation settings in effect (the model's, the task's and these flags, as
+    /// JSON; what is not listed takes transformers' default) and exit without reading input.
+    #[arg(long)]
+    pub show_config: bool,
 }
 
 impl GenerationArgs {
@@ -106,6 +110,14 @@ impl GenerationArgs {
 }
 
 impl GenerationArgs {
+    /// With `--show-config`, print `settled` and return true (the command then ends).
+    pub fn show(&self, settled: &GenerationConfig) -> anyhow::Result<bool> {
+        if self.show_config {
+            println!("{}", serde_json::to_string_pretty(settled)?);
+        }
+        Ok(self.show_config)
+    }
+
     /// A one-line warning for a flag that the settled settings leave without effect.
     pub fn warn_unused(&self, settled: &GenerationConfig) {
         if self.seed.is_some() && !settled.do_sample() {

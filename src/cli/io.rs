@@ -44,6 +44,7 @@ pub enum InputFormat {
 
 /// Where texts come from and where results go.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Input and output")]
 pub struct IoArgs {
     /// Texts to process. Without texts or --input, lines are read from stdin.
     #[arg(value_name = "TEXT")]

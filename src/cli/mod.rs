@@ -14,8 +14,10 @@ pub use common::with_flags;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Run transformer models from Hugging Face checkpoints: NER, sentiment, summarization,
-/// translation and text generation, on CPU or GPU, with no Python.
+/// Run transformer models from Hugging Face checkpoints, on CPU or GPU, with no Python:
+/// classification and sentiment, named entities (ner), sentence embeddings (embed),
+/// summarization, translation and text generation; `doctor` checks the installation and
+/// `completions` prints shell completions.
 ///
 /// Models are given with --model as a local directory (config.json, model.safetensors,
 /// tokenizer.json) or a Hugging Face Hub id (e.g. dslim/bert-base-NER), fetched into the
@@ -53,6 +55,12 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
     Doctor(doctor::DoctorArgs),
+    /// Print shell completions, e.g. `trident completions bash > ~/.local/share/bash-completion/completions/trident`.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// The line `--help` ends with: the model a command uses without `--model`.
@@ -74,5 +82,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Translate(args) => translate::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "trident", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

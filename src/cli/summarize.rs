@@ -25,8 +25,6 @@ pub const T5_MODEL: &str = "t5-small";
 The model's task_specific_params[\"summarization\"] (prefix \"summarize: \", beams, lengths) apply first,
 as in transformers' summarization pipeline; the flags above override them.")]
 pub struct SummarizeArgs {
-    #[command(flatten)]
-    model: ModelArgs,
     /// Longest input in tokens; longer documents are split at sentence boundaries, each piece
     /// is summarized, and the summaries are joined (default: the tokenizer's limit, 512 for
     /// T5).
@@ -40,6 +38,8 @@ pub struct SummarizeArgs {
     /// one document per line.
     #[arg(long)]
     per_line: bool,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -91,7 +91,11 @@ pub fn run(mut args: SummarizeArgs) -> anyhow::Result<ExitCode> {
         resummarize: args.resummarize,
     };
     // Settings that cannot work with this model are refused before any input is read.
-    args.generation.warn_unused(&summarizer.settings(&options)?);
+    let settings = summarizer.settings(&options)?;
+    if args.generation.show(&settings)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    args.generation.warn_unused(&settings);
     let limit = summarizer.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, summaries: &Vec<Summary>| -> Rendered {

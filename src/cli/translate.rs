@@ -26,8 +26,6 @@ pub struct TranslateArgs {
     /// Source language code.
     #[arg(long, value_name = "LANG", default_value = "en")]
     from: String,
-    #[command(flatten)]
-    model: ModelArgs,
     /// Longest input in tokens; longer documents are split at sentence boundaries, each piece
     /// is translated, and the translations are joined (default: the tokenizer's limit, 512
     /// for T5).
@@ -38,6 +36,8 @@ pub struct TranslateArgs {
     /// one document per line.
     #[arg(long)]
     per_line: bool,
+    #[command(flatten)]
+    model: ModelArgs,
     #[command(flatten)]
     generation: GenerationArgs,
     #[command(flatten)]
@@ -54,7 +54,11 @@ pub fn run(mut args: TranslateArgs) -> anyhow::Result<ExitCode> {
     options.batch_size = args.model.batch_size as usize;
     let translator = Translator::from_pretrained(&files, &args.model.load_options())?;
     // A pair or settings that cannot work with this model are refused before any input.
-    args.generation.warn_unused(&translator.settings(&options)?);
+    let settings = translator.settings(&options)?;
+    if args.generation.show(&settings)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    args.generation.warn_unused(&settings);
     let limit = translator.max_input_tokens(&options);
     let tokens = Cell::new(0);
     let render_one = |input: &str, translations: &Vec<Translation>| -> Rendered {

@@ -99,7 +99,7 @@ impl Activation {
 }
 
 /// One or several token ids (`eos_token_id` may be either in HF configs).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum TokenIds {
     /// A single id.

@@ -12,7 +12,7 @@ use crate::config::{read_json, TokenIds};
 use crate::files::ModelFiles;
 use crate::text::TextEncoder;
 use crate::{Error, Result};
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::str::FromStr;
 
 /// When beam search stops, with transformers' three meanings of `early_stopping`.
@@ -40,6 +40,17 @@ impl FromStr for EarlyStopping {
             other => Err(Error::Input(format!(
                 "early_stopping '{other}': use true, false or never"
             ))),
+        }
+    }
+}
+
+impl Serialize for EarlyStopping {
+    /// As config files write it: `false`, `true` or `"never"`.
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            EarlyStopping::Heuristic => s.serialize_bool(false),
+            EarlyStopping::WhenBeamsFull => s.serialize_bool(true),
+            EarlyStopping::Never => s.serialize_str("never"),
         }
     }
 }
@@ -87,59 +98,80 @@ fn strings_field<'de, D: Deserializer<'de>>(
 /// Every field is optional: `None` means "not set here", so that [`merge`](Self::merge) can
 /// layer them, and the accessors give transformers' default for what no layer sets. Field
 /// names are transformers' `generate` arguments.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GenerationConfig {
     /// Limit on the whole output length, decoder start or prompt included (default 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
     /// Limit on new tokens; wins over `max_length`. `Some(0)` returns the inputs unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_new_tokens: Option<usize>,
     /// EOS is forbidden while the output (start or prompt included) is shorter than this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_length: Option<usize>,
     /// EOS is forbidden until this many tokens are generated.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_new_tokens: Option<usize>,
     /// Beam width (1: greedy search or sampling).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub num_beams: Option<usize>,
     /// When beam search stops (`true`, `false` or `"never"` in JSON).
     #[serde(deserialize_with = "early_stopping_field")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub early_stopping: Option<EarlyStopping>,
     /// Beam scores are `sum log p / length^length_penalty` (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub length_penalty: Option<f64>,
     /// Forbid repeating an n-gram of this size (0 = off).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub no_repeat_ngram_size: Option<usize>,
     /// Penalty on tokens already present (1 = off; > 1 discourages repeats).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f64>,
     /// Sample from the distribution instead of taking the most probable token.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub do_sample: Option<bool>,
     /// Softmax temperature when sampling (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Sampling keeps the k most probable tokens (default 50; 0 = all).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
     /// Sampling keeps the smallest set of tokens with probability ≥ p, in (0, 1] (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     /// Sequences returned per input (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub num_return_sequences: Option<usize>,
     /// Seed of the sampler; unset seeds from the clock.
-    #[serde(skip)]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Stop a sequence once its generated text contains one of these.
     #[serde(deserialize_with = "strings_field")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_strings: Option<Vec<String>>,
     /// Token sequences never to generate.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bad_words_ids: Option<Vec<Vec<i64>>>,
     /// Words never to generate, as text; a pipeline adds their ids (with its tokenizer, see
     /// [`bad_words_ids`]) to `bad_words_ids`.
-    #[serde(skip)]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub bad_words: Option<Vec<String>>,
     /// Beginning-of-sequence id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bos_token_id: Option<TokenIds>,
     /// Id(s) that end a sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eos_token_id: Option<TokenIds>,
     /// Id that fills finished sequences (EOS when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<TokenIds>,
     /// First decoder input of an encoder-decoder model.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decoder_start_token_id: Option<TokenIds>,
     /// Text a text-to-text pipeline puts before the input (`task_specific_params`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
 }
 
