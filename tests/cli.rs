@@ -166,13 +166,25 @@ fn bad_lines_in_a_file_fail_alone_and_set_the_exit_code() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        // One row per input line: a result, or the error (blank texts are errors for every
+        // command, issue 18, item 8).
         let ids: Vec<String> = lines.iter().map(|l| l["id"].to_string()).collect();
         assert_eq!(
             ids,
-            ["\"a1\"", "4", "5", "6"],
-            "{cmd}: every readable line gets a result"
+            ["\"a1\"", "2", "3", "4", "5", "6"],
+            "{cmd}: every line gets a row"
         );
-        assert!(err.contains("6 texts (2 failed)"), "{cmd}: {err}");
+        let failed: Vec<bool> = lines.iter().map(|l| l.get("error").is_some()).collect();
+        assert_eq!(
+            failed,
+            [false, true, true, true, true, false],
+            "{cmd}: {lines:?}"
+        );
+        assert!(
+            lines[3]["error"].as_str().unwrap().contains("empty"),
+            "{cmd}"
+        );
+        assert!(err.contains("6 texts (4 failed)"), "{cmd}: {err}");
     }
 }
 
@@ -753,4 +765,63 @@ fn help_layout_settings_and_completions() {
     assert_eq!(shown["prefix"], "summarize: ", "the task's prefix");
     let o = trident(&["completions", "bash"], None);
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("_trident"));
+}
+
+/// One rule for blank and failed lines (issue 18, item 8): for every command a blank line is
+/// an error, and every input line keeps its row — an empty row in text, `{"id", "error"}` in
+/// jsonl — so that outputs line up with inputs.
+#[test]
+fn blank_lines_keep_their_row_in_every_command() {
+    let input = tmp("with-blank.txt", b"Paris\n\nBerlin\n");
+    for (command, model, extra) in [
+        ("classify", "distilbert-tiny-sst2", &[][..]),
+        ("ner", "bert-tiny-ner", &[][..]),
+        ("embed", "all-MiniLM-L6-v2", &[][..]),
+        ("generate", "gpt2-tiny", &["--max-new-tokens", "2"][..]),
+        (
+            "summarize",
+            "t5-tiny",
+            &["--per-line", "--max-new-tokens", "2"][..],
+        ),
+    ] {
+        let model = fixture(model);
+        for format in ["jsonl", "text"] {
+            let mut args = vec![
+                command, "--model", &model, "--device", "cpu", "--format", format,
+            ];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--input", input.to_str().unwrap()]);
+            let o = trident(&args, None);
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "{command} {format}: {}",
+                stderr(&o)
+            );
+            assert!(
+                stderr(&o).contains("line 2: the text is empty"),
+                "{command}: {}",
+                stderr(&o)
+            );
+            let out = String::from_utf8_lossy(&o.stdout).to_string();
+            if format == "jsonl" {
+                let rows: Vec<Value> = out
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+                let ids: Vec<&Value> = rows.iter().map(|r| &r["id"]).collect();
+                assert_eq!(
+                    ids,
+                    [&Value::from(1), &Value::from(2), &Value::from(3)],
+                    "{command}"
+                );
+                assert!(
+                    rows[1]["error"].is_string() && rows[0].get("error").is_none(),
+                    "{command}"
+                );
+            } else if command == "classify" {
+                assert_eq!(out.lines().collect::<Vec<_>>()[1], "", "{command}: {out}");
+            }
+        }
+    }
 }

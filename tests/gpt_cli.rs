@@ -200,12 +200,15 @@ fn sampling_with_a_seed_repeats() {
 
 #[test]
 fn bad_input_gives_a_result_or_a_clear_error() {
-    // An empty prompt starts from BOS.
-    let out = stdout_json(&generate(
-        &["--format", "json", "--max-new-tokens", "5", ""],
-        None,
-    ));
-    assert!(out[0]["generated_text"].is_string());
+    // An empty prompt is an input error, as a blank text is for every command (the library
+    // starts one from BOS, as transformers' pipeline does; see crates/gpt/tests).
+    let out = generate(&["--format", "json", "--max-new-tokens", "5", ""], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the text is empty"),
+        "{}",
+        stderr(&out)
+    );
     // --max-new-tokens 0: the prompt back.
     let out = stdout_json(&generate(
         &["--format", "json", "--max-new-tokens", "0", "Hello there"],
@@ -271,7 +274,16 @@ fn bad_input_gives_a_result_or_a_clear_error() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    // Its row stays, with the error (one row per input line).
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("UTF-8"),
+        "{rows:?}"
+    );
     // --show-probs with beams is refused.
     let out = generate(&["--num-beams", "2", "--show-probs", "3", "Hello"], None);
     assert_eq!(out.status.code(), Some(2));

@@ -109,7 +109,8 @@ pub struct NerArgs {
 pub const NER_MODEL: &str = "dslim/bert-base-NER";
 
 /// Run `trident ner`.
-pub fn ner(args: NerArgs) -> anyhow::Result<ExitCode> {
+pub fn ner(mut args: NerArgs) -> anyhow::Result<ExitCode> {
+    args.io.blocks = true;
     let files = args.model.files(NER_MODEL)?;
     let options = NerOptions {
         batch_size: args.model.batch_size as usize,

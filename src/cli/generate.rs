@@ -138,6 +138,11 @@ fn stream(
             Ok(prompt) => prompt,
             Err(why) => {
                 eprintln!("error: {}: {why}", item.origin);
+                // An empty row keeps the outputs in line with the inputs.
+                sink.write_all(b"\n")?;
+                if items.len() > 1 {
+                    sink.write_all(b"\n")?;
+                }
                 failed += 1;
                 continue;
             }

@@ -73,6 +73,10 @@ pub struct IoArgs {
     /// one document, paragraphs and all, instead of one text per line.
     #[arg(skip)]
     pub documents: bool,
+
+    /// The command's text results are blocks under a heading (NER), set by the command.
+    #[arg(skip)]
+    pub blocks: bool,
 }
 
 /// One input text, or why it could not be read.
@@ -131,7 +135,7 @@ fn parse_line(raw: &[u8], n: usize, jsonl: bool) -> Item {
                     Some(Value::String(t)) => Item {
                         id,
                         origin,
-                        text: Ok(t.clone()),
+                        text: not_blank(t.clone()),
                     },
                     _ => Item {
                         id,
@@ -157,7 +161,17 @@ fn parse_line(raw: &[u8], n: usize, jsonl: bool) -> Item {
     Item {
         id,
         origin,
-        text: Ok(text.to_string()),
+        text: not_blank(text.to_string()),
+    }
+}
+
+/// The one rule for blank inputs, for every command: an empty or whitespace-only text is an
+/// input error (its row stays in the output), not something to classify, embed or continue.
+fn not_blank(text: String) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("the text is empty".into())
+    } else {
+        Ok(text)
     }
 }
 
@@ -175,7 +189,7 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
             .map(|(i, t)| Item {
                 id: Value::from(i + 1),
                 origin: format!("argument {}", i + 1),
-                text: Ok(t.clone()),
+                text: not_blank(t.clone()),
             })
             .collect());
     }
@@ -231,7 +245,8 @@ pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
         };
         let text = std::str::from_utf8(body)
             .map(|t| t.replace("\r\n", "\n"))
-            .map_err(|e| format!("not valid UTF-8 ({e}); re-encode the file as UTF-8"));
+            .map_err(|e| format!("not valid UTF-8 ({e}); re-encode the file as UTF-8"))
+            .and_then(not_blank);
         return Ok(vec![Item {
             id: Value::from(1),
             origin,
@@ -291,6 +306,8 @@ pub struct Output {
     pending: Vec<u8>,
     json: Vec<Value>,
     alone: Option<Value>,
+    /// Text results are blocks under a heading (NER), not one row each.
+    blocks: bool,
     /// Whether the input is one text argument: only then does `json` print what the
     /// pipeline returns for a single string; file and stdin input always give a list.
     one_argument: bool,
@@ -317,6 +334,7 @@ impl Output {
             json: Vec::new(),
             alone: None,
             one_argument: args.texts.len() == 1,
+            blocks: args.blocks,
             failed: 0,
             succeeded: 0,
         })
@@ -347,16 +365,25 @@ impl Output {
         Ok(())
     }
 
-    /// Report a failed input on stderr (and as `null` in json output).
+    /// Report a failed input on stderr, and keep its row in the output so that outputs line
+    /// up with inputs: an empty row in text (under the input's heading where results have
+    /// one), `{"id", "error"}` in jsonl, `null` in json.
     pub fn error(&mut self, item: &Item, message: &str) {
         self.failed += 1;
-        eprintln!(
-            "error: {}: {}",
-            item.origin,
-            super::common::with_flags(message)
-        );
-        if self.format == Format::Json {
-            self.json.push(Value::Null);
+        let message = super::common::with_flags(message);
+        eprintln!("error: {}: {message}", item.origin);
+        match self.format {
+            Format::Json => self.json.push(Value::Null),
+            Format::Jsonl => {
+                let line = serde_json::json!({"id": item.id, "error": message});
+                self.pending
+                    .extend_from_slice(format!("{line}\n").as_bytes());
+            }
+            Format::Text if self.blocks => {
+                let block = format!("{}:\n(failed: {message})\n\n", item.origin);
+                self.pending.extend_from_slice(block.as_bytes());
+            }
+            Format::Text => self.pending.push(b'\n'),
         }
     }
 
@@ -544,6 +571,7 @@ mod tests {
             format: Format::Text,
             output: None,
             documents: false,
+            blocks: false,
         };
         assert!(args(Some("a.jsonl"), InputFormat::Auto).jsonl());
         assert!(args(Some("a.NDJSON"), InputFormat::Auto).jsonl());
