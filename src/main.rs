@@ -14,19 +14,21 @@ fn main() -> std::process::ExitCode {
     }
     trident::core::device::tune_allocator();
     let args = cli::Cli::parse();
-    // Library warnings (a text split into windows, a long text truncated, …) go to stderr.
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing::Level::WARN)
-        .without_time()
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match cli::run(args) {
+    // Library warnings (a text split into windows, a long text truncated, …) go to stderr in
+    // the CLI's one style, repeated ones summarised at the end (cli::report).
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let subscriber = tracing_subscriber::registry().with(cli::report::WarningLayer);
+        // Only fails when a subscriber is already set, which nothing else does.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    }
+    let code = match cli::run(args) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", cli::with_flags(&format!("{e:#}")));
             std::process::ExitCode::from(2)
         }
-    }
+    };
+    cli::report::finish();
+    code
 }

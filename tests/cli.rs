@@ -82,7 +82,7 @@ fn ner_json_has_pipeline_fields() {
         }
     }
     assert!(
-        stderr(&o).contains("1 texts"),
+        stderr(&o).contains("1 text, "),
         "summary line: {}",
         stderr(&o)
     );
@@ -824,4 +824,50 @@ fn blank_lines_keep_their_row_in_every_command() {
             }
         }
     }
+}
+
+/// Quieter, clearer stderr (issue 18, item 7): repeated warnings once with a count (each with
+/// `-v`, none with `-q`), one `warning:` style, no colour codes, and a summary line in words
+/// with the rate.
+#[test]
+fn stderr_summarises_warnings_and_counts_in_words() {
+    let text = format!("{}\n", "Angela Merkel visited Paris. ".repeat(20));
+    let input = tmp("long-texts.txt", text.repeat(5).as_bytes());
+    let model = fixture("bert-tiny-ner");
+    let run = |flags: &[&str]| {
+        let mut args = vec![
+            "ner",
+            "--model",
+            model.as_str(),
+            "--device",
+            "cpu",
+            "--format",
+            "jsonl",
+        ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--input", input.to_str().unwrap()]);
+        let o = trident(&args, None);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stderr(&o)
+    };
+    let normal = run(&[]);
+    assert_eq!(normal.matches("warning:").count(), 1, "{normal}");
+    assert!(normal.contains("and 4 more like it"), "{normal}");
+    assert!(
+        normal.contains("5 texts, ") && normal.contains("tokens/s"),
+        "{normal}"
+    );
+    assert!(
+        !normal.contains(" WARN") && !normal.contains("note:") && !normal.contains('\x1b'),
+        "{normal}"
+    );
+    let verbose = run(&["-v"]);
+    assert_eq!(verbose.matches("warning:").count(), 5, "{verbose}");
+    let quiet = run(&["-q"]);
+    assert!(quiet.trim().is_empty(), "{quiet}");
+    let one = trident(
+        &["ner", "--model", &model, "--device", "cpu", "Paris"],
+        None,
+    );
+    assert!(stderr(&one).starts_with("1 text, "), "{}", stderr(&one));
 }

@@ -268,6 +268,22 @@ fn stdin_hint(terminal: bool) -> Option<&'static str> {
     )
 }
 
+/// The summary line: `3 texts (1 failed), 120 tokens, 0.50 s, 240 tokens/s`.
+fn summary(texts: usize, failed: usize, tokens: usize, secs: f64) -> String {
+    let plural = if texts == 1 { "text" } else { "texts" };
+    let failed = if failed > 0 {
+        format!(" ({failed} failed)")
+    } else {
+        String::new()
+    };
+    let rate = if secs > 0.0 {
+        format!(", {:.0} tokens/s", tokens as f64 / secs)
+    } else {
+        String::new()
+    };
+    format!("{texts} {plural}{failed}, {tokens} tokens, {secs:.2} s{rate}")
+}
+
 /// Whether `a` and `b` name the same existing file.
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
@@ -459,16 +475,17 @@ impl Progress {
     /// Clear the bar and print `N texts (F failed), T tokens, S s` on stderr.
     pub fn finish(self, succeeded: usize, failed: usize) {
         self.bar.finish_and_clear();
-        let secs = self.start.elapsed().as_secs_f64();
-        let failed_note = if failed > 0 {
-            format!(" ({failed} failed)")
-        } else {
-            String::new()
-        };
+        if super::report::quiet() {
+            return;
+        }
         eprintln!(
-            "{} texts{failed_note}, {} tokens, {secs:.2} s",
-            succeeded + failed,
-            self.tokens
+            "{}",
+            summary(
+                succeeded + failed,
+                failed,
+                self.tokens,
+                self.start.elapsed().as_secs_f64()
+            )
         );
     }
 }
@@ -552,6 +569,18 @@ mod tests {
     fn a_terminal_on_stdin_gets_a_hint_and_a_pipe_does_not() {
         assert!(stdin_hint(true).unwrap().contains("Ctrl-D"));
         assert_eq!(stdin_hint(false), None);
+    }
+
+    #[test]
+    fn the_summary_line_counts_in_words_and_gives_the_rate() {
+        assert_eq!(
+            summary(1, 0, 10, 0.5),
+            "1 text, 10 tokens, 0.50 s, 20 tokens/s"
+        );
+        assert_eq!(
+            summary(3, 1, 0, 0.0),
+            "3 texts (1 failed), 0 tokens, 0.00 s"
+        );
     }
 
     #[test]

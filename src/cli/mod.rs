@@ -6,6 +6,7 @@ mod encoders;
 mod generate;
 mod generation_args;
 pub mod io;
+pub mod report;
 mod summarize;
 mod translate;
 
@@ -28,6 +29,15 @@ pub struct Cli {
     /// Number of CPU threads libtorch uses (default: all cores).
     #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<i32>,
+
+    /// Say nothing on stderr but errors: no summary line, no warnings.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Print every warning as it happens (by default repeated warnings are summarised once,
+    /// with a count, at the end).
+    #[arg(short, long, global = true)]
+    verbose: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -70,6 +80,11 @@ fn default_model(model: &str) -> String {
 
 /// Run the chosen subcommand; the exit code says whether everything succeeded.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    report::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => 0,
+        (_, true) => 2,
+        _ => 1,
+    });
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         tch::set_num_threads(n);

@@ -71,11 +71,11 @@ pub(super) fn note_split(input: &str, chunks: usize, limit: usize, done: &str) {
             .take(6)
             .collect::<Vec<_>>()
             .join(" ");
-        eprintln!(
-            "note: the text starting \"{start}…\" is longer than the model's {limit}-token input: \
+        super::report::warn(format!(
+            "the text starting \"{start}…\" is longer than the model's {limit}-token input: \
              it was split at sentence boundaries into {chunks} pieces, {done} one by one and \
              joined"
-        );
+        ));
     }
 }
 
