@@ -871,3 +871,33 @@ fn stderr_summarises_warnings_and_counts_in_words() {
     );
     assert!(stderr(&one).starts_with("1 text, "), "{}", stderr(&one));
 }
+
+/// `embed --format json` gives what sentence-transformers' `encode` gives (issue 18, item 5):
+/// the vector for one string, a list of vectors for several texts or a file.
+#[test]
+fn embed_json_is_what_sentence_transformers_encode_returns() {
+    let model = fixture("all-MiniLM-L6-v2");
+    let json = |extra: &[&str], stdin: Option<&[u8]>| {
+        let mut args = vec![
+            "embed",
+            "--model",
+            model.as_str(),
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let o = trident(&args, stdin);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    let one = json(&["A sentence to embed."], None);
+    assert_eq!(one.as_array().unwrap().len(), 384);
+    assert!(one[0].is_number());
+    let two = json(&["A sentence to embed.", "Another one."], None);
+    assert_eq!(two.as_array().unwrap().len(), 2);
+    assert_eq!(two[0], one);
+    let file = json(&[], Some(b"A sentence to embed.\n"));
+    assert_eq!(file, Value::Array(vec![one]));
+}

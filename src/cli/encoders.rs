@@ -189,8 +189,10 @@ pub fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             .map(|x| format!("{x:.6}"))
             .collect::<Vec<_>>()
             .join(" ");
+        // What sentence-transformers' `encode` returns: a vector per text (a list of them
+        // for several texts, the vector itself for one string).
         Rendered {
-            value: json!(e),
+            value: json!(e.embedding),
             alone: None,
             text,
             heading: false,
