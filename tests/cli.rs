@@ -863,6 +863,12 @@ fn stderr_summarises_warnings_and_counts_in_words() {
     );
     let verbose = run(&["-v"]);
     assert_eq!(verbose.matches("warning:").count(), 5, "{verbose}");
+    for line in 1..=5 {
+        assert!(
+            verbose.contains(&format!("warning: line {line}: a text of")),
+            "{verbose}"
+        );
+    }
     let quiet = run(&["-q"]);
     assert!(quiet.trim().is_empty(), "{quiet}");
     let one = trident(

@@ -168,7 +168,9 @@ fn stream(
                 .and_then(|()| sink.flush())
                 .map_err(|e| trident_core::Error::io("stdout", e))
         };
-        let outcome = generator.run_streaming(&[prompt.as_str()], options, &mut on_piece);
+        let outcome = super::report::with_origin(&item.origin, || {
+            generator.run_streaming(&[prompt.as_str()], options, &mut on_piece)
+        });
         match outcome {
             Ok(results) => {
                 succeeded += 1;

@@ -504,12 +504,24 @@ pub fn process<T>(
     let items = read_inputs(args)?;
     let mut output = Output::open(args)?;
     let mut progress = Progress::new(items.len(), from_file(args));
-    for group in items.chunks(chunk.max(1)) {
+    // With -v, one text at a time, so that each warning names its input.
+    let chunk = if super::report::verbose() {
+        1
+    } else {
+        chunk.max(1)
+    };
+    for group in items.chunks(chunk) {
         let texts: Vec<&str> = group
             .iter()
             .filter_map(|i| i.text.as_deref().ok())
             .collect();
-        let results: Vec<Result<T, String>> = match run(&texts) {
+        let first = group.first().map_or("", |i| i.origin.as_str());
+        let outcome = if group.len() == 1 {
+            super::report::with_origin(first, || run(&texts))
+        } else {
+            run(&texts)
+        };
+        let results: Vec<Result<T, String>> = match outcome {
             Ok(r) => r.into_iter().map(Ok).collect(),
             Err(_) if texts.len() > 1 => texts
                 .iter()

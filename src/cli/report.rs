@@ -15,6 +15,24 @@ static VERBOSITY: AtomicU8 = AtomicU8::new(1);
 /// Warnings seen so far, by their shape (digits replaced): the first message and the count.
 static SEEN: Mutex<BTreeMap<String, (String, usize)>> = Mutex::new(BTreeMap::new());
 
+thread_local! {
+    /// The input being processed, named in `-v` warnings (`line 17`).
+    static ORIGIN: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with warnings attributed to `origin` (`-v` prints it before each).
+pub fn with_origin<R>(origin: &str, f: impl FnOnce() -> R) -> R {
+    ORIGIN.with_borrow_mut(|o| *o = Some(origin.to_string()));
+    let result = f();
+    ORIGIN.with_borrow_mut(|o| *o = None);
+    result
+}
+
+/// Whether `-v` was given: every warning as it happens, with its input.
+pub fn verbose() -> bool {
+    VERBOSITY.load(Ordering::Relaxed) == 2
+}
+
 /// Set how much the CLI says (`-q` → 0, default 1, `-v` → 2).
 pub fn set_verbosity(level: u8) {
     VERBOSITY.store(level, Ordering::Relaxed);
@@ -30,7 +48,10 @@ pub fn quiet() -> bool {
 pub fn warn(message: String) {
     match VERBOSITY.load(Ordering::Relaxed) {
         0 => {}
-        2 => eprintln!("warning: {message}"),
+        2 => match ORIGIN.with_borrow(Clone::clone) {
+            Some(origin) => eprintln!("warning: {origin}: {message}"),
+            None => eprintln!("warning: {message}"),
+        },
         _ => {
             let shape: String = message
                 .chars()
