@@ -136,3 +136,33 @@ fn a_plain_text_file_is_one_document() {
     assert_eq!(run("summarize", &[], jsonl.to_str().unwrap()), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A long document shows progress over its pieces (issue 18, item 12): on a terminal (a
+/// pseudo-terminal from util-linux's `script`), the bar counts the pieces it was split into.
+#[test]
+fn a_long_document_shows_its_pieces() {
+    let article = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/news_article.txt"
+    ))
+    .unwrap()
+    .replace('\n', " ");
+    let dir = std::env::temp_dir().join(format!("trident-pieces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let doc = dir.join("long.txt");
+    std::fs::write(&doc, article.repeat(6)).unwrap();
+    let command = format!(
+        "{} summarize --model {} --device cpu --max-new-tokens 2 --input {}",
+        env!("CARGO_BIN_EXE_trident"),
+        trident_testing::fixture_dir("t5-tiny").display(),
+        doc.display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("util-linux `script` runs the command in a pseudo-terminal");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(shown.contains(" pieces ["), "{shown}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

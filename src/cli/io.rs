@@ -447,6 +447,41 @@ pub struct Progress {
     pub tokens: usize,
 }
 
+/// A bar over the pieces of the documents being processed (a long document is many pieces,
+/// and the bar over texts would stand still on it). Shown on a terminal, unless `-q`.
+pub struct PiecesBar(ProgressBar);
+
+impl PiecesBar {
+    /// A bar, hidden until a call has more than one piece.
+    pub fn new() -> Self {
+        let visible =
+            std::io::IsTerminal::is_terminal(&std::io::stderr()) && !super::report::quiet();
+        let bar = if visible {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        if let Ok(style) =
+            ProgressStyle::with_template("{bar:40} {pos}/{len} pieces [{elapsed_precise} < {eta}]")
+        {
+            bar.set_style(style);
+        }
+        PiecesBar(bar)
+    }
+
+    /// `done` of `total` pieces of the current call.
+    pub fn update(&self, done: usize, total: usize) {
+        if total > 1 {
+            self.0.set_length(total as u64);
+            self.0.set_position(done as u64);
+            if done == total {
+                self.0.finish_and_clear();
+                self.0.reset();
+            }
+        }
+    }
+}
+
 impl Progress {
     /// A bar over `len` texts, visible only when `show` and stderr is a terminal.
     pub fn new(len: usize, show: bool) -> Self {

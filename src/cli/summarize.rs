@@ -106,10 +106,17 @@ pub fn run(mut args: SummarizeArgs) -> anyhow::Result<ExitCode> {
         let texts = summaries.iter().map(|s| s.summary_text.as_str()).collect();
         render(summaries, texts)
     };
+    let pieces = super::io::PiecesBar::new();
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(summarizer.run(texts, &options)?),
+        |texts| {
+            Ok(
+                summarizer.run_with_progress(texts, &options, &mut |done, total| {
+                    pieces.update(done, total)
+                })?,
+            )
+        },
         render_one,
         || tokens.get(),
     )

@@ -72,10 +72,17 @@ pub fn run(mut args: TranslateArgs) -> anyhow::Result<ExitCode> {
             .collect();
         render(translations, texts)
     };
+    let pieces = super::io::PiecesBar::new();
     process(
         &args.io,
         CHUNK,
-        |texts| Ok(translator.run(texts, &options)?),
+        |texts| {
+            Ok(
+                translator.run_with_progress(texts, &options, &mut |done, total| {
+                    pieces.update(done, total)
+                })?,
+            )
+        },
         render_one,
         || tokens.get(),
     )

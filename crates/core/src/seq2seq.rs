@@ -106,6 +106,17 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
 
     /// Process `texts` with `request`.
     pub fn run(&self, texts: &[&str], request: &Seq2SeqRequest) -> Result<Vec<TextResult>> {
+        self.run_with_progress(texts, request, &mut |_, _| {})
+    }
+
+    /// [`run`](Self::run), calling `on_progress(pieces done, pieces in all)` after each batch
+    /// of pieces: a long document is many pieces, and this is how a caller can show them.
+    pub fn run_with_progress(
+        &self,
+        texts: &[&str],
+        request: &Seq2SeqRequest,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<TextResult>> {
         let config = self.settings(request)?;
         let prefix = config.prefix.clone().unwrap_or_default();
         let max_input_tokens = self.max_input_tokens(request.max_input_tokens);
@@ -141,6 +152,8 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
                 generated_tokens: 0,
             })
             .collect();
+        let mut done = 0;
+        on_progress(done, jobs.len());
         for group in jobs.chunks(batch_size) {
             let encodings = group.iter().map(|(_, e)| e.clone()).collect();
             let batch = Batch::new(
@@ -172,6 +185,8 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
                     slot.push_str(text.trim_start());
                 }
             }
+            done += group.len();
+            on_progress(done, jobs.len());
         }
         Ok(results)
     }

@@ -77,8 +77,19 @@ impl Summarizer {
     /// checkpoint's `task_specific_params["summarization"]` (prefix and generation defaults)
     /// under `options`.
     pub fn run(&self, texts: &[&str], options: &SummarizeOptions) -> Result<Vec<Vec<Summary>>> {
+        self.run_with_progress(texts, options, &mut |_, _| {})
+    }
+
+    /// [`run`](Self::run), calling `on_progress(pieces done, pieces in all)` as the pieces of
+    /// the documents are summarized.
+    pub fn run_with_progress(
+        &self,
+        texts: &[&str],
+        options: &SummarizeOptions,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<Summary>>> {
         let request = self.request(options);
-        let mut results = self.inner.run(texts, &request)?;
+        let mut results = self.inner.run_with_progress(texts, &request, on_progress)?;
         if options.resummarize {
             for r in results.iter_mut().filter(|r| r.chunks > 1) {
                 let joined: Vec<&str> = r.texts.iter().map(String::as_str).collect();

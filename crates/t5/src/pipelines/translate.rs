@@ -165,10 +165,21 @@ impl Translator {
 
     /// Translations of `texts`: for each text, `num_return_sequences` translations.
     pub fn run(&self, texts: &[&str], options: &TranslateOptions) -> Result<Vec<Vec<Translation>>> {
+        self.run_with_progress(texts, options, &mut |_, _| {})
+    }
+
+    /// [`run`](Self::run), calling `on_progress(pieces done, pieces in all)` as the pieces of
+    /// the documents are translated.
+    pub fn run_with_progress(
+        &self,
+        texts: &[&str],
+        options: &TranslateOptions,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Vec<Translation>>> {
         let pair = self.pair(options)?;
         Ok(self
             .inner
-            .run(texts, &self.request(&pair, options))?
+            .run_with_progress(texts, &self.request(&pair, options), on_progress)?
             .into_iter()
             .map(|r| {
                 r.texts
