@@ -59,6 +59,8 @@ pub struct Seq2SeqPipeline<M> {
     pub tokenizer: TextEncoder,
     files: ModelFiles,
     checkpoint: GenerationConfig,
+    /// `task_specific_params`, read once at load.
+    tasks: std::collections::BTreeMap<String, GenerationConfig>,
 }
 
 impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
@@ -69,7 +71,13 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
             tokenizer: TextEncoder::from_files(files)?,
             files: files.clone(),
             checkpoint: GenerationConfig::from_checkpoint(files, None)?,
+            tasks: GenerationConfig::task_params(files)?,
         })
+    }
+
+    /// The tasks of the checkpoint's `task_specific_params`.
+    pub fn tasks(&self) -> impl Iterator<Item = &str> {
+        self.tasks.keys().map(String::as_str)
     }
 
     /// The checkpoint's files.
@@ -80,8 +88,8 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
     /// The settings a request runs with: the checkpoint's, the task's, then the caller's;
     /// the prefix falls back to `default_prefix`. Invalid settings are errors here.
     pub fn settings(&self, request: &Seq2SeqRequest) -> Result<GenerationConfig> {
-        let base = match request.task {
-            Some(task) => GenerationConfig::from_checkpoint(&self.files, Some(task))?,
+        let base = match request.task.and_then(|t| self.tasks.get(t)) {
+            Some(task) => self.checkpoint.merge(task),
             None => self.checkpoint.clone(),
         };
         let mut config = base.merge(request.generation);

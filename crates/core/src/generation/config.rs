@@ -231,20 +231,33 @@ impl GenerationConfig {
             config = config.merge(&Self::from_file(&path)?);
         }
         if let Some(task) = task {
-            #[derive(Deserialize)]
-            struct Tasks {
-                #[serde(default)]
-                task_specific_params: std::collections::BTreeMap<String, serde_json::Value>,
-            }
-            let tasks: Tasks = read_json(&config_path)?;
-            if let Some(v) = tasks.task_specific_params.get(task) {
-                let params: GenerationConfig = serde_json::from_value(v.clone()).map_err(|e| {
-                    Error::config(&config_path, format!("task_specific_params.{task}: {e}"))
-                })?;
+            if let Some(params) = Self::task_params(files)?.remove(task) {
                 config = config.merge(&params);
             }
         }
         Ok(config)
+    }
+
+    /// The per-task settings of config.json's `task_specific_params` (`summarization`,
+    /// `translation_en_to_de`, …), each read as a generation config (prefix included).
+    pub fn task_params(files: &ModelFiles) -> Result<std::collections::BTreeMap<String, Self>> {
+        #[derive(Deserialize)]
+        struct Tasks {
+            #[serde(default)]
+            task_specific_params: std::collections::BTreeMap<String, serde_json::Value>,
+        }
+        let config_path = files.get("config.json")?;
+        let tasks: Tasks = read_json(&config_path)?;
+        tasks
+            .task_specific_params
+            .into_iter()
+            .map(|(task, v)| {
+                let params = serde_json::from_value(v).map_err(|e| {
+                    Error::config(&config_path, format!("task_specific_params.{task}: {e}"))
+                })?;
+                Ok((task, params))
+            })
+            .collect()
     }
 
     /// The longest output for inputs whose generation starts with `prompt_len` ids.

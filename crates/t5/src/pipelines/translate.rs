@@ -3,7 +3,6 @@
 
 use crate::model::T5ForConditionalGeneration;
 use serde::Serialize;
-use trident_core::config::{read_json, CommonConfig};
 use trident_core::generation::GenerationConfig;
 use trident_core::seq2seq::{Seq2SeqPipeline, Seq2SeqRequest};
 use trident_core::{Error, LoadOptions, ModelFiles, Result};
@@ -101,17 +100,13 @@ struct Pair {
 impl Translator {
     /// Load the model and tokenizer.
     pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
-        let config: CommonConfig = read_json(&files.get("config.json")?)?;
-        let tasks = config
-            .task_specific_params
-            .keys()
+        let inner = super::load(files, options)?;
+        let tasks = inner
+            .tasks()
             .filter(|k| k.starts_with("translation_"))
-            .cloned()
+            .map(String::from)
             .collect();
-        Ok(Translator {
-            inner: super::load(files, options)?,
-            tasks,
-        })
+        Ok(Translator { inner, tasks })
     }
 
     /// The task of `task_specific_params` for the pair, or T5's prompt for a checkpoint with
