@@ -219,6 +219,11 @@ fn run(
         "system": "trident", "dtype": dtype.to_string(), "workload": workload, "load_s": load_s,
         "run_s": run_s, "units": units, "unit": unit, "peak_rss_kb": peak_rss_kb(),
         "threads": tch::get_num_threads(),
+        // Which kernel each projection shape took, and why (measured timings or the policy).
+        "kernels": trident::core::nn::kernels::report()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
     });
     Ok((line, outputs))
 }

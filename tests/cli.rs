@@ -5,6 +5,7 @@ use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use trident_testing::json_close;
 
 fn fixture(name: &str) -> String {
     trident_testing::fixture_dir(name).display().to_string()
@@ -903,7 +904,8 @@ fn embed_json_is_what_sentence_transformers_encode_returns() {
     assert!(one[0].is_number());
     let two = json(&["A sentence to embed.", "Another one."], None);
     assert_eq!(two.as_array().unwrap().len(), 2);
-    assert_eq!(two[0], one);
+    // (Within float noise: padding changes the row count, and so may the kernel.)
+    json_close(&two[0], &one, 1e-6).unwrap();
     let file = json(&[], Some(b"A sentence to embed.\n"));
-    assert_eq!(file, Value::Array(vec![one]));
+    json_close(&file, &Value::Array(vec![one]), 1e-6).unwrap();
 }

@@ -3,13 +3,14 @@
 //! beams, sampling seeds, language pairs). Every concurrent result must equal the result of
 //! the same call made alone, serially.
 
+use serde_json::Value;
 use std::sync::Arc;
 use trident::bert::{Aggregation, ClassifyOptions, NerOptions, TextClassifier, TokenClassifier};
 use trident::core::generation::GenerationConfig;
 use trident::core::{LoadOptions, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
 use trident::t5::{SummarizeOptions, Summarizer, TranslateOptions, Translator};
-use trident_testing::fixture_dir;
+use trident_testing::{fixture_dir, json_close};
 
 /// The pipelines, loaded once.
 struct Loaded {
@@ -80,7 +81,10 @@ fn jobs() -> Vec<Job> {
 
 /// A call's result, as JSON (every output type serializes; internal fields compared too
 /// through Debug).
-fn run(loaded: &Loaded, job: &Job) -> String {
+/// A job's output as JSON: compared with the serial one to a float tolerance, because the
+/// projection kernels are chosen by measurement while the first calls run (see
+/// `trident_core::nn::kernels`), and two kernels may differ in the last bits.
+fn run(loaded: &Loaded, job: &Job) -> Value {
     match job {
         Job::Ner(aggregation, batch_size) => {
             let options = NerOptions {
@@ -88,33 +92,33 @@ fn run(loaded: &Loaded, job: &Job) -> String {
                 batch_size: *batch_size,
                 ..Default::default()
             };
-            format!("{:?}", loaded.ner.run(&TEXTS, &options).unwrap())
+            serde_json::to_value(loaded.ner.run(&TEXTS, &options).unwrap()).unwrap()
         }
         Job::Classify(top_k) => {
             let options = ClassifyOptions {
                 top_k: *top_k,
                 ..Default::default()
             };
-            format!("{:?}", loaded.classifier.run(&TEXTS, &options).unwrap())
+            serde_json::to_value(loaded.classifier.run(&TEXTS, &options).unwrap()).unwrap()
         }
         Job::Generate(generation) => {
             let options = GenerateOptions {
                 generation: generation.clone(),
                 ..Default::default()
             };
-            format!("{:?}", loaded.generator.run(&TEXTS, &options).unwrap())
+            serde_json::to_value(loaded.generator.run(&TEXTS, &options).unwrap()).unwrap()
         }
         Job::Summarize(generation) => {
             let options = SummarizeOptions {
                 generation: generation.clone(),
                 ..Default::default()
             };
-            format!("{:?}", loaded.summarizer.run(&TEXTS, &options).unwrap())
+            serde_json::to_value(loaded.summarizer.run(&TEXTS, &options).unwrap()).unwrap()
         }
         Job::Translate(target, generation) => {
             let mut options = TranslateOptions::new("en", target);
             options.generation = generation.clone();
-            format!("{:?}", loaded.translator.run(&TEXTS, &options).unwrap())
+            serde_json::to_value(loaded.translator.run(&TEXTS, &options).unwrap()).unwrap()
         }
     }
 }
@@ -134,7 +138,7 @@ fn pipelines_are_shareable_between_threads() {
 fn four_threads_with_mixed_options_get_the_serial_results() {
     let loaded = Arc::new(load());
     let jobs = jobs();
-    let serial: Vec<String> = jobs.iter().map(|j| run(&loaded, j)).collect();
+    let serial: Vec<Value> = jobs.iter().map(|j| run(&loaded, j)).collect();
     // The options really differ: no two requests give the same output.
     for (i, a) in serial.iter().enumerate() {
         for b in &serial[i + 1..] {
@@ -163,7 +167,9 @@ fn four_threads_with_mixed_options_get_the_serial_results() {
     let mut checked = 0;
     for handle in threads {
         for (j, result) in handle.join().expect("a thread panicked") {
-            assert_eq!(result, serial[j], "job {j} differs when run concurrently");
+            if let Err(e) = json_close(&result, &serial[j], 1e-5) {
+                panic!("job {j} differs when run concurrently: {e}");
+            }
             checked += 1;
         }
     }

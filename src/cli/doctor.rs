@@ -10,6 +10,10 @@ pub struct DoctorArgs {
     /// Do not try to reach the Hugging Face Hub.
     #[arg(long)]
     offline: bool,
+
+    /// Skip measuring the CPU kernels (a few seconds).
+    #[arg(long)]
+    no_kernels: bool,
 }
 
 /// Print the checks; exit 1 when libtorch cannot compute.
@@ -38,6 +42,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
     }
     println!("cpu dtypes      {}", cpu_dtypes());
+    if !args.no_kernels {
+        kernels();
+    }
     let cuda = tch::Cuda::is_available();
     println!(
         "cuda            {}",
@@ -91,6 +98,50 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("status          BROKEN: reinstall libtorch with `make setup`");
         Ok(ExitCode::from(1))
+    }
+}
+
+/// Measure the projection kernels on the shapes of a 768-wide model (BERT-base, GPT-2), as a
+/// model's first calls do, and print which kernel each shape class uses and why.
+fn kernels() {
+    use trident_core::nn::kernels::{self, Policy};
+    use trident_core::nn::Linear;
+    let policy = match Policy::from_env() {
+        Ok(Policy::Measure) => "auto: each shape measured on its first calls".to_string(),
+        Ok(Policy::Fixed) => "fixed (TRIDENT_KERNELS): the library's product everywhere".into(),
+        Ok(Policy::Force(k)) => format!("{k} wherever it applies (TRIDENT_KERNELS)"),
+        Err(e) => format!("INVALID: {e}"),
+    };
+    println!(
+        "kernels         {policy}; oneDNN {}",
+        if kernels::has_onednn() {
+            "available"
+        } else {
+            "not built in"
+        }
+    );
+    // Twelve layers' worth of each weight, as in a model: a decoding step streams them all
+    // from memory rather than finding one in cache.
+    const LAYERS: usize = 12;
+    let cpu = (tch::Kind::Float, tch::Device::Cpu);
+    for (out, inp) in [(768, 768), (2304, 768), (3072, 768), (768, 3072)] {
+        let layers: Vec<Linear> = (0..LAYERS)
+            .map(|_| Linear::from_tensors(tch::Tensor::randn([out, inp], cpu), None))
+            .collect();
+        for rows in [1i64, 4, 16, 256] {
+            let x = tch::Tensor::randn([rows, inp], cpu);
+            for _ in 0..2 {
+                for layer in &layers {
+                    if layer.forward(&x).is_err() {
+                        println!("                measuring {out}x{inp} failed");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    for decision in kernels::report() {
+        println!("  {decision}");
     }
 }
 

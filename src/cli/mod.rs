@@ -63,7 +63,8 @@ enum Command {
     /// Continue a prompt with GPT-2, streaming the text as it is generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
-    /// Check the installation: libtorch version, threads, CUDA/MPS, model cache, hub access.
+    /// Check the installation: libtorch version, threads, CPU kernels, CUDA/MPS, model
+    /// cache, hub access.
     Doctor(doctor::DoctorArgs),
     /// Print shell completions, e.g. `trident completions bash > ~/.local/share/bash-completion/completions/trident`.
     Completions {
@@ -89,6 +90,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
         tch::set_num_threads(n);
     }
+    // A mistyped TRIDENT_KERNELS is refused here rather than silently measured.
+    trident_core::nn::kernels::Policy::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     match cli.command {
         Command::Classify(args) => encoders::classify(args),
         Command::Ner(args) => encoders::ner(args),

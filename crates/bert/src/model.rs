@@ -32,8 +32,12 @@ pub struct Embeddings {
 impl Embeddings {
     fn new(p: &WeightPath, c: &EncoderConfig) -> Result<Self> {
         Ok(Embeddings {
-            word_embeddings: Embedding::new(&(p / "word_embeddings"), c.vocab_size, c.hidden_size)?
-                .indexed_by("token id", "vocab_size"),
+            word_embeddings: Embedding::vocabulary(
+                &(p / "word_embeddings"),
+                c.vocab_size,
+                c.hidden_size,
+            )?
+            .indexed_by("token id", "vocab_size"),
             position_embeddings: Embedding::new(
                 &(p / "position_embeddings"),
                 c.max_position_embeddings,

@@ -79,7 +79,7 @@ impl GPT2Model {
             .collect::<Result<Vec<_>>>()?;
         Ok(GPT2Model {
             config: config.clone(),
-            wte: Embedding::new(&(p / "wte"), config.vocab_size, config.n_embd)?
+            wte: Embedding::vocabulary(&(p / "wte"), config.vocab_size, config.n_embd)?
                 .indexed_by("token id", "vocab_size"),
             wpe: Embedding::new(&(p / "wpe"), config.n_positions, config.n_embd)?
                 .indexed_by("position", "n_positions"),
@@ -174,7 +174,7 @@ impl GPT2LMHeadModel {
         // Every released GPT-2 ties the head to the token embeddings: one tensor, stored once
         // (checkpoints omit `lm_head.weight` or repeat wte in it).
         let lm_head = if config.tie_word_embeddings {
-            Linear::tied(&transformer.wte.weight, dtype)?
+            Linear::tied(&transformer.wte, dtype)?
         } else {
             Linear::new(
                 &(&root / "lm_head"),

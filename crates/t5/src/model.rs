@@ -107,8 +107,7 @@ impl T5Stack {
         }
         let bias_path = p / "block" / 0 / "layer" / 0 / "SelfAttention" / "relative_attention_bias";
         Ok(T5Stack {
-            embed_tokens: Embedding::from_weight(shared.weight.shallow_clone())
-                .indexed_by("token id", "vocab_size"),
+            embed_tokens: shared.shared(),
             block,
             relative_attention_bias: RelativePositionBias {
                 embedding: Embedding::new(
@@ -218,12 +217,12 @@ impl T5ForConditionalGeneration {
     pub fn load(config: T5Config, config_path: &Path, weights: &Weights) -> Result<Self> {
         let root = weights.root();
         let c = &config;
-        let shared = Embedding::new(&(&root / "shared"), c.vocab_size, c.d_model)?
+        let shared = Embedding::vocabulary(&(&root / "shared"), c.vocab_size, c.d_model)?
             .indexed_by("token id", "vocab_size");
         let encoder = T5Stack::new(&(&root / "encoder"), c, &shared, false, config_path)?;
         let decoder = T5Stack::new(&(&root / "decoder"), c, &shared, true, config_path)?;
         let lm_head = if c.tie_word_embeddings {
-            Linear::tied(&shared.weight, weights.dtype())?
+            Linear::tied(&shared, weights.dtype())?
         } else {
             Linear::new(&(&root / "lm_head"), c.d_model, c.vocab_size, false)?
         };

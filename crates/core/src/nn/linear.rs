@@ -1,24 +1,20 @@
 //! Dense projections and embedding tables, read from the checkpoint in the format the model
 //! computes in.
 
+use super::kernels::{self, Kernel, Plan, ShapeClass};
 use crate::weights::WeightPath;
 use crate::{Dtype, Error, Result};
+use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// Rows up to which a projection runs as a split matrix-vector product (see
-/// [`Linear::forward`]): the token-by-token decoding case. Above it, one GEMM.
-const SPLIT_MAX_ROWS: i64 = 4;
 
 /// A dense projection `y = x·Wᵀ + b`.
 ///
 /// The weight is always stored `[out, in]` (a GPT-2 `Conv1D`, stored `[in, out]`, is
 /// transposed while it is read) and, for [`Dtype::Int8`], quantized while it is read: every
 /// projection of a model is built through [`Linear::new`] or [`Linear::conv1d`], so none can
-/// be missed. [`Linear::forward`] picks the kernel by the number of rows: decoding one token
-/// per sequence reads the whole matrix to produce a few numbers, so it is bound by memory
-/// bandwidth, and the matrix is cut into row blocks that libtorch's batched product streams
-/// on all threads at once (its plain matrix-vector product uses one on some CPUs); larger
-/// inputs are compute-bound and go to oneDNN's GEMM.
+/// be missed. On the CPU, [`Linear::forward`] runs a float projection with the kernel measured
+/// fastest for its shape and row count on this machine (see [`kernels`]: the library's
+/// product, a split batched product, or oneDNN's GEMM); int8 runs an integer product.
 #[derive(Debug)]
 pub struct Linear {
     /// The weight `[out, in]`: float, or int8 when quantized.
@@ -51,11 +47,19 @@ impl Linear {
         })
     }
 
-    /// A projection that reuses another module's weight `[out, in]` (a tied embedding table).
-    /// For [`Dtype::Int8`] the head quantizes a copy of its own and the table stays intact.
-    pub fn tied(weight: &Tensor, dtype: Dtype) -> Result<Self> {
+    /// The output head tied to a token table (`[vocab, dim]`): the same tensors, stored once.
+    /// An int8 table ([`Embedding::vocabulary`]) serves as the int8 head as it is; a float
+    /// table in an int8 model is quantized into a copy of its own and stays intact.
+    pub fn tied(table: &Embedding, dtype: Dtype) -> Result<Self> {
+        if let Some(scales) = &table.scales {
+            return Ok(Linear {
+                weight: table.weight.shallow_clone(),
+                bias: None,
+                scales: Some(scales.shallow_clone()),
+            });
+        }
         if dtype == Dtype::Int8 {
-            let (q, scales) = quantize_rows(weight)?;
+            let (q, scales) = quantize_rows(&table.weight)?;
             return Ok(Linear {
                 weight: q,
                 bias: None,
@@ -63,7 +67,7 @@ impl Linear {
             });
         }
         Ok(Linear {
-            weight: weight.shallow_clone(),
+            weight: table.weight.shallow_clone(),
             bias: None,
             scales: None,
         })
@@ -97,18 +101,40 @@ impl Linear {
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
         let y = match &self.scales {
             Some(scales) => self.forward_int8(&x2, scales)?,
-            None if x.device() != Device::Cpu => x2.f_linear(&self.weight, self.bias.as_ref())?,
-            // (bfloat16 goes to oneDNN at every size: its kernels use all threads.)
-            None if x.kind() != Kind::Float => x2.f_linear(&self.weight, self.bias.as_ref())?,
-            None if rows <= SPLIT_MAX_ROWS => self.forward_split(&x2)?,
-            None if has_onednn() => x2
-                .f_to_mkldnn(None::<Kind>)?
-                .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
-                .f_to_dense(None::<Kind>, false)?,
-            None => x2.f_linear(&self.weight, self.bias.as_ref())?,
+            None if x.device() != Device::Cpu || rows == 0 => {
+                x2.f_linear(&self.weight, self.bias.as_ref())?
+            }
+            None => {
+                let [out, _] = self.weight.size()[..] else {
+                    return Err(Error::Input("a projection weight must be 2-D".into()));
+                };
+                let class = ShapeClass::new(x.kind(), out, in_dim, rows);
+                match kernels::plan(class) {
+                    Plan::Use(kernel) => self.forward_with(kernel, &x2)?,
+                    Plan::Measure(kernel) => {
+                        let start = Instant::now();
+                        let y = self.forward_with(kernel, &x2)?;
+                        let seconds = start.elapsed().as_secs_f64();
+                        kernels::record(class, kernel, seconds / rows as f64);
+                        y
+                    }
+                }
+            }
         }; // [rows, out]
         out_shape.push(self.weight.size()[0]);
         Ok(y.f_reshape(out_shape.as_slice())?)
+    }
+
+    /// A CPU float projection with `kernel`. `x`: `[rows, in]` → `[rows, out]`.
+    fn forward_with(&self, kernel: Kernel, x: &Tensor) -> Result<Tensor> {
+        Ok(match kernel {
+            Kernel::Library => x.f_linear(&self.weight, self.bias.as_ref())?,
+            Kernel::Split => self.forward_split(x)?,
+            Kernel::OneDnn => x
+                .f_to_mkldnn(None::<Kind>)?
+                .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
+                .f_to_dense(None::<Kind>, false)?,
+        })
     }
 
     /// Few rows: `x·Wᵀ` as `P` matrix-vector products over row blocks of `W`, one batched
@@ -143,19 +169,21 @@ impl Linear {
     /// weight in integer arithmetic, and rescaled. `x`: `[rows, in]` → `[rows, out]` f32.
     fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Float)?;
-        let row_scale = x.f_abs()?.f_amax([1], true)?.f_clamp_min(1e-12)? / 127.0; // [rows, 1]
-        let q = x
-            .f_div(&row_scale)?
-            .f_round()?
-            .f_clamp(-127, 127)?
-            .f_to_kind(Kind::Int8)?;
-        let acc = q.f_internal_int_mm(&self.weight.f_tr()?)?; // [rows, out] int32
-        let y = acc
-            .f_to_kind(Kind::Float)?
-            .f_mul(&row_scale)?
-            .f_mul(scales)?;
+        // One float temporary, rounded in place, then the int8 copy: a large batch's
+        // activations are tens of MB per temporary, and each one raises the peak memory.
+        let row_scale = x
+            .f_abs()?
+            .f_amax([1], true)?
+            .f_clamp_min_(1e-12)?
+            .f_div_scalar_(127.0)?; // [rows, 1]
+        let mut q = x.f_div(&row_scale)?;
+        let q = q.f_round_()?.f_clamp_(-127, 127)?.f_to_kind(Kind::Int8)?;
+        let mut y = q
+            .f_internal_int_mm(&self.weight.f_tr()?)? // [rows, out] int32
+            .f_to_kind(Kind::Float)?;
+        let mut y = y.f_mul_(&row_scale)?.f_mul_(scales)?;
         Ok(match &self.bias {
-            Some(b) => y.f_add(b)?,
+            Some(b) => y.f_add_(b)?,
             None => y,
         })
     }
@@ -224,33 +252,52 @@ fn quantize_block(src: &[f32], dst: &mut [i8], scales: &mut [f32], cols: usize) 
     }
 }
 
-/// Whether libtorch was built with oneDNN (MKL-DNN), checked once.
-fn has_onednn() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(tch::utils::has_mkldnn)
-}
-
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
 #[derive(Debug)]
 pub struct Embedding {
-    /// `[num, dim]`.
+    /// `[num, dim]`: float, or int8 for the token table of an int8 model.
     pub weight: Tensor,
+    /// `[num]` f32, the scale of each row of an int8 table.
+    scales: Option<Tensor>,
     /// What its ids are and which config field bounds them, for errors
     /// (`("token id", "vocab_size")`).
     names: Option<(&'static str, &'static str)>,
 }
 
 impl Embedding {
-    /// An `nn.Embedding` named `p`, in the model's float format.
+    /// An `nn.Embedding` named `p`, in the model's float format (positions, token types).
     pub fn new(p: &WeightPath, num: i64, dim: i64) -> Result<Self> {
         Ok(Embedding::from_weight(p.param("weight", &[num, dim])?))
     }
 
-    /// A table over an existing `[num, dim]` weight (shared embeddings, as in T5).
+    /// The token table named `p` (`[vocab, dim]`). In an int8 model it is read as int8 rows
+    /// with a scale each, like a projection: a quarter of the memory of the float table (the
+    /// largest tensor of a small model), each looked-up row dequantized, and the very same
+    /// tensors serve a tied output head ([`Linear::tied`]).
+    pub fn vocabulary(p: &WeightPath, num: i64, dim: i64) -> Result<Self> {
+        let (weight, scales) = p.projection("weight", num, dim, false)?;
+        Ok(Embedding {
+            weight,
+            scales,
+            names: None,
+        })
+    }
+
+    /// A table over an existing float `[num, dim]` weight.
     pub fn from_weight(weight: Tensor) -> Self {
         Embedding {
             weight,
+            scales: None,
             names: None,
+        }
+    }
+
+    /// The same table again, sharing its tensors (T5's encoder and decoder share one).
+    pub fn shared(&self) -> Self {
+        Embedding {
+            weight: self.weight.shallow_clone(),
+            scales: self.scales.as_ref().map(Tensor::shallow_clone),
+            names: self.names,
         }
     }
 
@@ -282,7 +329,17 @@ impl Embedding {
                 }));
             }
         }
-        Ok(Tensor::f_embedding(&self.weight, ids, -1, false, false)?)
+        let rows = Tensor::f_embedding(&self.weight, ids, -1, false, false)?; // [..., dim]
+        match &self.scales {
+            // int8 rows times their scales: [..., dim] · [..., 1]
+            Some(scales) => Ok(rows.f_to_kind(Kind::Float)?.f_mul(
+                &scales
+                    .f_index_select(0, &ids.f_flatten(0, -1)?)?
+                    .f_view_as(ids)?
+                    .f_unsqueeze(-1)?,
+            )?),
+            None => Ok(rows),
+        }
     }
 }
 
@@ -308,20 +365,45 @@ mod tests {
         a.size() == b.size() && a.allclose(b, tol, tol, false)
     }
 
-    /// Every kernel `forward` chooses (split matrix-vector, oneDNN GEMM, a block count that
-    /// does not divide the output width) computes `x·Wᵀ + b`.
+    /// Every kernel computes `x·Wᵀ + b` (a split whose blocks do not divide the output width
+    /// included), and so does `forward` while it measures them and after it has chosen.
     #[test]
-    fn every_path_computes_x_times_weight_transposed_plus_bias() {
+    fn every_kernel_computes_x_times_weight_transposed_plus_bias() {
+        // A shape of its own, so that no other test shares its kernel choices.
         let w = Tensor::randn([7, 6], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([7], (Kind::Float, Device::Cpu));
         let linear = Linear::from_tensors(w.copy(), Some(b.copy()));
         for rows in [1i64, 2, 3, 4, 5, 40] {
-            let x = Tensor::randn([rows, 2, 6], (Kind::Float, Device::Cpu));
+            let x = Tensor::randn([rows, 6], (Kind::Float, Device::Cpu));
             let expected = x.matmul(&w.tr()) + &b;
-            assert!(
-                close(&linear.forward(&x).unwrap(), &expected, 1e-5),
-                "{rows} rows"
-            );
+            for kernel in [Kernel::Library, Kernel::Split, Kernel::OneDnn] {
+                if kernel == Kernel::OneDnn && !kernels::has_onednn() {
+                    continue;
+                }
+                let y = linear.forward_with(kernel, &x).unwrap();
+                assert!(close(&y, &expected, 1e-5), "{kernel}, {rows} rows");
+            }
+        }
+        // Through `forward`: enough calls to measure every candidate and decide.
+        let calls = (kernels::WARMUP + kernels::SAMPLES) * 3 + 2;
+        for _ in 0..calls {
+            for rows in [1i64, 3] {
+                let x = Tensor::randn([rows, 2, 6], (Kind::Float, Device::Cpu));
+                let expected = x.matmul(&w.tr()) + &b;
+                assert!(close(&linear.forward(&x).unwrap(), &expected, 1e-5));
+            }
+        }
+        if kernels::policy() == kernels::Policy::Measure {
+            let decided = kernels::report()
+                .into_iter()
+                .filter(|d| d.class.out == 7 && d.class.in_dim == 6)
+                .collect::<Vec<_>>();
+            // rows 2 (= [1, 2, 6]) and 8 (= [3, 2, 6] rounded up).
+            assert_eq!(decided.len(), 2, "{decided:?}");
+            for d in decided {
+                assert!(d.kernel.is_some(), "{d}");
+                assert!(d.why.starts_with("measured"), "{d}");
+            }
         }
         let err = linear
             .forward(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)))
@@ -336,7 +418,8 @@ mod tests {
     fn int8_is_close_and_leaves_a_tied_table_alone() {
         let table = Tensor::randn([50, 16], (Kind::Float, Device::Cpu));
         let before = table.copy();
-        let head = Linear::tied(&table, Dtype::Int8).unwrap();
+        let head =
+            Linear::tied(&Embedding::from_weight(table.shallow_clone()), Dtype::Int8).unwrap();
         assert_eq!(head.weight.kind(), Kind::Int8);
         // The one-pass CPU quantization gives exactly what the tensor ops give.
         let scales = table.abs().amax([1], false).clamp_min(1e-12) / 127.0;

@@ -1,12 +1,14 @@
 //! The building blocks every model is made of, each implemented once.
 //!
-//! Reading order follows the data: [`linear`] projections and embeddings, [`position`]al
-//! encodings, [`mask`]s, multi-head [`attention`] with its KV [`cache`], the
-//! [`feed_forward`] network, [`norm`]alisation, and the [`layer`] that wires them together.
+//! Reading order follows the data: [`linear`] projections (their CPU [`kernels`] chosen by
+//! measurement) and embeddings, [`position`]al encodings, [`mask`]s, multi-head
+//! [`attention`] with its KV [`cache`], the [`feed_forward`] network, [`norm`]alisation, and
+//! the [`layer`] that wires them together.
 
 pub mod attention;
 pub mod cache;
 pub mod feed_forward;
+pub mod kernels;
 pub mod layer;
 pub mod linear;
 pub mod mask;

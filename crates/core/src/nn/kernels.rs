@@ -1,0 +1,448 @@
+//! Which kernel computes a float projection on the CPU, chosen by measurement on the machine
+//! the model runs on.
+//!
+//! A projection `x·Wᵀ` can be computed several ways, and which is fastest depends on the CPU,
+//! the library build and the shape, not on a rule that holds everywhere. Decoding one token
+//! reads the whole weight to produce a few numbers, so it is bound by memory bandwidth: on one
+//! AMD EPYC libtorch's matrix-vector product ran on one thread and a split batched product was
+//! twice as fast; on an Intel Xeon the library's own product is multi-threaded and the split
+//! is half as fast. Large inputs are compute-bound, where oneDNN's GEMM and MKL's compete.
+//!
+//! So the choice is measured. Calls are grouped into [`ShapeClass`]es (element kind, weight
+//! shape, rows rounded up to a power of two). The first calls of a class run each
+//! [`Kernel`] candidate in turn on the real inputs and the real weights, in the cache state
+//! the model really sees; their times per row are recorded, and once every candidate has
+//! [`SAMPLES`] timings after [`WARMUP`] the fastest median wins ([`choose`], a pure function)
+//! and every later call of the class uses it. Nothing extra is computed: the measuring calls
+//! are the model's own work, so the calibration costs only the few calls that ran a slower
+//! candidate. The choices are per process and shared by every model in it.
+//!
+//! `TRIDENT_KERNELS` overrides the measurement: `fixed` uses the library's product for every
+//! shape (the same kernel on every run, for reproducible numbers), `library`, `split` or
+//! `onednn` force one kernel wherever it applies, `auto` (the default) measures. [`report`]
+//! lists each class seen with its kernel and why; `trident doctor` prints it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use tch::Kind;
+
+/// Timings of each candidate dropped before the ones that count: the first call of a kernel
+/// on a shape pays one-off costs (oneDNN creates its primitive, pages are touched).
+pub const WARMUP: usize = 1;
+/// Timings of each candidate, after [`WARMUP`], whose median decides.
+pub const SAMPLES: usize = 3;
+/// Another kernel replaces the library's product only when its median is faster by more
+/// than this fraction: within timing noise, the library's own choice stays.
+pub const MARGIN: f64 = 0.03;
+/// Rows up to which the split product is a candidate (matrix-vector products of decoding).
+pub const SPLIT_MAX_ROWS: i64 = 16;
+
+/// A way of computing `x·Wᵀ + b` on the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kernel {
+    /// libtorch's `linear`: MKL's (or OpenBLAS's) matrix-vector product or GEMM, as the
+    /// library dispatches it.
+    Library,
+    /// The weight cut into one row block per thread, multiplied as one batched product that
+    /// libtorch spreads over its threads (for few rows, where the library's product may use
+    /// one thread).
+    Split,
+    /// oneDNN's GEMM (`mkldnn_linear`), f32 only.
+    OneDnn,
+}
+
+impl Kernel {
+    /// The name used in `TRIDENT_KERNELS`, reports and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Library => "library",
+            Kernel::Split => "split",
+            Kernel::OneDnn => "onednn",
+        }
+    }
+}
+
+impl fmt::Display for Kernel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How kernels are chosen in this process (`TRIDENT_KERNELS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Measure the candidates on the first calls of each shape class (`auto`, the default).
+    Measure,
+    /// The library's product everywhere, never measured (`fixed`): the same kernel on every
+    /// run and machine, for reproducible numbers.
+    Fixed,
+    /// One kernel wherever it is a candidate, the library's product elsewhere.
+    Force(Kernel),
+}
+
+impl Policy {
+    /// Parse a `TRIDENT_KERNELS` value.
+    pub fn parse(value: &str) -> Result<Policy, String> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "auto" => Ok(Policy::Measure),
+            "fixed" => Ok(Policy::Fixed),
+            "library" => Ok(Policy::Force(Kernel::Library)),
+            "split" => Ok(Policy::Force(Kernel::Split)),
+            "onednn" => Ok(Policy::Force(Kernel::OneDnn)),
+            other => Err(format!(
+                "TRIDENT_KERNELS={other:?} is not one of auto, fixed, library, split, onednn"
+            )),
+        }
+    }
+
+    /// The policy from `TRIDENT_KERNELS` (unset: [`Policy::Measure`]); an invalid value is an
+    /// error naming the valid ones.
+    pub fn from_env() -> Result<Policy, String> {
+        Policy::parse(&std::env::var("TRIDENT_KERNELS").unwrap_or_default())
+    }
+}
+
+/// This process's policy, read once. An invalid `TRIDENT_KERNELS` measures, with a warning
+/// (the CLI checks the variable first and refuses it with [`Policy::from_env`]'s message).
+pub fn policy() -> Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    *POLICY.get_or_init(|| {
+        Policy::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; measuring kernels as with `auto`");
+            Policy::Measure
+        })
+    })
+}
+
+/// The calls that share one kernel choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ShapeClass {
+    /// Element kind of input and weight.
+    pub kind: Kind,
+    /// Weight rows (output width).
+    pub out: i64,
+    /// Weight columns (input width).
+    pub in_dim: i64,
+    /// The input rows rounded up to a power of two: calls with 5 to 8 rows share a class.
+    pub rows: i64,
+}
+
+impl ShapeClass {
+    /// The class of a call with `rows` input rows on a `[out, in_dim]` weight of `kind`.
+    pub fn new(kind: Kind, out: i64, in_dim: i64, rows: i64) -> Self {
+        let rows = u64::try_from(rows.max(1)).unwrap_or(1).next_power_of_two();
+        ShapeClass {
+            kind,
+            out,
+            in_dim,
+            rows: i64::try_from(rows).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The kernels that compete on this class: the library's product always, the split
+    /// product for few rows, oneDNN for f32 when libtorch has it.
+    pub fn candidates(&self, onednn: bool) -> Vec<Kernel> {
+        let mut c = vec![Kernel::Library];
+        if self.rows <= SPLIT_MAX_ROWS && self.out >= 2 {
+            c.push(Kernel::Split);
+        }
+        if onednn && self.kind == Kind::Float {
+            c.push(Kernel::OneDnn);
+        }
+        c
+    }
+}
+
+impl fmt::Display for ShapeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Float => "f32".to_string(),
+            Kind::BFloat16 => "bf16".to_string(),
+            other => format!("{other:?}"),
+        };
+        let rows = match self.rows {
+            1 => "1 row".to_string(),
+            2 => "2 rows".to_string(),
+            r => format!("{}-{r} rows", r / 2 + 1),
+        };
+        write!(f, "{kind} {}x{} {rows}", self.out, self.in_dim)
+    }
+}
+
+/// The median of the timings that count (after [`WARMUP`]), or `None` when there are fewer
+/// than [`SAMPLES`] of them.
+fn settled_median(timings: &[f64]) -> Option<f64> {
+    let counted = timings.get(WARMUP..)?;
+    if counted.len() < SAMPLES {
+        return None;
+    }
+    let mut v = counted.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// The kernel to keep, given each candidate's timings in the order they were taken (seconds
+/// per row), or `None` while some candidate has not yet [`WARMUP`] + [`SAMPLES`] of them.
+/// The smallest median wins; the library's product is kept unless the winner beats it by
+/// more than [`MARGIN`].
+pub fn choose(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
+    let medians = timings
+        .iter()
+        .map(|(k, t)| settled_median(t).map(|m| (*k, m)))
+        .collect::<Option<Vec<_>>>()?;
+    let (best, best_t) = medians.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
+    match medians.iter().find(|(k, _)| *k == Kernel::Library) {
+        Some(&(_, lib_t)) if best_t >= lib_t * (1.0 - MARGIN) => Some(Kernel::Library),
+        _ => Some(best),
+    }
+}
+
+/// What [`plan`] says a call should run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// The class is decided: run this kernel.
+    Use(Kernel),
+    /// The class is being measured: run this kernel, time it, and [`record`] the time.
+    Measure(Kernel),
+}
+
+/// One class's state.
+struct Entry {
+    /// Each candidate's timings so far (seconds per row).
+    timings: Vec<(Kernel, Vec<f64>)>,
+    /// The decided kernel, and whether it was measured (else set by the policy).
+    chosen: Option<(Kernel, bool)>,
+}
+
+fn table() -> &'static Mutex<HashMap<ShapeClass, Entry>> {
+    static TABLE: OnceLock<Mutex<HashMap<ShapeClass, Entry>>> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Whether libtorch was built with oneDNN (MKL-DNN), checked once.
+pub fn has_onednn() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(tch::utils::has_mkldnn)
+}
+
+/// The kernel for the next call of `class` under this process's [`policy`].
+pub fn plan(class: ShapeClass) -> Plan {
+    let Ok(mut table) = table().lock() else {
+        return Plan::Use(Kernel::Library); // (a panic elsewhere poisoned it: stay correct)
+    };
+    let entry = table.entry(class).or_insert_with(|| {
+        let candidates = class.candidates(has_onednn());
+        let chosen = match policy() {
+            Policy::Measure if candidates.len() > 1 => None,
+            Policy::Measure | Policy::Fixed => Some((Kernel::Library, false)),
+            Policy::Force(k) if candidates.contains(&k) => Some((k, false)),
+            Policy::Force(_) => Some((Kernel::Library, false)),
+        };
+        Entry {
+            timings: candidates.into_iter().map(|k| (k, Vec::new())).collect(),
+            chosen,
+        }
+    });
+    match entry.chosen {
+        Some((k, _)) => Plan::Use(k),
+        // Round robin: the candidate with the fewest timings goes next.
+        None => entry
+            .timings
+            .iter()
+            .min_by_key(|(_, t)| t.len())
+            .map_or(Plan::Use(Kernel::Library), |(k, _)| Plan::Measure(*k)),
+    }
+}
+
+/// Record that `kernel` took `seconds_per_row` on a call of `class`; decides the class when
+/// every candidate has enough timings.
+pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
+    let Ok(mut table) = table().lock() else {
+        return;
+    };
+    let Some(entry) = table.get_mut(&class) else {
+        return;
+    };
+    if entry.chosen.is_some() {
+        return;
+    }
+    if let Some((_, t)) = entry.timings.iter_mut().find(|(k, _)| *k == kernel) {
+        t.push(seconds_per_row);
+    }
+    if let Some(k) = choose(&entry.timings) {
+        entry.chosen = Some((k, true));
+    }
+}
+
+/// One shape class seen in this process: its kernel and why.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// The class.
+    pub class: ShapeClass,
+    /// The kernel in use, or `None` while it is still being measured.
+    pub kernel: Option<Kernel>,
+    /// Each candidate's median time per call of the class's full row count (ms), when
+    /// measured.
+    pub medians_ms: Vec<(Kernel, f64)>,
+    /// Why: "measured", or the policy that set it.
+    pub why: String,
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kernel = self.kernel.map_or("measuring", Kernel::name);
+        write!(f, "{}: {kernel} ({})", self.class, self.why)
+    }
+}
+
+/// Every shape class this process has seen, sorted by kind, shape and rows.
+pub fn report() -> Vec<Decision> {
+    let Ok(table) = table().lock() else {
+        return Vec::new();
+    };
+    let mut out: Vec<Decision> = table
+        .iter()
+        .map(|(class, entry)| {
+            let medians_ms: Vec<(Kernel, f64)> = entry
+                .timings
+                .iter()
+                .filter_map(|(k, t)| settled_median(t).map(|m| (*k, m * class.rows as f64 * 1e3)))
+                .collect();
+            let why = match entry.chosen {
+                Some((_, true)) => format!(
+                    "measured, median of {SAMPLES} calls per row count {}: {}",
+                    class.rows,
+                    medians_ms
+                        .iter()
+                        .map(|(k, ms)| format!("{k} {ms:.3} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Some((_, false)) => match policy() {
+                    Policy::Measure => "the only candidate".to_string(),
+                    Policy::Fixed => "TRIDENT_KERNELS=fixed".to_string(),
+                    Policy::Force(k) if entry.timings.iter().any(|(c, _)| *c == k) => {
+                        format!("TRIDENT_KERNELS={k}")
+                    }
+                    Policy::Force(k) => format!("TRIDENT_KERNELS={k}, which does not apply here"),
+                },
+                None => format!(
+                    "still measuring: {}",
+                    entry
+                        .timings
+                        .iter()
+                        .map(|(k, t)| format!("{k} {} of {}", t.len(), WARMUP + SAMPLES))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            Decision {
+                class: *class,
+                kernel: entry.chosen.map(|(k, _)| k),
+                medians_ms,
+                why,
+            }
+        })
+        .collect();
+    out.sort_by_key(|d| {
+        (
+            d.class.kind != Kind::Float,
+            d.class.out,
+            d.class.in_dim,
+            d.class.rows,
+        )
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Kernel::*;
+
+    fn timings(k: Kernel, t: &[f64]) -> (Kernel, Vec<f64>) {
+        (k, t.to_vec())
+    }
+
+    #[test]
+    fn waits_until_every_candidate_has_its_samples() {
+        // Split has only warm-up + 2 timings.
+        let t = [
+            timings(Library, &[9.0, 1.0, 1.0, 1.0]),
+            timings(Split, &[9.0, 0.5, 0.5]),
+        ];
+        assert_eq!(choose(&t), None);
+        assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn the_fastest_median_wins_and_warmup_is_ignored() {
+        // Library's warm-up call was the fastest call of all: it must not count.
+        let t = [
+            timings(Library, &[0.1, 2.0, 2.1, 1.9]),
+            timings(Split, &[5.0, 1.0, 1.1, 9.0]),
+            timings(OneDnn, &[5.0, 1.5, 1.4, 1.6]),
+        ];
+        assert_eq!(choose(&t), Some(Split));
+        // An outlier in a kernel's samples does not decide: the median does.
+        let t = [
+            timings(Library, &[3.0, 1.0, 1.0, 50.0]),
+            timings(Split, &[3.0, 2.0, 2.0, 0.1]),
+        ];
+        assert_eq!(choose(&t), Some(Library));
+    }
+
+    #[test]
+    fn the_library_stays_within_the_margin() {
+        let lib = 1.0;
+        let slightly = lib * (1.0 - MARGIN / 2.0);
+        let clearly = lib * (1.0 - 2.0 * MARGIN);
+        let t = [
+            timings(Library, &[1.0, lib, lib, lib]),
+            timings(OneDnn, &[1.0, slightly, slightly, slightly]),
+        ];
+        assert_eq!(choose(&t), Some(Library));
+        let t = [
+            timings(Library, &[1.0, lib, lib, lib]),
+            timings(OneDnn, &[1.0, clearly, clearly, clearly]),
+        ];
+        assert_eq!(choose(&t), Some(OneDnn));
+    }
+
+    #[test]
+    fn shape_classes_round_rows_up_and_list_their_candidates() {
+        let c = ShapeClass::new(Kind::Float, 768, 3072, 5);
+        assert_eq!(c.rows, 8);
+        assert_eq!(c.to_string(), "f32 768x3072 5-8 rows");
+        assert_eq!(c.candidates(true), [Library, Split, OneDnn]);
+        assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 1).rows, 1);
+        assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 0).rows, 1);
+        // Many rows: no split; bf16: no oneDNN (libtorch's bf16 product is oneDNN's already).
+        let big = ShapeClass::new(Kind::BFloat16, 768, 768, 1000);
+        assert_eq!(big.rows, 1024);
+        assert_eq!(big.candidates(true), [Library]);
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
+            [Library]
+        );
+    }
+
+    #[test]
+    fn policies_parse_and_bad_values_name_the_good_ones() {
+        assert_eq!(Policy::parse("").unwrap(), Policy::Measure);
+        assert_eq!(Policy::parse("Auto").unwrap(), Policy::Measure);
+        assert_eq!(Policy::parse("fixed").unwrap(), Policy::Fixed);
+        assert_eq!(Policy::parse("split").unwrap(), Policy::Force(Split));
+        let err = Policy::parse("fast").unwrap_err();
+        assert!(
+            err.contains("\"fast\"") && err.contains("auto, fixed"),
+            "{err}"
+        );
+    }
+}
