@@ -142,16 +142,17 @@ impl Shard {
         Ok(false)
     }
 
-    /// Copy a tensor's stored bytes into `dst` (exactly their length).
-    fn read_bytes(&self, info: &TensorInfo, dst: &mut [u8]) -> Result<()> {
+    /// Copy a tensor's stored bytes into `dst`: all of them, or with `skip`, the `dst.len()`
+    /// bytes that follow the first `skip` (a block of rows).
+    fn read_bytes(&self, info: &TensorInfo, skip: usize, dst: &mut [u8]) -> Result<()> {
         let (start, end) = (info.data_offsets.0, info.data_offsets.1);
-        if dst.len() != end - start {
+        if skip + dst.len() > end - start {
             return Err(Error::weights(
                 &self.path,
                 "a tensor's byte range does not match its shape and dtype: the file is corrupt",
             ));
         }
-        let offset = 8 + self.header_len + start;
+        let offset = 8 + self.header_len + start + skip;
         #[cfg(unix)]
         {
             use std::os::unix::fs::FileExt;
@@ -535,6 +536,16 @@ impl Weights {
         let stored_kind = kind_of(info.dtype).unwrap_or(Kind::Float);
         let numel: i64 = found.iter().product();
         let nbytes = info.data_offsets.1 - info.data_offsets.0;
+        if numel * stored_kind.elt_size_in_bytes() as i64 != nbytes as i64 {
+            return Err(Error::weights(
+                &shard.path,
+                format!("tensor {found:?} does not fill its byte range: the file is corrupt"),
+            ));
+        }
+        if let (Target::Int8, false, &[rows, cols]) = (target, transposed, found) {
+            let (q, scales) = self.read_quantized(shard, info, rows, cols, stored_kind)?;
+            return Ok((q, Some(scales)));
+        }
         let mut scratch = self.scratch.borrow_mut();
         // u64 words: the buffer is aligned for every element type.
         let words = nbytes.div_ceil(8);
@@ -544,14 +555,8 @@ impl Weights {
         // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
-        shard.read_bytes(info, bytes)?;
+        shard.read_bytes(info, 0, bytes)?;
         let strides = contiguous_strides(found);
-        if numel * stored_kind.elt_size_in_bytes() as i64 != nbytes as i64 {
-            return Err(Error::weights(
-                &shard.path,
-                format!("tensor {found:?} does not fill its byte range: the file is corrupt"),
-            ));
-        }
         // SAFETY: a view of `nbytes` bytes of the scratch buffer, in the stored layout; it is
         // only read, and dropped before this function returns (before the buffer is reused).
         let raw = unsafe {
@@ -570,12 +575,9 @@ impl Weights {
                 t.shallow_clone().f_copy_(&raw)?; // converts dtype and layout in one pass
                 Ok((t, None))
             }
-            Target::Int8 if !transposed && stored_kind == Kind::Float => {
-                let (q, scales) = crate::nn::linear::quantize_rows(&raw)?;
-                Ok((q, Some(scales)))
-            }
             Target::Int8 => {
-                // Quantization reads contiguous f32 rows: stage them in a second buffer.
+                // A transposed (Conv1D) weight: quantization reads contiguous f32 rows of the
+                // transpose, so stage them in a second buffer.
                 let mut staging = self.staging.borrow_mut();
                 let n = numel as usize;
                 if staging.len() < n {
@@ -598,7 +600,60 @@ impl Weights {
             }
         }
     }
+
+    /// An int8 `[rows, cols]` projection stored untransposed, read and quantized one block of
+    /// rows at a time: only a block of the stored rows (≤ [`QUANTIZE_BLOCK_BYTES`]) is in
+    /// memory at once, never the whole float tensor (a 50 257-row token table is 154 MB in
+    /// f32, which would be the load's peak for a model of 85 MB int8 blocks).
+    fn read_quantized(
+        &self,
+        shard: &Shard,
+        info: &TensorInfo,
+        rows: i64,
+        cols: i64,
+        stored_kind: Kind,
+    ) -> Result<(Tensor, Tensor)> {
+        let q = Tensor::f_empty([rows, cols], (Kind::Int8, tch::Device::Cpu))?;
+        let scales = Tensor::f_empty([rows], (Kind::Float, tch::Device::Cpu))?;
+        let row_bytes = cols as usize * stored_kind.elt_size_in_bytes();
+        let block = (QUANTIZE_BLOCK_BYTES / row_bytes.max(1)).max(1) as i64;
+        let mut scratch = self.scratch.borrow_mut();
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = block.min(rows - r0);
+            let nbytes = n as usize * row_bytes;
+            let words = nbytes.div_ceil(8);
+            if scratch.len() < words {
+                scratch.resize(words, 0);
+            }
+            // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
+            shard.read_bytes(info, r0 as usize * row_bytes, bytes)?;
+            // SAFETY: a view of the block's bytes in the stored layout, only read, and dropped
+            // before the buffer is refilled.
+            let raw = unsafe {
+                Tensor::f_from_blob(
+                    bytes.as_ptr(),
+                    &[n, cols],
+                    &[cols, 1],
+                    stored_kind,
+                    tch::Device::Cpu,
+                )?
+            };
+            let raw = raw.f_to_kind(Kind::Float)?; // a block-sized copy for bf16/f16 only
+            let (qb, sb) = crate::nn::linear::quantize_rows(&raw)?; // [n, cols], [n]
+            q.f_narrow(0, r0, n)?.f_copy_(&qb)?;
+            scales.f_narrow(0, r0, n)?.f_copy_(&sb)?;
+            r0 += n;
+        }
+        Ok((q, scales))
+    }
 }
+
+/// Bytes of stored rows read and quantized at once by [`Weights::read_quantized`].
+/// (Unit tests use blocks of a few rows, so that their small tensors take several.)
+const QUANTIZE_BLOCK_BYTES: usize = if cfg!(test) { 64 } else { 8 << 20 };
 
 /// Row-major strides of `shape`, in elements.
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
@@ -721,6 +776,41 @@ mod tests {
             })
             .collect();
         safetensors::serialize_to_file(views, None, path).unwrap();
+    }
+
+    /// An int8 projection read block by block of rows gives exactly what quantizing the
+    /// whole float tensor gives (the unit-test block is 64 bytes: several blocks here, the
+    /// last one short), transposed or not.
+    #[test]
+    fn int8_reads_in_row_blocks_equal_whole_tensor_quantization() {
+        let dir = std::env::temp_dir().join(format!("trident-int8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.safetensors");
+        let (rows, cols) = (13usize, 7usize); // 28-byte rows: two per block, a short last one
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        write_safetensors(&file, &[("w.weight", values.clone(), vec![rows, cols])]);
+        let weights = Weights::from_checkpoint(
+            Checkpoint::from_file(&file).unwrap(),
+            tch::Device::Cpu,
+            crate::Dtype::Int8,
+        )
+        .unwrap();
+        let w = Tensor::from_slice(&values).view([rows as i64, cols as i64]);
+        let (q, scales) = (weights.root() / "w")
+            .projection("weight", rows as i64, cols as i64, false)
+            .unwrap();
+        let (q_ref, s_ref) = crate::nn::linear::quantize_rows(&w).unwrap();
+        assert!(q.equal(&q_ref), "int8 values differ");
+        assert!(scales.unwrap().equal(&s_ref), "scales differ");
+        // Transposed (a Conv1D stored [in, out]) goes through the staged path: same rule.
+        let (qt, st) = (weights.root() / "w")
+            .projection("weight", cols as i64, rows as i64, true)
+            .unwrap();
+        let (qt_ref, st_ref) = crate::nn::linear::quantize_rows(&w.tr().contiguous()).unwrap();
+        assert!(qt.equal(&qt_ref) && st.unwrap().equal(&st_ref));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
