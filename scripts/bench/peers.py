@@ -1,8 +1,16 @@
 """The peers' side of the benchmark: one workload, one system, one process; prints one JSON
 line like Trident's benches/workloads.rs (load_s, run_s, units, peak_rss_kb).
 
-Systems: transformers (torch, inference mode), ct2-float32, ct2-int8 (CTranslate2; BERT has
-no task heads there, so its classifier is applied to the encoder output with torch).
+Systems: transformers (torch, inference mode), ct2-float32, ct2-int8 (CTranslate2 with the
+`tokenizers` library and numpy, no torch: BERT has no task heads there, so its classifier is
+applied to the encoder output with numpy), and for
+the encoder workloads ort-float32, ort-int8 (ONNX Runtime, see onnx_models.py; that process
+imports neither torch nor transformers).
+
+`--prepare` converts the model once (CTranslate2, ONNX) outside the timed run. `--output FILE`
+also writes the results, in the JSON shapes Trident's bench writes, for run.py's accuracy
+table (ONNX Runtime: every workload it runs; CTranslate2: ner, classify, embed, computed
+after the timed run from the logits it kept).
 """
 
 import argparse
@@ -11,7 +19,10 @@ import os
 import time
 
 import numpy as np
-import torch
+
+import onnx_models
+
+ENCODERS = ("ner", "classify", "embed")
 
 
 def peak_rss_kb():
@@ -27,6 +38,7 @@ def exact(n, beams):
 
 
 def run_transformers(workload, model_dir, texts):
+    import torch
     from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline)
 
     t0 = time.perf_counter()
@@ -78,11 +90,13 @@ def run_transformers(workload, model_dir, texts):
 def ct2_dir(model_dir, quantization):
     """Convert once into .bench/ct2/<name>-<quantization>."""
     import ctranslate2
-    from ctranslate2.converters import TransformersConverter
 
     name = os.path.basename(os.path.normpath(model_dir))
     out = os.path.join(os.path.dirname(os.path.dirname(os.path.normpath(model_dir))), "ct2", f"{name}-{quantization}")
     if not os.path.exists(os.path.join(out, "model.bin")):
+        # (Imported only here: the converter imports transformers and torch.)
+        from ctranslate2.converters import TransformersConverter
+
         cfg_path = os.path.join(model_dir, "config.json")
         cfg = json.load(open(cfg_path))
         if cfg.get("model_type") == "bert" and "position_embedding_type" not in cfg:
@@ -94,55 +108,76 @@ def ct2_dir(model_dir, quantization):
 
 
 def bert_head(model_dir, kind):
-    """The task head of a BERT checkpoint, applied with torch to CTranslate2's encoder output."""
-    from safetensors.torch import load_file
+    """The task head of a BERT checkpoint, applied with numpy to CTranslate2's encoder output
+    (token classification: every position; sequence classification: the pooled output)."""
+    from safetensors import safe_open
 
-    w = load_file(os.path.join(model_dir, "model.safetensors"))
+    # Only the two head tensors are read (load_file would read the whole checkpoint).
+    with safe_open(os.path.join(model_dir, "model.safetensors"), framework="numpy") as f:
+        weight = f.get_tensor("classifier.weight").astype(np.float32)
+        bias = f.get_tensor("classifier.bias").astype(np.float32)
     if kind == "token":
-        return lambda h, pooled: torch.nn.functional.linear(h, w["classifier.weight"], w["classifier.bias"])
-    return lambda h, pooled: torch.nn.functional.linear(pooled, w["classifier.weight"], w["classifier.bias"])
+        return lambda h, pooled: h @ weight.T + bias
+    return lambda h, pooled: pooled @ weight.T + bias
 
 
-def run_ct2(workload, model_dir, texts, quantization):
-    from transformers import AutoTokenizer
+def run_ct2(workload, model_dir, texts, quantization, threads, keep=False):
+    """(load_s, run_s, units, unit, outputs); outputs (ner, classify, embed with `keep`) are
+    computed after the timed run from what the run kept.
+
+    The process is as lean as a CTranslate2 deployment: ctranslate2, the `tokenizers` library
+    and numpy, neither torch nor transformers (which would add ~300 MB to its peak RSS)."""
+    from tokenizers import Tokenizer
 
     t0 = time.perf_counter()
     path, ct2 = ct2_dir(model_dir, quantization)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    threads = torch.get_num_threads()
-    if workload in ("ner", "classify", "embed"):
+    if workload in ENCODERS:
+        tok = onnx_models.load_tokenizer(model_dir, workload)
+        tok.no_padding()
         enc = ct2.Encoder(path, device="cpu", intra_threads=threads, compute_type=quantization)
         head = None if workload == "embed" else bert_head(model_dir, "token" if workload == "ner" else "seq")
         load = time.perf_counter() - t0
         batch = 8 if workload == "ner" else 32
         t = time.perf_counter()
         units = 0
+        kept = []
         for i in range(0, len(texts), batch):
-            group = texts[i:i + batch]
-            tokens = [tok.convert_ids_to_tokens(tok(x)["input_ids"]) for x in group]
+            encodings = tok.encode_batch(texts[i:i + batch])
+            tokens = [e.tokens for e in encodings]
             units += sum(len(x) for x in tokens)
             out = enc.forward_batch(tokens)
-            hidden = torch.as_tensor(np.array(out.last_hidden_state))
+            hidden = np.array(out.last_hidden_state)
             if workload == "embed":
-                mask = torch.zeros(hidden.shape[:2])
+                mask = np.zeros(hidden.shape[:2], dtype=np.float32)
                 for r, x in enumerate(tokens):
                     mask[r, : len(x)] = 1
-                e = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-                torch.nn.functional.normalize(e, dim=-1)
+                e = onnx_models.mean_pool_normalize(hidden, mask)
+                if keep:
+                    kept += list(e)
             else:
-                pooled = torch.as_tensor(np.array(out.pooler_output)) if out.pooler_output is not None else None
-                head(hidden, pooled).softmax(-1).argmax(-1)
-        return load, time.perf_counter() - t, units if workload == "ner" else len(texts), "tokens" if workload == "ner" else "sentences"
+                pooled = np.array(out.pooler_output) if out.pooler_output is not None else None
+                logits = head(hidden, pooled)
+                onnx_models.softmax(logits).argmax(-1)
+                if keep:
+                    kept += [(e, row) for e, row in zip(encodings, logits)]
+        run_s = time.perf_counter() - t
+        outputs = ct2_outputs(workload, model_dir, tok, texts, kept) if keep else None
+        return (load, run_s, units if workload == "ner" else len(texts), "tokens" if workload == "ner" else "sentences",
+                outputs)
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
     if workload.startswith("t5"):
         tr = ct2.Translator(path, device="cpu", intra_threads=threads, compute_type=quantization)
         load = time.perf_counter() - t0
         beams = 4 if workload == "t5-beam4" else 1
         t = time.perf_counter()
-        tokens = [tok.convert_ids_to_tokens(tok(x)["input_ids"]) for x in texts]
+        tokens = [e.tokens for e in tok.encode_batch(texts)]
         res = tr.translate_batch(tokens, beam_size=beams, min_decoding_length=64, max_decoding_length=64)
+        unk = tok.token_to_id("<unk>") or 0
         for r in res:
-            tok.convert_tokens_to_string(r.hypotheses[0])
-        return load, time.perf_counter() - t, len(texts) * 64, "new tokens"
+            tok.decode([tok.token_to_id(x) or unk for x in r.hypotheses[0]])
+        return load, time.perf_counter() - t, len(texts) * 64, "new tokens", None
     gen = ct2.Generator(path, device="cpu", intra_threads=threads, compute_type=quantization)
     load = time.perf_counter() - t0
     batch = 8 if workload == "gpt2-greedy-b8" else 1
@@ -150,11 +185,26 @@ def run_ct2(workload, model_dir, texts, quantization):
     if workload == "gpt2-topp-b1":
         kwargs.update(sampling_topk=0, sampling_topp=0.9, sampling_temperature=1.0)
     t = time.perf_counter()
-    tokens = [tok.convert_ids_to_tokens(tok(x)["input_ids"]) for x in texts[:batch]]
+    tokens = [e.tokens for e in tok.encode_batch(texts[:batch])]
     res = gen.generate_batch(tokens, **kwargs)
     for r in res:
         tok.decode(r.sequences_ids[0])
-    return load, time.perf_counter() - t, batch * 128, "new tokens"
+    return load, time.perf_counter() - t, batch * 128, "new tokens", None
+
+
+def ct2_outputs(workload, model_dir, tok, texts, kept):
+    """CTranslate2's results in Trident's JSON shapes, from the per-text logits (or normalised
+    embeddings) its run kept, post-processed as the ONNX Runtime peer does."""
+    if workload == "embed":
+        return [{"embedding": v.tolist()} for v in kept]
+    id2label = onnx_models.id2label_of(model_dir)
+    if workload == "classify":
+        return [onnx_models.top_label(row, id2label) for _, row in kept]
+    decode = tok.decoder.decode if tok.decoder is not None else " ".join
+    unk_id = tok.token_to_id("[UNK]")
+    return [onnx_models.ner_simple(text, e.ids, e.offsets, e.special_tokens_mask, logits, id2label,
+                                   tok.id_to_token, decode, unk_id)
+            for text, (e, logits) in zip(texts, kept)]
 
 
 def main():
@@ -164,19 +214,35 @@ def main():
     ap.add_argument("--model", required=True)
     ap.add_argument("--inputs", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prepare", action="store_true", help="only convert the model for CTranslate2")
+    ap.add_argument("--prepare", action="store_true", help="only convert the model (CTranslate2, ONNX)")
+    ap.add_argument("--output", help="also write the results to this JSON file")
     a = ap.parse_args()
+    texts = json.load(open(a.inputs))
     if a.prepare:
         if a.system.startswith("ct2"):
             ct2_dir(a.model, a.system.split("-", 1)[1])
+        elif a.system.startswith("ort"):
+            if a.workload not in ENCODERS:
+                raise SystemExit(f"{a.system} runs only {', '.join(ENCODERS)}")
+            print(onnx_models.prepare(a.workload, a.model, a.system.split("-", 1)[1], texts), flush=True)
         return
-    torch.set_num_threads(a.threads)
-    texts = json.load(open(a.inputs))
-    with torch.inference_mode():
-        if a.system == "transformers":
+    outputs = None
+    if a.system.startswith("ort"):
+        if a.workload not in ENCODERS:
+            raise SystemExit(f"{a.system} runs only {', '.join(ENCODERS)}")
+        load, run, units, unit, outputs = onnx_models.run(a.workload, a.model, texts, a.system.split("-", 1)[1], a.threads)
+    elif a.system.startswith("ct2"):
+        load, run, units, unit, outputs = run_ct2(a.workload, a.model, texts, a.system.split("-", 1)[1], a.threads,
+                                                  keep=bool(a.output) and a.workload in ENCODERS)
+    else:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        with torch.inference_mode():
             load, run, units, unit = run_transformers(a.workload, a.model, texts)
-        else:
-            load, run, units, unit = run_ct2(a.workload, a.model, texts, a.system.split("-", 1)[1])
+    if a.output and outputs is not None:
+        with open(a.output, "w") as f:
+            json.dump(outputs, f)
     print(json.dumps(dict(system=a.system, workload=a.workload, load_s=load, run_s=run, units=units,
                           unit=unit, peak_rss_kb=peak_rss_kb(), threads=a.threads)))
 

@@ -1,10 +1,26 @@
-"""Run the benchmark: every workload on Trident, transformers and CTranslate2 (float32, int8),
-alternating systems run by run, and write BENCHMARKS.md.
+"""Run the benchmark: every workload on Trident, transformers, CTranslate2 (float32, int8) and,
+for the encoder workloads, ONNX Runtime (float32, int8), alternating systems run by run, and
+write this machine's section of BENCHMARKS.md.
 
     make bench            # or: .venv-fixtures/bin/python scripts/bench/run.py [--runs 5] [--only ner,classify]
+                          #     [--systems trident,ort-int8] [--out FILE] [--base FILE]
 
 Each measurement is a fresh process (load time and peak RSS are per process); timings are
 medians over --runs runs. Nothing else should run on the machine meanwhile.
+
+The run first prints a `machine {json}` line (CPU, flags, cores, threads, measured matmul rate
+and memory bandwidth, versions) and a `bounds {json}` line, then one line per measurement
+(`WORKLOAD SYSTEM RUN {json}`), then `accuracy {json}` lines. Everything it prints is also
+written to scripts/bench/results/<date>-<machine tag>.log.
+
+BENCHMARKS.md has one section per machine (marked `<!-- machine: TAG -->`). Rendering replaces
+the section of the machine the results come from and keeps the others as they are in --base
+(default BENCHMARKS.md). Re-render from logs, later files replacing the runs of a workload and
+system that earlier files have:
+
+    run.py --from-log scripts/bench/results/A.log [B.log ...] [--machine-json '{...}'] [--out FILE]
+
+--machine-json gives (or overrides) the facts of the machine for logs without a machine line.
 """
 
 import argparse
@@ -12,6 +28,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -21,20 +38,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / ".bench"
 PY = sys.executable
-OUTPUTS = BENCH / "outputs"  # the first run's results of each Trident dtype, for accuracy
+OUTPUTS = BENCH / "outputs"  # the first run's results, for the accuracy table
+RESULTS = ROOT / "scripts/bench/results"
 
 SYSTEMS = ["trident", "trident-bf16", "trident-int8", "transformers", "ct2-float32", "ct2-int8"]
+ENCODER_SYSTEMS = SYSTEMS + ["ort-float32", "ort-int8"]
 # workload -> (model directory under .bench/models, inputs file, systems)
 WORKLOADS = {
-    "ner": ("bert-base-ner", "ner", SYSTEMS),
-    "classify": ("bert-6x768-cls", "classify", SYSTEMS),
-    "embed": ("all-MiniLM-L6-v2", "embed", SYSTEMS),
+    "ner": ("bert-base-ner", "ner", ENCODER_SYSTEMS),
+    "classify": ("bert-6x768-cls", "classify", ENCODER_SYSTEMS),
+    "embed": ("all-MiniLM-L6-v2", "embed", ENCODER_SYSTEMS),
     "t5-greedy": ("t5-small", "t5", SYSTEMS),
     "t5-beam4": ("t5-small", "t5", SYSTEMS),
     "gpt2-greedy-b1": ("gpt2", "gpt2", SYSTEMS),
     "gpt2-greedy-b8": ("gpt2", "gpt2", SYSTEMS),
     "gpt2-topp-b1": ("gpt2", "gpt2", SYSTEMS),
 }
+ENCODERS = ("ner", "classify", "embed")
 DESCRIPTION = {
     "ner": "NER, bert-base (9 labels), 64 paragraphs of 120–200 tokens, batch 8",
     "classify": "classification, 6×768 BERT, 256 sentences, batch 32",
@@ -45,6 +65,23 @@ DESCRIPTION = {
     "gpt2-greedy-b8": "GPT-2 124M, 32-token prompt, 128 new tokens, greedy, batch 8",
     "gpt2-topp-b1": "GPT-2 124M, 32-token prompt, 128 new tokens, top-p 0.9 sampling, batch 1",
 }
+# Systems whose first run keeps its results, compared with Trident's f32 results: the system
+# and the dtype its row in the accuracy table names.
+COMPARED = {
+    "trident-bf16": ("trident", "bf16"),
+    "trident-int8": ("trident", "int8"),
+    "ort-float32": ("ort-float32", "f32"),
+    "ort-int8": ("ort-int8", "int8"),
+    "ct2-int8": ("ct2-int8", "int8"),
+}
+KEEPS_OUTPUTS = {"trident", *COMPARED}
+END_MARK = "<!-- end of machine sections -->"
+MACHINE_MARK = re.compile(r"^<!-- machine: (\S+) -->$", re.M)
+
+
+def keeps_outputs(system, workload):
+    """Whether `system`'s first run on `workload` writes its results (peers: encoders only)."""
+    return system in KEEPS_OUTPUTS and (system.startswith("trident") or workload in ENCODERS)
 
 
 def trident_bench_binary():
@@ -57,17 +94,27 @@ def trident_bench_binary():
     raise SystemExit("could not find the workloads bench binary")
 
 
+def peer_cmd(system, workload, model, inputs):
+    return [PY, str(ROOT / "scripts/bench/peers.py"), "--system", system, "--workload", workload,
+            "--model", str(model), "--inputs", str(inputs)]
+
+
 def measure(system, workload, model, inputs, threads, binary, keep_outputs=False):
+    output = OUTPUTS / f"{workload}-{system}.json"
+    keep = keep_outputs and keeps_outputs(system, workload)
+    if keep:
+        OUTPUTS.mkdir(parents=True, exist_ok=True)
+        output.unlink(missing_ok=True)  # no stale results if this run fails
     if system.startswith("trident"):
         dtype = system.split("-", 1)[1] if "-" in system else "f32"
         cmd = [binary, workload, str(model), str(inputs), dtype]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-        if keep_outputs:
-            OUTPUTS.mkdir(parents=True, exist_ok=True)
-            env["TRIDENT_BENCH_OUTPUT"] = str(OUTPUTS / f"{workload}-{system}.json")
+        if keep:
+            env["TRIDENT_BENCH_OUTPUT"] = str(output)
     else:
-        cmd = [PY, str(ROOT / "scripts/bench/peers.py"), "--system", system, "--workload", workload,
-               "--model", str(model), "--inputs", str(inputs), "--threads", str(threads)]
+        cmd = peer_cmd(system, workload, model, inputs) + ["--threads", str(threads)]
+        if keep:
+            cmd += ["--output", str(output)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -75,18 +122,94 @@ def measure(system, workload, model, inputs, threads, binary, keep_outputs=False
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine():
-    cpu = "unknown"
-    flags = []
+# ---------------------------------------------------------------------------------------------
+# The machine.
+
+
+ARM_IMPLEMENTERS = {"0x41": "ARM", "0x42": "Broadcom", "0x43": "Cavium", "0x46": "Fujitsu", "0x48": "HiSilicon",
+                    "0x4e": "NVIDIA", "0x51": "Qualcomm", "0x61": "Apple", "0xc0": "Ampere"}
+
+
+def cpuinfo():
+    """vendor, model name, family, model, flags of the first CPU in /proc/cpuinfo (x86: the
+    avx*, amx*, fma, f16c flags; ARM: the whole Features line)."""
+    info = {}
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and cpu == "unknown":
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                flags = [f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma"))]
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key and key not in info:
+                info[key] = value
+            if not line.strip() and info.get("processor") is not None and len(info) > 3:
+                break
     except OSError:
         pass
-    return cpu, flags
+    vendor = info.get("vendor_id") or ARM_IMPLEMENTERS.get(info.get("CPU implementer", "").lower(),
+                                                            info.get("CPU implementer", "unknown"))
+    name = info.get("model name") or info.get("Model Name") or lscpu_model_name() or platform.processor() or "unknown"
+    if "flags" in info:
+        flags = [f for f in info["flags"].split() if f.startswith(("avx", "amx", "fma", "f16c"))]
+    else:
+        flags = info.get("Features", "").split()
+    return {
+        "vendor": vendor,
+        "model_name": name,
+        "family": info.get("cpu family") or info.get("CPU architecture"),
+        "model": info.get("model") or info.get("CPU part"),
+        "flags": flags,
+    }
+
+
+def lscpu_model_name():
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.strip().startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def machine_tag(m):
+    """A short name for the machine, for its section marker and its log files: the model name's
+    words, family and model numbers when known, cores. E.g. intel-xeon-f6m143-2c."""
+    name = re.sub(r"\((R|TM|tm|r)\)|\b(Processor|CPU|Core\(TM\))\b|@.*$", " ", m.get("model_name") or "")
+    words = re.findall(r"[a-z0-9]+", name.lower())[:4]
+    vendor = {"genuineintel": "intel", "authenticamd": "amd"}.get((m.get("vendor") or "").lower(),
+                                                                    (m.get("vendor") or "cpu").lower())
+    if not words or words[0] != vendor:
+        words.insert(0, re.sub(r"[^a-z0-9]+", "", vendor) or "cpu")
+    if m.get("family") and m.get("model"):
+        words.append(f"f{m['family']}m{m['model']}".replace("0x", ""))
+    if m.get("cores"):
+        words.append(f"{m['cores']}c")
+    return "-".join(words)
+
+
+def versions():
+    import torch
+    import transformers
+
+    def version(module):
+        try:
+            return __import__(module).__version__
+        except ImportError:
+            return "not installed"
+
+    trident = open(ROOT / "Cargo.toml").read().split('version = "')[1].split('"')[0]
+    return {"trident": trident, "tch": "0.26", "libtorch": torch.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "ctranslate2": version("ctranslate2"),
+            "onnxruntime": version("onnxruntime"), "python": platform.python_version()}
+
+
+def this_machine(threads):
+    flops, bw = bounds(threads)
+    m = cpuinfo()
+    m.update(cores=os.cpu_count(), threads=threads, flops=flops, bandwidth=bw,
+             date=datetime.date.today().isoformat(), versions=versions())
+    m["tag"] = machine_tag(m)
+    return m
 
 
 def bounds(threads):
@@ -112,6 +235,53 @@ def bounds(threads):
     return flops, w.numel() * 4 / statistics.median(times[1:])
 
 
+# ---------------------------------------------------------------------------------------------
+# Running.
+
+
+class Log:
+    """Prints lines and keeps them in a results file."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = None
+        self.seen = set()
+
+    def __call__(self, *parts):
+        line = " ".join(str(p) for p in parts)
+        self.seen.add(line)
+        print(line, flush=True)
+        if self.path:
+            if self.file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.path, "a")
+            self.file.write(line + "\n")
+            self.file.flush()
+
+
+def log_path(tag):
+    date = datetime.date.today().isoformat()
+    path = RESULTS / f"{date}-{tag}.log"
+    n = 2
+    while path.exists():
+        path = RESULTS / f"{date}-{tag}-{n}.log"
+        n += 1
+    return path
+
+
+def prepare(system, workload, model, inputs, log):
+    """Convert the model for a peer once (CTranslate2, ONNX), outside the timed runs."""
+    if not system.startswith(("ct2", "ort")):
+        return
+    out = subprocess.run(peer_cmd(system, workload, model, inputs) + ["--prepare"], capture_output=True, text=True,
+                         env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    for line in out.stdout.splitlines():
+        if line.startswith("onnx ") and line not in log.seen:
+            log(line)
+    if out.returncode != 0:
+        log(f"prepare {system} {workload} failed:", (out.stderr.strip().splitlines() or ["?"])[-1][:300])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -119,55 +289,116 @@ def main():
     ap.add_argument("--only", default="")
     ap.add_argument("--systems", default="")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--from-log", help="re-render BENCHMARKS.md from the lines a previous run printed")
+    ap.add_argument("--base", default=str(ROOT / "BENCHMARKS.md"),
+                    help="the page whose other machines' sections are kept (default BENCHMARKS.md)")
+    ap.add_argument("--from-log", nargs="+", metavar="FILE",
+                    help="re-render from the lines previous runs printed (later files replace earlier runs)")
+    ap.add_argument("--machine-json", help="the machine's facts (JSON) for --from-log, over the log's machine line")
+    ap.add_argument("--no-log-file", action="store_true", help="do not keep the printed lines in scripts/bench/results/")
     a = ap.parse_args()
     if a.from_log:
-        results, measured = {}, None
-        for line in open(a.from_log):
-            parts = line.split(" ", 3)
-            if len(parts) == 4 and parts[0] in WORKLOADS and parts[3].startswith("{"):
-                results.setdefault(parts[0], {}).setdefault(parts[1], []).append(json.loads(parts[3]))
-            elif line.startswith("bounds {"):
-                measured = json.loads(line.split(" ", 1)[1])
-        # The bounds the run recorded, else measured now.
-        flops, bw = (measured["flops"], measured["bandwidth"]) if measured else bounds(a.threads)
-        write(a, results, flops, bw)
-        return
+        return from_log(a)
     only = [w for w in a.only.split(",") if w] or list(WORKLOADS)
     keep = [s for s in a.systems.split(",") if s]
-    subprocess.run([PY, str(ROOT / "scripts/bench/make_models.py"), "--out", str(BENCH)], check=True)
-    binary = trident_bench_binary()
+    unknown = [w for w in only if w not in WORKLOADS] + [s for s in keep if s not in ENCODER_SYSTEMS]
+    if unknown:
+        raise SystemExit(f"unknown workload or system: {', '.join(unknown)}")
+    m = this_machine(a.threads)
+    log = Log(None if a.no_log_file else log_path(m["tag"]))
+    log("machine", json.dumps(m))  # read by --from-log
+    log("bounds", json.dumps({"flops": m["flops"], "bandwidth": m["bandwidth"]}))
+    made = subprocess.run([PY, str(ROOT / "scripts/bench/make_models.py"), "--out", str(BENCH)], check=True,
+                          capture_output=True, text=True)
+    for line in made.stdout.splitlines():
+        log(line)
+    plan = {w: [s for s in WORKLOADS[w][2] if not keep or s in keep] for w in only}
+    binary = trident_bench_binary() if any(s.startswith("trident") for ss in plan.values() for s in ss) else None
     results = {}
-    for w in only:
-        model_name, inputs_name, systems = WORKLOADS[w]
-        systems = [s for s in systems if not keep or s in keep]
+    for w, systems in plan.items():
+        model_name, inputs_name, _ = WORKLOADS[w]
         model, inputs = BENCH / "models" / model_name, BENCH / "inputs" / f"{inputs_name}.json"
         for s in systems:
-            if s.startswith("ct2"):
-                subprocess.run([PY, str(ROOT / "scripts/bench/peers.py"), "--prepare", "--system", s, "--workload", w,
-                                "--model", str(model), "--inputs", str(inputs)], check=False, capture_output=True)
+            prepare(s, w, model, inputs, log)
         for r in range(a.runs):
             # Alternate the order run by run so that drift affects every system alike.
             order = systems if r % 2 == 0 else list(reversed(systems))
             for s in order:
-                m = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0)
-                results.setdefault(w, {}).setdefault(s, []).append(m)
-                print(w, s, r, json.dumps(m), flush=True)  # the format --from-log reads
-    flops, bw = bounds(a.threads)
-    print("bounds", json.dumps({"flops": flops, "bandwidth": bw}), flush=True)  # read by --from-log
-    write(a, results, flops, bw)
+                m_ = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0)
+                results.setdefault(w, {}).setdefault(s, []).append(m_)
+                log(w, s, r, json.dumps(m_))  # the format --from-log reads
+    acc = []
+    for w, systems in results.items():
+        for s in systems:
+            if s in COMPARED:
+                text = accuracy(w, s)
+                if text:
+                    acc.append({"workload": w, "system": COMPARED[s][0], "dtype": COMPARED[s][1], "text": text})
+                    log("accuracy", json.dumps(acc[-1], ensure_ascii=False))  # read by --from-log
+    logs = [str(log.path.relative_to(ROOT))] if log.path else []
+    write(a, m, results, acc, logs, runs=a.runs, log=log)
 
 
-def accuracy(workload, dtype):
-    """What `dtype` changes in Trident's results against f32 on the same workload, from the
-    outputs the first run kept: a short description, or None when either is missing."""
+def from_log(a):
+    results, acc, m = {}, {}, {}
+    for path in a.from_log:
+        file_results = {}
+        for line in open(path):
+            parts = line.rstrip("\n").split(" ", 3)
+            if len(parts) == 4 and parts[0] in WORKLOADS and parts[3].startswith("{"):
+                file_results.setdefault(parts[0], {}).setdefault(parts[1], []).append(json.loads(parts[3]))
+            elif line.startswith("machine {"):
+                m.update(json.loads(line.split(" ", 1)[1]))
+            elif line.startswith("bounds {"):
+                b = json.loads(line.split(" ", 1)[1])
+                m.setdefault("flops", b["flops"])
+                m.setdefault("bandwidth", b["bandwidth"])
+            elif line.startswith("accuracy {"):
+                row = json.loads(line.split(" ", 1)[1])
+                acc[(row["workload"], row["system"], row["dtype"])] = row
+        for w, systems in file_results.items():
+            results.setdefault(w, {}).update(systems)  # later files replace a workload + system
+    if a.machine_json:
+        m.update(json.loads(a.machine_json))
+    if "flops" not in m or "bandwidth" not in m:
+        print("no bounds in the logs or --machine-json: measuring them on this machine", file=sys.stderr)
+        m["flops"], m["bandwidth"] = bounds(a.threads)
+    if "vendor" not in m:
+        print("no machine line in the logs or --machine-json: assuming this machine", file=sys.stderr)
+        m = {**cpuinfo(), "cores": os.cpu_count(), **m}
+    m.setdefault("threads", next((x["threads"] for ss in results.values() for ms in ss.values() for x in ms
+                                  if "threads" in x), a.threads))
+    m.setdefault("tag", machine_tag(m))
+    # Logs made before accuracy lines: computed from this machine's kept outputs, if it is this machine.
+    if not acc and m["tag"] == machine_tag({**cpuinfo(), "cores": os.cpu_count()}):
+        for w, systems in results.items():
+            for s in systems:
+                if s in COMPARED and (text := accuracy(w, s)):
+                    acc[(w, *COMPARED[s])] = {"workload": w, "system": COMPARED[s][0], "dtype": COMPARED[s][1],
+                                              "text": text}
+    order = {w: i for i, w in enumerate(WORKLOADS)}
+    rows = sorted(acc.values(), key=lambda r: (order.get(r["workload"], 99), list(COMPARED.values()).index(
+        (r["system"], r["dtype"])) if (r["system"], r["dtype"]) in COMPARED.values() else 99))
+    runs = max((len(ms) for ss in results.values() for ms in ss.values()), default=0)
+    logs = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(Path(p).resolve())
+            for p in a.from_log]
+    write(a, m, results, rows, logs, runs=runs, log=print)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy.
+
+
+def accuracy(workload, system):
+    """What `system` (a Trident dtype or a peer) changes in the results against Trident's f32
+    results on the same workload, from the outputs the first run kept: a short description,
+    or None when either is missing."""
     try:
         ref = json.loads((OUTPUTS / f"{workload}-trident.json").read_text())
-        got = json.loads((OUTPUTS / f"{workload}-trident-{dtype}.json").read_text())
+        got = json.loads((OUTPUTS / f"{workload}-{system}.json").read_text())
     except (OSError, ValueError):
         return None
     if workload == "ner":
-        # Entity agreement: F1 of the dtype's entities against f32's (same group and span).
+        # Entity agreement: F1 of the system's entities against f32's (same group and span).
         key = lambda out: {(i, e["entity_group"], e["start"], e["end"]) for i, ents in enumerate(out) for e in ents}
         a, b = key(ref), key(got)
         if not a and not b:
@@ -208,37 +439,70 @@ def accuracy(workload, dtype):
             f"{identical}/{n}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+
 def median(ms, key):
     vals = [m[key] for m in ms if key in m]
     return statistics.median(vals) if vals else None
 
 
-def write(a, results, flops, bw):
-    import torch
-    import transformers
-    try:
-        import ctranslate2
-        ct2v = ctranslate2.__version__
-    except ImportError:
-        ct2v = "not installed"
-    cpu, flags = machine()
-    version = open(ROOT / "Cargo.toml").read().split('version = "')[1].split('"')[0]
+HEADER = """# Benchmarks
+
+Speed of Trident's pipelines against transformers (on torch), CTranslate2 and, for the encoder
+workloads, ONNX Runtime, on the same checkpoints and inputs. One section per machine: numbers
+from different machines are not comparable with each other.
+
+Reproduce: `make bench` (creates the random full-size checkpoints under .bench/, converts them
+for CTranslate2 and ONNX Runtime once, then runs `scripts/bench/run.py`). It measures on the
+machine it runs on and replaces that machine's section only; its raw lines are kept in
+`scripts/bench/results/`, and `run.py --from-log FILE ...` renders a section from them.
+
+Columns: *throughput* is work done per second of the run (`unit/s`: tokens for NER, including
+special tokens; sentences for classification and embeddings; new tokens for generation);
+*ms per unit* its inverse; *load s* the time from process start to a loaded pipeline; *peak RSS
+MB* the process's peak resident memory (MiB); *vs transformers* and *vs CT2 f32* throughput
+ratios to those systems on the same machine. Each measurement is a fresh process; every row
+is the median of the runs, systems alternating run by run. Systems: `trident` (f32),
+`trident-bf16`, `trident-int8`; `transformers` (pipelines / sentence-transformers on torch);
+`ct2-float32`, `ct2-int8` (CTranslate2); `ort-float32`, `ort-int8` (ONNX Runtime: the torch
+export optimised with onnxruntime's transformer optimizer, int8 by dynamic quantization)."""
+
+
+def version_line(v):
+    if not v:
+        return "Versions: not recorded."
+    parts = [f"Trident {v.get('trident', '?')} (tch {v.get('tch', '?')}, libtorch {v.get('libtorch', '?')})",
+             f"transformers {v.get('transformers', '?')} on torch {v.get('torch', '?')}"]
+    parts += [f"{name} {v[key]}" for key, name in (("ctranslate2", "CTranslate2"), ("onnxruntime", "ONNX Runtime"),
+                                                   ("python", "Python")) if v.get(key)]
+    return "Versions: " + ", ".join(parts) + "."
+
+
+def section(m, results, acc, logs, runs):
+    """This machine's section of the page, its marker first."""
+    cpu = " ".join(x for x in (f"family {m['family']}" if m.get("family") else "",
+                               f"model {m['model']}" if m.get("model") else "") if x)
     lines = [
-        "# Benchmarks", "",
-        f"Measured {datetime.date.today().isoformat()} on {cpu} ({os.cpu_count()} cores; "
-        f"flags: {' '.join(flags)}), {a.threads} threads for every system, {a.runs} runs per system, "
-        "alternating; medians. Each run is a fresh process: load time and peak RSS are per process.", "",
-        f"Versions: Trident {version} "
-        f"(tch 0.26, libtorch {torch.__version__}), transformers {transformers.__version__} on torch "
-        f"{torch.__version__}, CTranslate2 {ct2v}, Python {platform.python_version()}.", "",
-        "Reproduce: `make bench` (creates the random full-size checkpoints under .bench/, then runs "
-        "`scripts/bench/run.py`); the raw lines of this run are in `scripts/bench/results/`, and "
-        "`run.py --from-log FILE` renders this page from them.", "",
-        f"Measured bounds on this machine: f32 matmul {flops / 1e9:.0f} GFLOP/s; memory bandwidth "
-        f"(reading 256 MB on {a.threads} threads) {bw / 1e9:.1f} GB/s.", "",
+        f"<!-- machine: {m['tag']} -->",
+        f"## {m.get('vendor', 'unknown')} / {m.get('model_name', 'unknown')}", "",
+        f"Measured {m.get('date', '?')}: {m.get('cores', '?')} cores"
+        + (f" (CPU {cpu})" if cpu else "") + f"; flags: {' '.join(m.get('flags', [])) or 'none recorded'}. "
+        f"{m.get('threads', '?')} threads for every system, {runs} runs per system, alternating; medians.", "",
+        version_line(m.get("versions")), "",
+        f"Measured bounds on this machine: f32 matmul {m['flops'] / 1e9:.0f} GFLOP/s; memory bandwidth "
+        f"(reading 256 MB on {m.get('threads', '?')} threads) {m['bandwidth'] / 1e9:.1f} GB/s.", "",
+    ]
+    if logs:
+        lines += ["Raw lines: " + ", ".join(f"`{p}`" for p in logs) + ".", ""]
+    lines += [
         "| workload | system | throughput | unit/s | ms per unit | load s | peak RSS MB | vs transformers | vs CT2 f32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    rank = lambda s: ENCODER_SYSTEMS.index(s) if s in ENCODER_SYSTEMS else len(ENCODER_SYSTEMS)
+    results = {w: {s: results[w][s] for s in sorted(results[w], key=rank)}
+               for w in sorted(results, key=lambda w: list(WORKLOADS).index(w))}
     for w, systems in results.items():
         base = {}
         for s, ms in systems.items():
@@ -247,28 +511,59 @@ def write(a, results, flops, bw):
         for s, ms in systems.items():
             run, units, load, rss = median(ms, "run_s"), median(ms, "units"), median(ms, "load_s"), median(ms, "peak_rss_kb")
             if run is None:
-                err = next((m["error"] for m in ms if "error" in m), "failed")
+                err = next((m_["error"] for m_ in ms if "error" in m_), "failed").replace("|", "/")
                 lines.append(f"| {w} | {s} | failed: {err} | | | | | | |")
                 continue
-            unit = next(m["unit"] for m in ms if "unit" in m)
+            unit = next(m_["unit"] for m_ in ms if "unit" in m_)
             tput = units / run
             rel = lambda other: f"{tput / base[other]:.2f}×" if base.get(other) else "–"
             lines.append(f"| {w} | {s} | {tput:.1f} | {unit}/s | {1000 / tput:.2f} | {load:.2f} | {rss / 1024:.0f} | "
                          f"{rel('transformers')} | {rel('ct2-float32')} |")
+    kernels = [(w, ss["trident"][0]["kernels"]) for w, ss in results.items()
+               if ss.get("trident") and ss["trident"][0].get("kernels")]
+    if kernels:
+        lines += ["", "Kernel paths Trident f32 took (first run of each workload):", ""]
+        for w, ks in kernels:
+            lines += [f"- `{w}`:"] + [f"  - `{k}`" for k in ks]
     lines += ["", "Workloads:", ""] + [f"- `{w}`: {DESCRIPTION[w]}" for w in results]
-    acc = [(w, d, accuracy(w, d)) for w in results for d in ("bf16", "int8")]
-    acc = [row for row in acc if row[2]]
     if acc:
-        lines += ["", "## What bf16 and int8 cost in accuracy", "",
-                  "Trident's own results in bf16 / int8 against its f32 results (which match "
-                  "transformers), same inputs, from the first run of each:", "",
-                  "| workload | dtype | difference from f32 |", "|---|---|---|"]
-        lines += [f"| {w} | {d} | {text} |" for w, d, text in acc]
+        lines += ["", "### What bf16 and int8 cost in accuracy", "",
+                  "Each system's results against Trident's f32 results (which match transformers), same "
+                  "inputs, from the first run of each: Trident in bf16 / int8, and the peers that keep "
+                  "their results (ONNX Runtime f32 / int8, CTranslate2 int8; encoder workloads).", "",
+                  "| workload | system | dtype | difference from Trident f32 |", "|---|---|---|---|"]
+        lines += [f"| {r['workload']} | {r['system']} | {r['dtype']} | {r['text']} |" for r in acc]
+    return "\n".join(lines)
+
+
+def sections_of(page):
+    """[(tag, text)] of the machine sections of an existing page, in order."""
+    end = page.find(END_MARK)
+    body = page if end < 0 else page[:end]
+    marks = list(MACHINE_MARK.finditer(body))
+    return [(mk.group(1), body[mk.start(): marks[i + 1].start() if i + 1 < len(marks) else len(body)].rstrip())
+            for i, mk in enumerate(marks)]
+
+
+def write(a, m, results, acc, logs, runs, log=print):
+    try:
+        page = Path(a.base).read_text()
+    except OSError:
+        page = ""
+    kept = sections_of(page)
+    if page and not kept:
+        log(f"note: {a.base} has no machine sections (an older layout); its measurements are not kept")
+    mine = section(m, results, acc, logs, runs)
+    if any(tag == m["tag"] for tag, _ in kept):
+        kept = [(tag, mine if tag == m["tag"] else text) for tag, text in kept]
+    else:
+        kept.append((m["tag"], mine))
+    parts = [HEADER] + [text for _, text in kept] + [END_MARK]
     analysis = ROOT / "scripts/bench/analysis.md"
     if analysis.exists():
-        lines += ["", analysis.read_text().rstrip()]
-    Path(a.out).write_text("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+        parts.append(analysis.read_text().rstrip())
+    Path(a.out).write_text("\n\n".join(parts) + "\n")
+    log(f"wrote {a.out} (section {m['tag']}; sections: {', '.join(tag for tag, _ in kept)})")
 
 
 if __name__ == "__main__":
