@@ -144,6 +144,9 @@ impl ShapeClass {
     /// product for few rows, oneDNN for f32 when libtorch has it.
     pub fn candidates(&self, onednn: bool) -> Vec<Kernel> {
         let mut c = vec![Kernel::Library];
+        if self.kind == Kind::Int8 {
+            return c; // libtorch's integer product (`_int_mm`) is the one int8 kernel
+        }
         if self.rows <= SPLIT_MAX_ROWS && self.out >= 2 {
             c.push(Kernel::Split);
         }
@@ -159,6 +162,7 @@ impl fmt::Display for ShapeClass {
         let kind = match self.kind {
             Kind::Float => "f32".to_string(),
             Kind::BFloat16 => "bf16".to_string(),
+            Kind::Int8 => "int8".to_string(),
             other => format!("{other:?}"),
         };
         let rows = match self.rows {
@@ -260,6 +264,11 @@ pub fn plan(class: ShapeClass) -> Plan {
     }
 }
 
+/// Note a call of a class with a single candidate (int8), so that [`report`] lists it.
+pub fn seen(class: ShapeClass) {
+    let _ = plan(class);
+}
+
 /// Record that `kernel` took `seconds_per_row` on a call of `class`; decides the class when
 /// every candidate has enough timings.
 pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
@@ -324,6 +333,9 @@ pub fn report() -> Vec<Decision> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                Some((_, false)) if class.kind == Kind::Int8 => {
+                    "libtorch's integer product, the one int8 kernel".to_string()
+                }
                 Some((_, false)) => match policy() {
                     Policy::Measure => "the only candidate".to_string(),
                     Policy::Fixed => "TRIDENT_KERNELS=fixed".to_string(),
@@ -429,6 +441,10 @@ mod tests {
         assert_eq!(big.candidates(true), [Library]);
         assert_eq!(
             ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
+            [Library]
+        );
+        assert_eq!(
+            ShapeClass::new(Kind::Int8, 768, 768, 1).candidates(true),
             [Library]
         );
     }
