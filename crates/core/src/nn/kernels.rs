@@ -9,7 +9,7 @@
 //! is half as fast. Large inputs are compute-bound, where oneDNN's GEMM and MKL's compete.
 //!
 //! So the choice is measured. Calls are grouped into [`ShapeClass`]es (element kind, weight
-//! shape, rows rounded up to a power of two). The first calls of a class run each
+//! shape, rows rounded up to a power of two up to [`MANY_ROWS`], one class above). The first calls of a class run each
 //! [`Kernel`] candidate in turn on the real inputs and the real weights, in the cache state
 //! the model really sees; their times per row are recorded, and once every candidate has
 //! [`SAMPLES`] timings after [`WARMUP`] the fastest median wins ([`choose`], a pure function)
@@ -37,6 +37,11 @@ pub const SAMPLES: usize = 3;
 pub const MARGIN: f64 = 0.03;
 /// Rows up to which the split product is a candidate (matrix-vector products of decoding).
 pub const SPLIT_MAX_ROWS: i64 = 16;
+/// Row counts above this share one class: the products are compute-bound there, their time
+/// per row hardly changes with the count, and an encoder's batches (whose row counts vary
+/// with their lengths) then settle the choice in one batch or two rather than one per
+/// power of two.
+pub const MANY_ROWS: i64 = 64;
 
 /// A way of computing `x·Wᵀ + b` on the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,19 +129,24 @@ pub struct ShapeClass {
     pub out: i64,
     /// Weight columns (input width).
     pub in_dim: i64,
-    /// The input rows rounded up to a power of two: calls with 5 to 8 rows share a class.
+    /// The input rows rounded up to a power of two (calls with 5 to 8 rows share a class), or
+    /// `i64::MAX` for every count above [`MANY_ROWS`].
     pub rows: i64,
 }
 
 impl ShapeClass {
     /// The class of a call with `rows` input rows on a `[out, in_dim]` weight of `kind`.
     pub fn new(kind: Kind, out: i64, in_dim: i64, rows: i64) -> Self {
-        let rows = u64::try_from(rows.max(1)).unwrap_or(1).next_power_of_two();
+        let rows = if rows > MANY_ROWS {
+            i64::MAX
+        } else {
+            (rows.max(1) as u64).next_power_of_two() as i64 // (1..=64: no overflow)
+        };
         ShapeClass {
             kind,
             out,
             in_dim,
-            rows: i64::try_from(rows).unwrap_or(i64::MAX),
+            rows,
         }
     }
 
@@ -168,6 +178,7 @@ impl fmt::Display for ShapeClass {
         let rows = match self.rows {
             1 => "1 row".to_string(),
             2 => "2 rows".to_string(),
+            i64::MAX => format!("{}+ rows", MANY_ROWS + 1),
             r => format!("{}-{r} rows", r / 2 + 1),
         };
         write!(f, "{kind} {}x{} {rows}", self.out, self.in_dim)
@@ -296,8 +307,8 @@ pub struct Decision {
     pub class: ShapeClass,
     /// The kernel in use, or `None` while it is still being measured.
     pub kernel: Option<Kernel>,
-    /// Each candidate's median time per call of the class's full row count (ms), when
-    /// measured.
+    /// Each candidate's median time (ms) for the class's largest row count (1024 rows in the
+    /// class above [`MANY_ROWS`]), when measured.
     pub medians_ms: Vec<(Kernel, f64)>,
     /// Why: "measured", or the policy that set it.
     pub why: String,
@@ -318,15 +329,20 @@ pub fn report() -> Vec<Decision> {
     let mut out: Vec<Decision> = table
         .iter()
         .map(|(class, entry)| {
+            // Per call of the class's largest row count; per 1024 rows above MANY_ROWS.
+            let per = if class.rows == i64::MAX {
+                1024
+            } else {
+                class.rows
+            };
             let medians_ms: Vec<(Kernel, f64)> = entry
                 .timings
                 .iter()
-                .filter_map(|(k, t)| settled_median(t).map(|m| (*k, m * class.rows as f64 * 1e3)))
+                .filter_map(|(k, t)| settled_median(t).map(|m| (*k, m * per as f64 * 1e3)))
                 .collect();
             let why = match entry.chosen {
                 Some((_, true)) => format!(
-                    "measured, median of {SAMPLES} calls per row count {}: {}",
-                    class.rows,
+                    "measured, median of {SAMPLES} calls, time per {per} rows: {}",
                     medians_ms
                         .iter()
                         .map(|(k, ms)| format!("{k} {ms:.3} ms"))
@@ -437,7 +453,9 @@ mod tests {
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 0).rows, 1);
         // Many rows: no split; bf16: no oneDNN (libtorch's bf16 product is oneDNN's already).
         let big = ShapeClass::new(Kind::BFloat16, 768, 768, 1000);
-        assert_eq!(big.rows, 1024);
+        assert_eq!(big, ShapeClass::new(Kind::BFloat16, 768, 768, 65));
+        assert_eq!(big.to_string(), "bf16 768x768 65+ rows");
+        assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 64).rows, 64);
         assert_eq!(big.candidates(true), [Library]);
         assert_eq!(
             ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
