@@ -342,7 +342,12 @@ pub fn report() -> Vec<Decision> {
                 .collect();
             let why = match entry.chosen {
                 Some((_, true)) => format!(
-                    "measured, median of {SAMPLES} calls, time per {per} rows: {}",
+                    "measured, median of {SAMPLES} calls, time per {}: {}",
+                    if per == 1 {
+                        "row".to_string()
+                    } else {
+                        format!("{per} rows")
+                    },
                     medians_ms
                         .iter()
                         .map(|(k, ms)| format!("{k} {ms:.3} ms"))
