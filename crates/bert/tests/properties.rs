@@ -66,6 +66,9 @@ const PIECES: &[&str] = &[
     "a",
 ];
 
+/// Format characters BERT's normaliser removes (Unicode category Cf among the pieces).
+const DROPPED: &[char] = &['\u{200b}', '\u{200d}', '\u{feff}'];
+
 const SEPARATORS: &[&str] = &[" ", "", "  ", " \n "];
 
 /// A text of `n` pieces with separators between them.
@@ -196,9 +199,16 @@ proptest! {
                     if let Some(index) = index {
                         prop_assert!(seen.insert(index), "{name}: index {index} twice");
                         if *name == "bert-tiny-ner" {
+                            // The word is the token, which may span characters BERT's
+                            // normaliser drops (control and zero-width format characters:
+                            // "a\u{200b}c" is the one token "ac", as in transformers), or for
+                            // an unknown token the text itself.
                             let span: String = chars[start..end].iter().collect();
+                            let kept: String =
+                                span.chars().filter(|c| !c.is_control() && !DROPPED.contains(c)).collect();
                             let piece = word.strip_prefix("##").unwrap_or(&word);
-                            prop_assert_eq!(piece, span.as_str(), "{}: word and span", name);
+                            prop_assert!(piece == span || piece == kept,
+                                "{}: word {:?} and span {:?}", name, piece, span);
                         }
                     }
                 }
