@@ -202,17 +202,70 @@ fn settled_median(timings: &[f64]) -> Option<f64> {
     })
 }
 
-/// The kernel to keep, given each candidate's timings in the order they were taken (seconds
-/// per row), or `None` while some candidate has not yet [`WARMUP`] + [`SAMPLES`] of them.
-/// The smallest median wins; the library's product is kept unless the winner beats it by
-/// more than [`MARGIN`].
-pub fn choose(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
-    let medians = timings
+/// Each candidate's median (after [`WARMUP`]), or `None` while some candidate has fewer
+/// than [`SAMPLES`] timings.
+fn medians(timings: &[(Kernel, Vec<f64>)]) -> Option<Vec<(Kernel, f64)>> {
+    timings
         .iter()
         .map(|(k, t)| settled_median(t).map(|m| (*k, m)))
-        .collect::<Option<Vec<_>>>()?;
-    let (best, best_t) = medians.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
-    match medians.iter().find(|(k, _)| *k == Kernel::Library) {
+        .collect()
+}
+
+/// One shape of a row group as [`choose`] weighs it.
+#[derive(Clone, Copy, Debug)]
+pub struct ShapeTimings<'a> {
+    /// Calls of the shape so far.
+    pub calls: f64,
+    /// Weight elements (`out × in`): with `calls`, the share of the group's work it stands for.
+    pub size: f64,
+    /// Each candidate's timings in the order they were taken (seconds per row).
+    pub timings: &'a [(Kernel, Vec<f64>)],
+}
+
+/// Share of a row group's work (calls × weight size) whose shapes must be measured before
+/// the group is decided: a shape called once per batch on a tiny weight (a classifier head)
+/// need not hold up the decision, a large one (an LM head) must not be left out of it.
+pub const COVERAGE: f64 = 0.9;
+
+/// The one kernel for every shape of a row group (same element kind and row class), or
+/// `None` while too little of the group is measured. One kernel per group because a model's
+/// projections run one after another: alternating libraries from one projection to the next
+/// costs more than each call's own time shows (measured: GPT-2 at 8 rows with MKL and
+/// oneDNN mixed by per-shape medians ran 10 % slower than oneDNN alone, which those medians
+/// said was slower).
+///
+/// The shapes whose every candidate has [`WARMUP`] + [`SAMPLES`] timings must stand for at
+/// least [`COVERAGE`] of the group's work. Each candidate's cost is then the sum over them
+/// of calls × median time; the cheapest wins, and the library's product is kept unless the
+/// winner beats it by more than [`MARGIN`].
+pub fn choose(shapes: &[ShapeTimings]) -> Option<Kernel> {
+    let total: f64 = shapes.iter().map(|s| s.calls * s.size).sum();
+    let settled: Vec<(f64, Vec<(Kernel, f64)>)> = shapes
+        .iter()
+        .filter_map(|s| medians(s.timings).map(|m| (s.calls, m)))
+        .collect();
+    let covered: f64 = shapes
+        .iter()
+        .filter(|s| medians(s.timings).is_some())
+        .map(|s| s.calls * s.size)
+        .sum();
+    if settled.is_empty() || covered < COVERAGE * total {
+        return None;
+    }
+    // The candidates every settled shape has, with their weighted costs.
+    let costs: Vec<(Kernel, f64)> = settled[0]
+        .1
+        .iter()
+        .filter_map(|&(k, _)| {
+            settled
+                .iter()
+                .map(|(calls, m)| m.iter().find(|(c, _)| *c == k).map(|(_, t)| calls * t))
+                .sum::<Option<f64>>()
+                .map(|cost| (k, cost))
+        })
+        .collect();
+    let (best, best_t) = costs.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1))?;
+    match costs.iter().find(|(k, _)| *k == Kernel::Library) {
         Some(&(_, lib_t)) if best_t >= lib_t * (1.0 - MARGIN) => Some(Kernel::Library),
         _ => Some(best),
     }
@@ -233,11 +286,27 @@ struct Entry {
     timings: Vec<(Kernel, Vec<f64>)>,
     /// The decided kernel, and whether it was measured (else set by the policy).
     chosen: Option<(Kernel, bool)>,
+    /// Calls so far.
+    calls: u64,
 }
 
-fn table() -> &'static Mutex<HashMap<ShapeClass, Entry>> {
-    static TABLE: OnceLock<Mutex<HashMap<ShapeClass, Entry>>> = OnceLock::new();
+/// A row group: the shape classes of one element kind and row class.
+type Group = (Kind, i64);
+
+/// The shape classes seen, and the decided row groups.
+#[derive(Default)]
+struct Table {
+    classes: HashMap<ShapeClass, Entry>,
+    groups: HashMap<Group, Kernel>,
+}
+
+fn table() -> &'static Mutex<Table> {
+    static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
     TABLE.get_or_init(Default::default)
+}
+
+fn group_of(class: &ShapeClass) -> Group {
+    (class.kind, class.rows)
 }
 
 /// Whether libtorch was built with oneDNN (MKL-DNN), checked once.
@@ -251,23 +320,35 @@ pub fn plan(class: ShapeClass) -> Plan {
     let Ok(mut table) = table().lock() else {
         return Plan::Use(Kernel::Library); // (a panic elsewhere poisoned it: stay correct)
     };
-    let entry = table.entry(class).or_insert_with(|| {
+    let group = table.groups.get(&group_of(&class)).copied();
+    let entry = table.classes.entry(class).or_insert_with(|| {
         let candidates = class.candidates(has_onednn());
-        let chosen = match policy() {
-            Policy::Measure if candidates.len() > 1 => None,
-            Policy::Measure | Policy::Fixed => Some((Kernel::Library, false)),
-            Policy::Force(k) if candidates.contains(&k) => Some((k, false)),
-            Policy::Force(_) => Some((Kernel::Library, false)),
+        let chosen = match (policy(), group) {
+            // A shape new to a decided group runs the group's kernel.
+            (Policy::Measure, Some(k)) if candidates.contains(&k) => Some((k, true)),
+            (Policy::Measure, _) if candidates.len() > 1 => None,
+            (Policy::Measure | Policy::Fixed, _) => Some((Kernel::Library, false)),
+            (Policy::Force(k), _) if candidates.contains(&k) => Some((k, false)),
+            (Policy::Force(_), _) => Some((Kernel::Library, false)),
         };
         Entry {
             timings: candidates.into_iter().map(|k| (k, Vec::new())).collect(),
             chosen,
+            calls: 0,
         }
     });
-    match entry.chosen {
-        Some((k, _)) => Plan::Use(k),
+    entry.calls += 1;
+    let own = ShapeTimings {
+        calls: 1.0,
+        size: 1.0,
+        timings: &entry.timings,
+    };
+    match (entry.chosen, choose(&[own])) {
+        (Some((k, _)), _) => Plan::Use(k),
+        // Measured, but its group is not decided yet: its own fastest meanwhile.
+        (None, Some(k)) => Plan::Use(k),
         // Round robin: the candidate with the fewest timings goes next.
-        None => entry
+        (None, None) => entry
             .timings
             .iter()
             .min_by_key(|(_, t)| t.len())
@@ -280,13 +361,13 @@ pub fn seen(class: ShapeClass) {
     let _ = plan(class);
 }
 
-/// Record that `kernel` took `seconds_per_row` on a call of `class`; decides the class when
-/// every candidate has enough timings.
+/// Record that `kernel` took `seconds_per_row` on a call of `class`; decides the class's row
+/// group when enough of it is measured ([`choose`]).
 pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
     let Ok(mut table) = table().lock() else {
         return;
     };
-    let Some(entry) = table.get_mut(&class) else {
+    let Some(entry) = table.classes.get_mut(&class) else {
         return;
     };
     if entry.chosen.is_some() {
@@ -295,8 +376,31 @@ pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
     if let Some((_, t)) = entry.timings.iter_mut().find(|(k, _)| *k == kernel) {
         t.push(seconds_per_row);
     }
-    if let Some(k) = choose(&entry.timings) {
-        entry.chosen = Some((k, true));
+    let group = group_of(&class);
+    let members: Vec<ShapeTimings> = table
+        .classes
+        .iter()
+        .filter(|(c, e)| {
+            group_of(c) == group && (e.chosen.is_none() || e.chosen.is_some_and(|(_, m)| m))
+        })
+        .map(|(c, e)| ShapeTimings {
+            calls: e.calls as f64,
+            size: (c.out * c.in_dim) as f64,
+            timings: &e.timings,
+        })
+        .collect();
+    if let Some(k) = choose(&members) {
+        table.groups.insert(group, k);
+        for (c, e) in table.classes.iter_mut() {
+            if group_of(c) == group && e.chosen.is_none() {
+                let k = if e.timings.iter().any(|(c, _)| *c == k) {
+                    k
+                } else {
+                    Kernel::Library
+                };
+                e.chosen = Some((k, true));
+            }
+        }
     }
 }
 
@@ -327,6 +431,7 @@ pub fn report() -> Vec<Decision> {
         return Vec::new();
     };
     let mut out: Vec<Decision> = table
+        .classes
         .iter()
         .map(|(class, entry)| {
             // Per call of the class's largest row count; per 1024 rows above MANY_ROWS.
@@ -341,8 +446,12 @@ pub fn report() -> Vec<Decision> {
                 .filter_map(|(k, t)| settled_median(t).map(|m| (*k, m * per as f64 * 1e3)))
                 .collect();
             let why = match entry.chosen {
+                Some((_, true)) if medians_ms.is_empty() => {
+                    "chosen for its row group, measured on the group's other shapes".to_string()
+                }
                 Some((_, true)) => format!(
-                    "measured, median of {SAMPLES} calls, time per {}: {}",
+                    "measured with its row group (one kernel for all shapes of this kind \
+                     and row count); this shape's medians of {SAMPLES} calls, time per {}: {}",
                     if per == 1 {
                         "row".to_string()
                     } else {
@@ -403,6 +512,15 @@ mod tests {
         (k, t.to_vec())
     }
 
+    /// One shape's choice.
+    fn alone(t: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
+        choose(&[ShapeTimings {
+            calls: 1.0,
+            size: 1.0,
+            timings: t,
+        }])
+    }
+
     #[test]
     fn waits_until_every_candidate_has_its_samples() {
         // Split has only warm-up + 2 timings.
@@ -410,7 +528,7 @@ mod tests {
             timings(Library, &[9.0, 1.0, 1.0, 1.0]),
             timings(Split, &[9.0, 0.5, 0.5]),
         ];
-        assert_eq!(choose(&t), None);
+        assert_eq!(alone(&t), None);
         assert_eq!(choose(&[]), None);
     }
 
@@ -422,13 +540,13 @@ mod tests {
             timings(Split, &[5.0, 1.0, 1.1, 9.0]),
             timings(OneDnn, &[5.0, 1.5, 1.4, 1.6]),
         ];
-        assert_eq!(choose(&t), Some(Split));
+        assert_eq!(alone(&t), Some(Split));
         // An outlier in a kernel's samples does not decide: the median does.
         let t = [
             timings(Library, &[3.0, 1.0, 1.0, 50.0]),
             timings(Split, &[3.0, 2.0, 2.0, 0.1]),
         ];
-        assert_eq!(choose(&t), Some(Library));
+        assert_eq!(alone(&t), Some(Library));
     }
 
     #[test]
@@ -440,12 +558,60 @@ mod tests {
             timings(Library, &[1.0, lib, lib, lib]),
             timings(OneDnn, &[1.0, slightly, slightly, slightly]),
         ];
-        assert_eq!(choose(&t), Some(Library));
+        assert_eq!(alone(&t), Some(Library));
         let t = [
             timings(Library, &[1.0, lib, lib, lib]),
             timings(OneDnn, &[1.0, clearly, clearly, clearly]),
         ];
-        assert_eq!(choose(&t), Some(OneDnn));
+        assert_eq!(alone(&t), Some(OneDnn));
+    }
+
+    /// A group's kernel is the cheapest over all its calls, not each shape's favourite:
+    /// here the frequent small shape prefers the library, the head oneDNN, and the head's
+    /// time decides.
+    #[test]
+    fn a_row_group_takes_the_cheapest_kernel_over_its_calls() {
+        let layer = [
+            timings(Library, &[1.0, 1.0, 1.0, 1.0]),
+            timings(OneDnn, &[1.0, 1.2, 1.2, 1.2]),
+        ];
+        let head = [
+            timings(Library, &[9.0, 18.0, 18.0, 18.0]),
+            timings(OneDnn, &[9.0, 10.0, 10.0, 10.0]),
+        ];
+        let shape = |calls: f64, size: f64, t| ShapeTimings {
+            calls,
+            size,
+            timings: t,
+        };
+        // 12 layer calls per head call: library costs 12 + 18 = 30, oneDNN 14.4 + 10 = 24.4.
+        let group = [shape(12.0, 1.0, &layer), shape(1.0, 1.0, &head)];
+        assert_eq!(choose(&group), Some(OneDnn));
+        // With 48 layer calls per head call the library is cheaper (66 against 67.6).
+        let group = [shape(48.0, 1.0, &layer), shape(1.0, 1.0, &head)];
+        assert_eq!(choose(&group), Some(Library));
+    }
+
+    /// A shape that is most of the group's work must be measured before the group is
+    /// decided; a tiny one need not be.
+    #[test]
+    fn a_row_group_waits_for_its_large_shapes_only() {
+        let settled = [
+            timings(Library, &[1.0, 1.0, 1.0, 1.0]),
+            timings(OneDnn, &[1.0, 0.5, 0.5, 0.5]),
+        ];
+        let unsettled = [timings(Library, &[1.0, 1.0]), timings(OneDnn, &[1.0])];
+        let shape = |calls: f64, size: f64, t| ShapeTimings {
+            calls,
+            size,
+            timings: t,
+        };
+        // The unsettled shape is a third of the work: wait.
+        let group = [shape(10.0, 2.0, &settled), shape(1.0, 10.0, &unsettled)];
+        assert_eq!(choose(&group), None);
+        // It is 1 % of the work (a classifier head): decide without it.
+        let group = [shape(10.0, 100.0, &settled), shape(1.0, 10.0, &unsettled)];
+        assert_eq!(choose(&group), Some(OneDnn));
     }
 
     #[test]
