@@ -9,13 +9,17 @@
 //! is half as fast. Large inputs are compute-bound, where oneDNN's GEMM and MKL's compete.
 //!
 //! So the choice is measured. Calls are grouped into [`ShapeClass`]es (element kind, weight
-//! shape, rows rounded up to a power of two up to [`MANY_ROWS`], one class above). The first calls of a class run each
-//! [`Kernel`] candidate in turn on the real inputs and the real weights, in the cache state
-//! the model really sees; their times per row are recorded, and once every candidate has
-//! [`SAMPLES`] timings after [`WARMUP`] the fastest median wins ([`choose`], a pure function)
-//! and every later call of the class uses it. Nothing extra is computed: the measuring calls
-//! are the model's own work, so the calibration costs only the few calls that ran a slower
-//! candidate. The choices are per process and shared by every model in it.
+//! shape, rows rounded up to a power of two up to [`MANY_ROWS`], one class above). The first
+//! calls of a class run each [`Kernel`] candidate in turn on the real inputs and the real
+//! weights, in the cache state the model really sees, and record their times per row. A class
+//! whose every candidate has [`SAMPLES`] timings after [`WARMUP`] runs its own fastest while
+//! the others are measured. Then one kernel is chosen for the whole row group (the classes
+//! of one kind and row class: a model's successive projections), the cheapest over the
+//! group's calls ([`choose`], a pure function), because switching libraries from one
+//! projection to the next costs more than each call's own time shows. Nothing extra is
+//! computed: the measuring calls are the model's own work, so the calibration costs only the
+//! few calls that ran a slower candidate. The choices are per process and shared by every
+//! model in it.
 //!
 //! `TRIDENT_KERNELS` overrides the measurement: `fixed` uses the library's product for every
 //! shape (the same kernel on every run, for reproducible numbers), `library`, `split` or
