@@ -1,6 +1,7 @@
 //! Trident's side of the benchmark (scripts/bench/run.py drives it, alternating with
 //! transformers and CTranslate2): load a model, run one workload on fixed inputs, and print
-//! one JSON line with the load time, the run time, the work done and the peak RSS.
+//! one JSON line with the load time, the run time, the work done, the peak RSS and
+//! `kernels`: which CPU kernel each projection shape ran, and the timings that chose it.
 //!
 //! ```sh
 //! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json [DTYPE]

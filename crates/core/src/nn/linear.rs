@@ -13,8 +13,9 @@ use tch::{Device, Kind, Tensor};
 /// transposed while it is read) and, for [`Dtype::Int8`], quantized while it is read: every
 /// projection of a model is built through [`Linear::new`] or [`Linear::conv1d`], so none can
 /// be missed. On the CPU, [`Linear::forward`] runs a float projection with the kernel measured
-/// fastest for its shape and row count on this machine (see [`kernels`]: the library's
-/// product, a split batched product, or oneDNN's GEMM); int8 runs an integer product.
+/// cheapest on this machine for all projections of its row count (see [`kernels`]: the
+/// library's product, a split batched product, or oneDNN's GEMM); int8 runs an integer
+/// product.
 #[derive(Debug)]
 pub struct Linear {
     /// The weight `[out, in]`: float, or int8 when quantized.
