@@ -39,6 +39,9 @@ pub const SAMPLES: usize = 3;
 /// Another kernel replaces the library's product only when its median is faster by more
 /// than this fraction: within timing noise, the library's own choice stays.
 pub const MARGIN: f64 = 0.03;
+/// A candidate whose fastest counted call is slower than this many times another's slowest
+/// is not measured further ([`ruled_out`]).
+pub const RULED_OUT: f64 = 2.0;
 /// Rows up to which the split product is a candidate (matrix-vector products of decoding).
 pub const SPLIT_MAX_ROWS: i64 = 16;
 /// Row counts above this share one class: the products are compute-bound there, their time
@@ -206,13 +209,54 @@ fn settled_median(timings: &[f64]) -> Option<f64> {
     })
 }
 
-/// Each candidate's median (after [`WARMUP`]), or `None` while some candidate has fewer
-/// than [`SAMPLES`] timings.
+/// The timings that count (after [`WARMUP`]).
+fn counted(timings: &[f64]) -> &[f64] {
+    timings.get(WARMUP..).unwrap_or(&[])
+}
+
+/// Whether candidate `i` has lost already: its fastest counted call took more than
+/// [`RULED_OUT`] times the slowest counted call of another candidate. A kernel that far behind
+/// cannot win on more samples, and each of its calls costs the model real time (the split
+/// product of one row runs 2–3× slower than MKL's on an Intel Xeon).
+fn ruled_out(timings: &[(Kernel, Vec<f64>)], i: usize) -> bool {
+    let fastest = counted(&timings[i].1).iter().copied().reduce(f64::min);
+    let others_slowest = timings
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .filter_map(|(_, (_, t))| counted(t).iter().copied().reduce(f64::max))
+        .reduce(f64::min);
+    matches!((fastest, others_slowest), (Some(f), Some(o)) if f > RULED_OUT * o)
+}
+
+/// Each candidate's median (after [`WARMUP`]), or for one [`ruled_out`] early its fastest
+/// call (a bound that still loses); `None` while some other candidate has fewer than
+/// [`SAMPLES`] timings.
 fn medians(timings: &[(Kernel, Vec<f64>)]) -> Option<Vec<(Kernel, f64)>> {
+    (0..timings.len())
+        .map(|i| candidate_time(timings, i).map(|m| (timings[i].0, m)))
+        .collect()
+}
+
+/// Candidate `i`'s median, or its fastest call when [`ruled_out`], or `None`.
+fn candidate_time(timings: &[(Kernel, Vec<f64>)], i: usize) -> Option<f64> {
+    let t = &timings[i].1;
+    settled_median(t).or_else(|| {
+        ruled_out(timings, i)
+            .then(|| counted(t).iter().copied().reduce(f64::min))
+            .flatten()
+    })
+}
+
+/// The candidate to measure next: of those neither settled nor [`ruled_out`], the one with
+/// the fewest timings (round robin); `None` when there is none.
+fn next_to_measure(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
     timings
         .iter()
-        .map(|(k, t)| settled_median(t).map(|m| (*k, m)))
-        .collect()
+        .enumerate()
+        .filter(|(i, (_, t))| settled_median(t).is_none() && !ruled_out(timings, *i))
+        .min_by_key(|(_, (_, t))| t.len())
+        .map(|(_, (k, _))| *k)
 }
 
 /// One shape of a row group as [`choose`] weighs it.
@@ -351,12 +395,10 @@ pub fn plan(class: ShapeClass) -> Plan {
         (Some((k, _)), _) => Plan::Use(k),
         // Measured, but its group is not decided yet: its own fastest meanwhile.
         (None, Some(k)) => Plan::Use(k),
-        // Round robin: the candidate with the fewest timings goes next.
-        (None, None) => entry
-            .timings
-            .iter()
-            .min_by_key(|(_, t)| t.len())
-            .map_or(Plan::Use(Kernel::Library), |(k, _)| Plan::Measure(*k)),
+        // Round robin over the candidates still in the running.
+        (None, None) => {
+            next_to_measure(&entry.timings).map_or(Plan::Use(Kernel::Library), Plan::Measure)
+        }
     }
 }
 
@@ -444,10 +486,11 @@ pub fn report() -> Vec<Decision> {
             } else {
                 class.rows
             };
-            let medians_ms: Vec<(Kernel, f64)> = entry
-                .timings
-                .iter()
-                .filter_map(|(k, t)| settled_median(t).map(|m| (*k, m * per as f64 * 1e3)))
+            let medians_ms: Vec<(Kernel, f64)> = (0..entry.timings.len())
+                .filter_map(|i| {
+                    candidate_time(&entry.timings, i)
+                        .map(|m| (entry.timings[i].0, m * per as f64 * 1e3))
+                })
                 .collect();
             let why = match entry.chosen {
                 Some((_, true)) if medians_ms.is_empty() => {
@@ -463,7 +506,19 @@ pub fn report() -> Vec<Decision> {
                     },
                     medians_ms
                         .iter()
-                        .map(|(k, ms)| format!("{k} {ms:.3} ms"))
+                        .map(|(k, ms)| {
+                            let dropped = entry
+                                .timings
+                                .iter()
+                                .any(|(c, t)| c == k && settled_median(t).is_none());
+                            if dropped {
+                                format!(
+                                    "{k} {ms:.3} ms (best call; dropped, over {RULED_OUT}× slower)"
+                                )
+                            } else {
+                                format!("{k} {ms:.3} ms")
+                            }
+                        })
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
@@ -534,6 +589,30 @@ mod tests {
         ];
         assert_eq!(alone(&t), None);
         assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn a_far_slower_candidate_is_dropped_after_one_counted_call() {
+        // Split's one counted call took more than twice the library's slowest: it is not
+        // measured again, and the choice waits only for the library's samples.
+        let mut t = vec![
+            timings(Library, &[9.0, 1.0, 1.2]),
+            timings(Split, &[9.0, 2.5]),
+        ];
+        assert_eq!(next_to_measure(&t), Some(Library));
+        assert_eq!(alone(&t), None);
+        t[0].1.push(1.1);
+        assert_eq!(next_to_measure(&t), None);
+        assert_eq!(alone(&t), Some(Library));
+        // Within the factor it keeps its turn: 2.3 is not more than twice 1.2.
+        let close = [
+            timings(Library, &[9.0, 1.0, 1.2]),
+            timings(Split, &[9.0, 2.3]),
+        ];
+        assert_eq!(next_to_measure(&close), Some(Split));
+        // A warm-up alone rules nothing out.
+        let warm = [timings(Library, &[1.0, 1.0]), timings(Split, &[50.0])];
+        assert_eq!(next_to_measure(&warm), Some(Split));
     }
 
     #[test]
