@@ -22,7 +22,7 @@ use trident::bert::{
 use trident::core::generation::GenerationConfig;
 use trident::core::{DeviceChoice, Dtype, LoadOptions, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
-use trident::t5::{SummarizeOptions, Summarizer};
+use trident::t5::SummarizeOptions;
 
 /// Peak resident memory of this process, from /proc (kB).
 fn peak_rss_kb() -> u64 {
@@ -170,7 +170,7 @@ fn run(
         }
         "t5-greedy" | "t5-beam4" => {
             let beams = if workload == "t5-beam4" { 4 } else { 1 };
-            let p = Summarizer::from_pretrained(files, &load_options)?;
+            let p = trident::summarizer(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
             let options = SummarizeOptions {
                 generation: exact(t5_new, beams),

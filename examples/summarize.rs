@@ -10,7 +10,7 @@
 
 use trident::core::generation::GenerationConfig;
 use trident::core::{HubOptions, LoadOptions, ModelFiles};
-use trident::t5::{SummarizeOptions, Summarizer};
+use trident::t5::SummarizeOptions;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
     // Load once (CUDA when present, else the CPU); options come with each call.
-    let summarizer = Summarizer::from_pretrained(&files, &LoadOptions::default())?;
+    let summarizer = trident::summarizer(&files, &LoadOptions::default())?;
     // The checkpoint's summarization defaults apply (t5-small: 4 beams, no 3-gram repeats);
     // here we only allow longer summaries than its 20-token default.
     let options = SummarizeOptions {

@@ -11,7 +11,7 @@ use std::io::Write;
 use trident::core::config::TokenIds;
 use trident::core::generation::{generate_with, GenerationConfig, Hooks, Seq2SeqDecoder, Token};
 use trident::core::{Dtype, HubOptions, LoadOptions, ModelFiles, PaddingSide, TextEncoder};
-use trident::t5::{T5ForConditionalGeneration, TranslateOptions, Translator};
+use trident::t5::{T5ForConditionalGeneration, TranslateOptions};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
 
     // 1. The pipeline: prefix, task defaults and decoding handled for us. It is loaded once;
     //    the language pair (and any generation setting) comes with each call.
-    let translator = Translator::from_pretrained(&files, &LoadOptions::default())?;
+    let translator = trident::translator(&files, &LoadOptions::default())?;
     let options = TranslateOptions::new("en", "de");
     let texts: Vec<&str> = sentences.iter().map(String::as_str).collect();
     for (sentence, out) in texts.iter().zip(translator.run(&texts, &options)?) {

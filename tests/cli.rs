@@ -485,8 +485,8 @@ fn a_missing_relative_model_path_and_the_default_models() {
             "distilbert-base-uncased-finetuned-sst-2-english",
         ),
         ("embed", "sentence-transformers/all-MiniLM-L6-v2"),
-        ("summarize", "t5-small"),
-        ("translate", "t5-small"),
+        ("summarize", "sshleifer/distilbart-cnn-12-6"),
+        ("translate", "Helsinki-NLP/opus-mt-<from>-<to>"),
         ("generate", "gpt2"),
     ] {
         let help = trident(&[command, "--help"], None);

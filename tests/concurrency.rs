@@ -47,8 +47,8 @@ fn load() -> Loaded {
         ner: TokenClassifier::from_pretrained(&files("bert-tiny-ner"), &cpu).unwrap(),
         classifier: TextClassifier::from_pretrained(&files("distilbert-tiny-sst2"), &cpu).unwrap(),
         generator: TextGenerator::from_pretrained(&files("gpt2-tiny"), &cpu).unwrap(),
-        summarizer: Summarizer::from_pretrained(&files("t5-tiny"), &cpu).unwrap(),
-        translator: Translator::from_pretrained(&files("t5-tiny"), &cpu).unwrap(),
+        summarizer: trident::summarizer(&files("t5-tiny"), &cpu).unwrap(),
+        translator: trident::translator(&files("t5-tiny"), &cpu).unwrap(),
     }
 }
 

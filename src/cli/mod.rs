@@ -54,11 +54,11 @@ enum Command {
     /// Sentence embeddings (mean-pooled, normalised), one vector per text.
     #[command(after_help = default_model(encoders::EMBED_MODEL))]
     Embed(encoders::EmbedArgs),
-    /// Summarize documents (T5): long documents are split at sentence boundaries, not cut.
-    #[command(after_help = default_model(summarize::T5_MODEL))]
+    /// Summarize documents (BART, T5): long documents are split at sentence boundaries, not cut.
+    #[command(after_help = default_model(summarize::SUMMARIZE_MODEL))]
     Summarize(summarize::SummarizeArgs),
-    /// Translate documents (T5), e.g. `translate --to de "The house is wonderful."`.
-    #[command(after_help = default_model(summarize::T5_MODEL))]
+    /// Translate documents (OPUS-MT, NLLB, M2M100, T5), e.g. `translate --from fr --to en "Le chat dort."`.
+    #[command(after_help = translate::DEFAULT_MODEL_HELP)]
     Translate(translate::TranslateArgs),
     /// Continue a prompt with GPT-2, streaming the text as it is generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]

@@ -1,4 +1,5 @@
-//! `trident summarize`: summaries of documents with a T5 checkpoint.
+//! `trident summarize`: summaries of documents with an encoder-decoder checkpoint (BART-CNN by
+//! default, T5, …).
 
 use super::common::ModelArgs;
 use super::generation_args::GenerationArgs;
@@ -7,27 +8,28 @@ use clap::Args;
 use serde::Serialize;
 use std::cell::Cell;
 use std::process::ExitCode;
-use trident_t5::{SummarizeOptions, Summarizer, Summary};
+use trident_core::seq2seq::{SummarizeOptions, Summary};
 
 /// Texts handed to the pipeline at once (and retried one by one if the group fails).
 pub(super) const CHUNK: usize = 16;
 
-/// Default model of `trident summarize` and `trident translate`.
-pub const T5_MODEL: &str = "t5-small";
+/// Default model of `trident summarize`: transformers 4.x's default summarization model.
+pub const SUMMARIZE_MODEL: &str = "sshleifer/distilbart-cnn-12-6";
 
 /// Options of `trident summarize`.
 #[derive(Args, Debug)]
 #[command(after_help = "Examples:
   trident summarize --format json \"The United Nations said on Monday...\"
   trident summarize --input articles.txt --num-beams 4 --max-new-tokens 60 --output summaries.jsonl --format jsonl
-  trident summarize --model google/flan-t5-base --input report.txt --resummarize
+  trident summarize --model t5-small --input report.txt --resummarize
 
-The model's task_specific_params[\"summarization\"] (prefix \"summarize: \", beams, lengths) apply first,
-as in transformers' summarization pipeline; the flags above override them.")]
+The model's generation_config.json and task_specific_params[\"summarization\"] (distilbart-cnn: 4 beams,
+length penalty 2, 56-142 tokens; t5: the prefix \"summarize: \") apply first, as in transformers'
+summarization pipeline; the flags above override them. Models: BART (distilbart, bart-large-cnn), T5.")]
 pub struct SummarizeArgs {
     /// Longest input in tokens; longer documents are split at sentence boundaries, each piece
-    /// is summarized, and the summaries are joined (default: the tokenizer's limit, 512 for
-    /// T5).
+    /// is summarized, and the summaries are joined (default: the tokenizer's limit, 1024 for
+    /// BART, 512 for T5).
     #[arg(long, value_name = "N")]
     max_input_tokens: Option<usize>,
     /// When a document had to be split, summarize the joined summaries once more.
@@ -82,8 +84,8 @@ pub(super) fn note_split(input: &str, chunks: usize, limit: usize, done: &str) {
 /// Run `trident summarize`.
 pub fn run(mut args: SummarizeArgs) -> anyhow::Result<ExitCode> {
     args.io.documents = !args.per_line;
-    let files = args.model.files(T5_MODEL)?;
-    let summarizer = Summarizer::from_pretrained(&files, &args.model.load_options())?;
+    let files = args.model.files(SUMMARIZE_MODEL)?;
+    let summarizer = trident::summarizer(&files, &args.model.load_options())?;
     let options = SummarizeOptions {
         generation: args.generation.options(),
         max_input_tokens: args.max_input_tokens,

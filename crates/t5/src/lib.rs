@@ -1,5 +1,5 @@
 //! trident-t5: the encoder-decoder T5 ([`T5ForConditionalGeneration`]) and the pipelines built
-//! on it, [`Summarizer`] and [`Translator`].
+//! on it: core's [`Summarizer`] and [`Translator`], built by [`summarizer`] and [`translator`].
 //!
 //! T5 v1.0 (t5-small, t5-base: ReLU, tied embeddings) and v1.1 / flan-t5 / mT5 (gated-GELU,
 //! untied `lm_head`) load from Hugging Face checkpoints; generation goes through
@@ -13,5 +13,6 @@ pub use config::T5Config;
 pub use model::T5ForConditionalGeneration;
 
 pub use pipelines::{
-    SummarizeOptions, Summarizer, Summary, TranslateOptions, Translation, Translator,
+    summarizer, translator, SummarizeOptions, Summarizer, Summary, TranslateOptions, Translation,
+    Translator,
 };

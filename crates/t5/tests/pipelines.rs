@@ -15,11 +15,11 @@ fn files(name: &str) -> ModelFiles {
 }
 
 fn summarizer(name: &str) -> Summarizer {
-    Summarizer::from_pretrained(&files(name), &LoadOptions::default()).unwrap()
+    trident_t5::summarizer(&files(name), &LoadOptions::default()).unwrap()
 }
 
 fn translator(name: &str) -> Translator {
-    Translator::from_pretrained(&files(name), &LoadOptions::default()).unwrap()
+    trident_t5::translator(&files(name), &LoadOptions::default()).unwrap()
 }
 
 /// One call's summarization options with `generation` over the task defaults.
@@ -276,7 +276,7 @@ fn a_checkpoint_without_task_params_gets_t5_prompts_and_its_own_defaults() {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let local = ModelFiles::local(&dir).unwrap();
 
-    let t = Translator::from_pretrained(&local, &LoadOptions::default()).unwrap();
+    let t = trident_t5::translator(&local, &LoadOptions::default()).unwrap();
     let c = t.settings(&TranslateOptions::new("en", "es")).unwrap();
     assert_eq!(c.prefix.as_deref(), Some("translate English to Spanish: "));
     assert_eq!(c.num_beams(), 1);
@@ -288,7 +288,7 @@ fn a_checkpoint_without_task_params_gets_t5_prompts_and_its_own_defaults() {
         err.to_string().contains("unknown language code 'xx'"),
         "{err}"
     );
-    let s = Summarizer::from_pretrained(&local, &LoadOptions::default()).unwrap();
+    let s = trident_t5::summarizer(&local, &LoadOptions::default()).unwrap();
     let c = s.settings(&SummarizeOptions::default()).unwrap();
     assert_eq!(c.prefix.as_deref(), Some(""));
     // transformers' default length: 20 in all, no max_new_tokens.

@@ -5,8 +5,8 @@
 //! engine through accessors that supply transformers' defaults for what nobody set.
 
 use super::logits::{
-    BadWords, LogitsProcessor, MinLength, MinNewTokens, NoRepeatNGram, RepetitionPenalty,
-    Temperature, TopK, TopP,
+    BadWords, ForcedToken, LogitsProcessor, MinLength, MinNewTokens, NoRepeatNGram,
+    RepetitionPenalty, Temperature, TopK, TopP,
 };
 use crate::config::{read_json, TokenIds};
 use crate::files::ModelFiles;
@@ -167,6 +167,13 @@ pub struct GenerationConfig {
     /// Id that fills finished sequences (EOS when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pad_token_id: Option<TokenIds>,
+    /// The token forced right after the decoder start (BART's `<s>`; the target language of
+    /// M2M100 and NLLB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_bos_token_id: Option<i64>,
+    /// The token(s) forced when the output reaches its length limit (BART's `</s>`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_eos_token_id: Option<TokenIds>,
     /// First decoder input of an encoder-decoder model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decoder_start_token_id: Option<TokenIds>,
@@ -206,6 +213,8 @@ impl GenerationConfig {
             bos_token_id,
             eos_token_id,
             pad_token_id,
+            forced_bos_token_id,
+            forced_eos_token_id,
             decoder_start_token_id,
             prefix
         );
@@ -402,6 +411,18 @@ impl GenerationConfig {
                 prompt_len,
                 self.min_new_tokens(),
                 eos.clone(),
+            )));
+        }
+        if let Some(bos) = self.forced_bos_token_id {
+            // Right after the decoder start token, as transformers does (length 1 only: a
+            // decoder-only prompt is never followed by a forced token).
+            list.push(Box::new(ForcedToken::new(1, vec![bos])));
+        }
+        if let Some(eos) = &self.forced_eos_token_id {
+            let limit = self.max_total_length(prompt_len);
+            list.push(Box::new(ForcedToken::new(
+                limit.saturating_sub(1),
+                eos.to_vec(),
             )));
         }
         if self.do_sample() {

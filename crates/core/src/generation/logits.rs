@@ -270,6 +270,40 @@ impl LogitsProcessor for MinLength {
     }
 }
 
+/// At one length of the output, allow only one token: every other score becomes `-inf` and
+/// the forced token's 0. transformers' `ForcedBOSTokenLogitsProcessor` (the first token
+/// after the decoder start: BART's `<s>`, M2M100/NLLB's target language) and
+/// `ForcedEOSTokenLogitsProcessor` (the last token the length limit allows) are both this.
+#[derive(Debug, Clone)]
+pub struct ForcedToken {
+    at_length: usize,
+    tokens: Vec<i64>,
+}
+
+impl ForcedToken {
+    /// When the sequences are `at_length` long, the next token is one of `tokens` (several
+    /// EOS ids share the probability: all of them get 0).
+    pub fn new(at_length: usize, tokens: Vec<i64>) -> Self {
+        ForcedToken { at_length, tokens }
+    }
+}
+
+impl LogitsProcessor for ForcedToken {
+    fn process(&self, ids: &[Vec<i64>], scores: &Tensor) -> Result<Tensor> {
+        if ids.first().map_or(0, Vec::len) != self.at_length || self.tokens.is_empty() {
+            return Ok(scores.shallow_clone());
+        }
+        let rows = scores.size()[0] as usize;
+        let allowed: Vec<(usize, i64)> = (0..rows)
+            .flat_map(|r| self.tokens.iter().map(move |&t| (r, t)))
+            .collect();
+        let keep = mask_of(scores, &allowed)?;
+        Ok(scores
+            .f_zeros_like()?
+            .f_masked_fill(&keep.f_logical_not()?, f64::NEG_INFINITY)?)
+    }
+}
+
 /// Forbid EOS until `min_new_tokens` tokens follow the first `prompt_len` ones.
 #[derive(Debug, Clone)]
 pub struct MinNewTokens {
@@ -314,6 +348,20 @@ mod tests {
         assert_eq!(p.banned(&[1]), Vec::<i64>::new());
         let p3 = NoRepeatNGram::new(3);
         assert_eq!(p3.banned(&[5, 9, 5, 9]), vec![5]);
+    }
+
+    #[test]
+    fn a_forced_token_is_the_only_one_left_at_its_length_only() {
+        let p = ForcedToken::new(1, vec![3]);
+        let scores =
+            Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 9.0, 0.0, 1.0, 1.0]).reshape([2, 4]);
+        let out = p.process(&[vec![2], vec![2]], &scores).unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(row(&out, 0), vec![inf, inf, inf, 0.0]);
+        assert_eq!(row(&out, 1), vec![inf, inf, inf, 0.0]);
+        // Any other length: unchanged.
+        let later = p.process(&[vec![2, 3], vec![2, 3]], &scores).unwrap();
+        assert_eq!(row(&later, 0), vec![0.5, -1.0, 2.0, 0.1]);
     }
 
     #[test]

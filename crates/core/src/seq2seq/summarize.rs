@@ -1,10 +1,11 @@
-//! Summarization: `summarize: ` + text → a shorter text (transformers' `SummarizationPipeline`).
+//! Summarization: text → a shorter text (transformers' `SummarizationPipeline`), with any
+//! encoder-decoder model: BART-CNN as is, T5 with its `summarize: ` prefix from
+//! `task_specific_params`.
 
-use crate::model::T5ForConditionalGeneration;
+use super::{AnySeq2SeqLm, Seq2SeqPipeline, Seq2SeqRequest};
+use crate::generation::GenerationConfig;
+use crate::{ModelFiles, Result};
 use serde::Serialize;
-use trident_core::generation::GenerationConfig;
-use trident_core::seq2seq::{Seq2SeqPipeline, Seq2SeqRequest};
-use trident_core::{LoadOptions, ModelFiles, Result};
 
 /// One summary, serialized as transformers prints it: `{"summary_text": …}`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,17 +49,18 @@ impl Default for SummarizeOptions {
     }
 }
 
-/// Summarizes documents with a T5 checkpoint. Loaded once, it serves any number of calls,
-/// from any number of threads, each with its own [`SummarizeOptions`].
+/// Summarizes documents with an encoder-decoder checkpoint. Loaded once, it serves any number
+/// of calls, from any number of threads, each with its own [`SummarizeOptions`].
 pub struct Summarizer {
-    inner: Seq2SeqPipeline<T5ForConditionalGeneration>,
+    inner: Seq2SeqPipeline<AnySeq2SeqLm>,
 }
 
 impl Summarizer {
-    /// Load the model and tokenizer.
-    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
+    /// Wrap a loaded `model` with the tokenizer and generation settings of `files` (the
+    /// `trident` crate's `summarizer()` loads the model of any family).
+    pub fn new(model: AnySeq2SeqLm, files: &ModelFiles) -> Result<Self> {
         Ok(Summarizer {
-            inner: super::load(files, options)?,
+            inner: Seq2SeqPipeline::new(model, files)?,
         })
     }
 
@@ -70,6 +72,7 @@ impl Summarizer {
             max_input_tokens: options.max_input_tokens,
             batch_size: options.batch_size,
             what: "summarize",
+            source_language: None,
         }
     }
 

@@ -1,5 +1,5 @@
-//! The one text-to-text pipeline, for every encoder-decoder family (T5 today; BART, Marian,
-//! M2M100 next), following transformers 4.x's `SummarizationPipeline` and
+//! The one text-to-text pipeline, for every encoder-decoder family (T5, BART, Marian,
+//! M2M100/NLLB), following transformers 4.x's `SummarizationPipeline` and
 //! `TranslationPipeline`: apply the task's `task_specific_params` (prefix and generation
 //! defaults), tokenize `prefix + text`, generate, decode without special tokens.
 //!
@@ -10,6 +10,12 @@
 //!
 //! The pipeline holds only what is fixed once loaded (model, tokenizer, the checkpoint's
 //! generation settings); every call brings its own [`Seq2SeqRequest`].
+
+pub mod summarize;
+pub mod translate;
+
+pub use summarize::{SummarizeOptions, Summarizer, Summary};
+pub use translate::{TranslateOptions, Translation, Translator};
 
 use crate::chunk;
 use crate::generation::{self, bad_words_ids, GenerationConfig, Hooks, Seq2SeqDecoder, Seq2SeqLm};
@@ -32,6 +38,52 @@ pub struct TextResult {
     pub generated_tokens: usize,
 }
 
+/// Any encoder-decoder model, chosen at run time from the checkpoint's `model_type` (the
+/// pipelines below hold one; the `trident` crate's loader picks the family).
+pub type AnySeq2SeqLm = Box<dyn Seq2SeqLm + Send + Sync>;
+
+impl<T: Seq2SeqLm + ?Sized> Seq2SeqLm for Box<T> {
+    fn device(&self) -> tch::Device {
+        (**self).device()
+    }
+
+    fn num_decoder_layers(&self) -> usize {
+        (**self).num_decoder_layers()
+    }
+
+    fn decoder_start_token_id(&self) -> i64 {
+        (**self).decoder_start_token_id()
+    }
+
+    fn encode(&self, input_ids: &tch::Tensor, attention_mask: &tch::Tensor) -> Result<tch::Tensor> {
+        (**self).encode(input_ids, attention_mask)
+    }
+
+    fn next_logits(
+        &self,
+        ids: &tch::Tensor,
+        encoder_hidden: &tch::Tensor,
+        encoder_mask: &tch::Tensor,
+        groups: i64,
+        caches: &mut [crate::nn::LayerCache],
+    ) -> Result<tch::Tensor> {
+        (**self).next_logits(ids, encoder_hidden, encoder_mask, groups, caches)
+    }
+}
+
+/// The language token that starts every input of a multilingual model (M2M100's `__fr__`,
+/// NLLB's `fra_Latn`).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLanguage<'a> {
+    /// Its id.
+    pub id: i64,
+    /// Its token (`__fr__`, `fra_Latn`).
+    pub token: &'a str,
+    /// Every language token's id: a tokenizer that already put one first (NLLB's
+    /// tokenizer.json puts its default language there) has it replaced, not doubled.
+    pub all: &'a [i64],
+}
+
 /// One call's settings.
 #[derive(Debug, Clone)]
 pub struct Seq2SeqRequest<'a> {
@@ -48,6 +100,8 @@ pub struct Seq2SeqRequest<'a> {
     pub batch_size: usize,
     /// Names the task in errors ("summarize", "translate").
     pub what: &'a str,
+    /// The source-language token to start each input with (multilingual models).
+    pub source_language: Option<SourceLanguage<'a>>,
 }
 
 /// A loaded encoder-decoder model with its tokenizer and the checkpoint's generation
@@ -146,9 +200,20 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
                     request.what
                 )));
             }
-            let pieces = chunk::split_to_fit(&self.tokenizer, &prefix, text, max_input_tokens)?;
+            // A language token that the tokenizer does not put there takes one position.
+            let limit = match request.source_language {
+                Some(_) => max_input_tokens.saturating_sub(1).max(1),
+                None => max_input_tokens,
+            };
+            let pieces = chunk::split_to_fit(&self.tokenizer, &prefix, text, limit)?;
             chunks.push(pieces.len());
-            jobs.extend(pieces.into_iter().map(|p| (i, p.encoded)));
+            jobs.extend(pieces.into_iter().map(|p| {
+                let encoded = match request.source_language {
+                    Some(language) => with_language(p.encoded, language),
+                    None => p.encoded,
+                };
+                (i, encoded)
+            }));
         }
         let copies = config.num_return_sequences();
         let mut results: Vec<TextResult> = chunks
@@ -198,4 +263,25 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
         }
         Ok(results)
     }
+}
+
+/// `encoded` starting with `language`'s token: the tokenizer's own language token (first) is
+/// replaced, otherwise the token is put before the text.
+fn with_language(mut encoded: Encoded, language: SourceLanguage) -> Encoded {
+    if encoded
+        .ids
+        .first()
+        .is_some_and(|id| language.all.contains(id))
+    {
+        encoded.ids[0] = language.id;
+        encoded.tokens[0] = language.token.to_string();
+        return encoded;
+    }
+    encoded.ids.insert(0, language.id);
+    encoded.type_ids.insert(0, 0);
+    encoded.tokens.insert(0, language.token.to_string());
+    encoded.offsets.insert(0, (0, 0));
+    encoded.special.insert(0, true);
+    encoded.word_ids.insert(0, None);
+    encoded
 }
