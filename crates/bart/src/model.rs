@@ -511,6 +511,15 @@ impl Seq2SeqLm for BartForConditionalGeneration {
         BartForConditionalGeneration::encode(self, input_ids, attention_mask)
     }
 
+    fn max_input_positions(&self) -> Option<usize> {
+        match self.layout.positions {
+            PositionStyle::Learned | PositionStyle::SinusoidalHalves => {
+                Some(self.config.max_position_embeddings as usize)
+            }
+            PositionStyle::SinusoidalFairseq => None,
+        }
+    }
+
     fn next_logits(
         &self,
         ids: &Tensor,

@@ -16,6 +16,7 @@ pub mod error;
 pub mod files;
 pub mod generation;
 pub mod nn;
+pub mod sentencepiece;
 pub mod seq2seq;
 pub mod text;
 pub mod weights;
@@ -24,6 +25,7 @@ pub use device::{DeviceChoice, LoadOptions};
 pub use dtype::Dtype;
 pub use error::{Error, Result};
 pub use files::{HubOptions, ModelFiles};
+pub use sentencepiece::SentencePieceModel;
 pub use text::{Batch, Encoded, PaddingSide, TextEncoder};
 pub use weights::{Checkpoint, WeightPath, Weights};
 

@@ -63,6 +63,10 @@ impl Seq2SeqLm for MarianMTModel {
         self.model.encode(input_ids, attention_mask)
     }
 
+    fn max_input_positions(&self) -> Option<usize> {
+        self.model.max_input_positions()
+    }
+
     fn next_logits(
         &self,
         ids: &Tensor,

@@ -451,14 +451,8 @@ pub fn bad_words_ids(words: &[String], encoder: &TextEncoder) -> Result<Vec<Vec<
     words
         .iter()
         .map(|w| {
-            let ids = encoder
-                .tokenizer()
-                .encode(w.as_str(), false)
-                .map_err(|e| Error::Tokenizer(e.to_string()))?
-                .get_ids()
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect::<Vec<_>>();
+            // The model's ids (vocab.json's for SentencePiece-only checkpoints).
+            let ids = encoder.encode_plain(w.as_str())?.ids;
             if ids.is_empty() {
                 return Err(Error::Input(format!(
                     "bad word '{w}' has no tokens: give a non-empty word"

@@ -155,6 +155,14 @@ pub trait Seq2SeqLm {
     /// The encoder: `[batch, src]` ids and 1/0 mask → `[batch, src, hidden]`.
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
 
+    /// The most input tokens the encoder has positions for (BART's learned table: 1,024;
+    /// Marian's fixed sinusoids: 512), or `None` when positions have no hard limit (T5's
+    /// relative buckets, M2M100's sinusoids computed on demand). Pipelines split longer
+    /// documents rather than go past it.
+    fn max_input_positions(&self) -> Option<usize> {
+        None
+    }
+
     /// Next-token logits `[rows, vocab]` (f32, at the last new position) of decoder `ids`
     /// `[rows, n]` continuing the cached positions, given the encoder output
     /// `[rows / groups, src, hidden]`, its additive mask `[rows / groups, 1, 1, src]` and

@@ -59,6 +59,10 @@ impl<T: Seq2SeqLm + ?Sized> Seq2SeqLm for Box<T> {
         (**self).encode(input_ids, attention_mask)
     }
 
+    fn max_input_positions(&self) -> Option<usize> {
+        (**self).max_input_positions()
+    }
+
     fn next_logits(
         &self,
         ids: &tch::Tensor,
@@ -159,11 +163,17 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
         Ok(config)
     }
 
-    /// Longest input in tokens before a document is split, for `asked`.
+    /// Longest input in tokens before a document is split, for `asked`: the caller's, else
+    /// the tokenizer's `model_max_length`, else [`DEFAULT_MAX_INPUT_TOKENS`]; never more
+    /// than the encoder has positions for.
     pub fn max_input_tokens(&self, asked: Option<usize>) -> usize {
-        asked
+        let wanted = asked
             .or(self.tokenizer.model_max_length)
-            .unwrap_or(DEFAULT_MAX_INPUT_TOKENS)
+            .unwrap_or(DEFAULT_MAX_INPUT_TOKENS);
+        match self.model.max_input_positions() {
+            Some(limit) => wanted.min(limit),
+            None => wanted,
+        }
     }
 
     /// Process `texts` with `request`.

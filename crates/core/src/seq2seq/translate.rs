@@ -160,12 +160,9 @@ impl Translator {
             target_lang: Option<String>,
         }
         let model_type = read_json::<ModelType>(&files.get("config.json")?)?.model_type;
-        let vocab: Vec<String> = inner
-            .tokenizer
-            .tokenizer()
-            .get_vocab(true)
-            .into_keys()
-            .collect();
+        // The model's vocabulary (vocab.json's for SentencePiece-only checkpoints, where the
+        // `>>fr<<` tokens of a multi-target OPUS-MT model live).
+        let vocab: Vec<String> = inner.tokenizer.vocab().into_keys().collect();
         let lookup = |token: &str| inner.tokenizer.token_id(token);
         Ok(match model_type.as_str() {
             "m2m_100" | "nllb" | "nllb-moe" => {
