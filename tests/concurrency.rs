@@ -19,6 +19,11 @@ struct Loaded {
     generator: TextGenerator,
     summarizer: Summarizer,
     translator: Translator,
+    /// BART, Marian and M2M100: the other encoder-decoder families, through the same
+    /// pipelines.
+    bart: Summarizer,
+    marian: Translator,
+    m2m100: Translator,
 }
 
 /// One request: which pipeline, with which options.
@@ -29,6 +34,9 @@ enum Job {
     Generate(GenerationConfig),
     Summarize(GenerationConfig),
     Translate(&'static str, GenerationConfig),
+    SummarizeBart(GenerationConfig),
+    TranslateMarian(GenerationConfig),
+    TranslateM2M100(&'static str, GenerationConfig),
 }
 
 const TEXTS: [&str; 3] = [
@@ -49,6 +57,9 @@ fn load() -> Loaded {
         generator: TextGenerator::from_pretrained(&files("gpt2-tiny"), &cpu).unwrap(),
         summarizer: trident::summarizer(&files("t5-tiny"), &cpu).unwrap(),
         translator: trident::translator(&files("t5-tiny"), &cpu).unwrap(),
+        bart: trident::summarizer(&files("bart-tiny"), &cpu).unwrap(),
+        marian: trident::translator(&files("marian-tiny"), &cpu).unwrap(),
+        m2m100: trident::translator(&files("m2m100-tiny"), &cpu).unwrap(),
     }
 }
 
@@ -76,6 +87,12 @@ fn jobs() -> Vec<Job> {
         Job::Summarize(gen(8, 1, Some(5))),
         Job::Translate("de", gen(6, 1, None)),
         Job::Translate("fr", gen(6, 3, None)),
+        Job::SummarizeBart(gen(6, 2, None)),
+        Job::SummarizeBart(gen(5, 1, None)),
+        Job::TranslateMarian(gen(6, 2, None)),
+        Job::TranslateMarian(gen(7, 1, Some(2))),
+        Job::TranslateM2M100("en", gen(6, 1, None)),
+        Job::TranslateM2M100("de", gen(5, 3, None)),
     ]
 }
 
@@ -119,6 +136,23 @@ fn run(loaded: &Loaded, job: &Job) -> Value {
             let mut options = TranslateOptions::new("en", target);
             options.generation = generation.clone();
             serde_json::to_value(loaded.translator.run(&TEXTS, &options).unwrap()).unwrap()
+        }
+        Job::SummarizeBart(generation) => {
+            let options = SummarizeOptions {
+                generation: generation.clone(),
+                ..Default::default()
+            };
+            serde_json::to_value(loaded.bart.run(&TEXTS, &options).unwrap()).unwrap()
+        }
+        Job::TranslateMarian(generation) => {
+            let mut options = TranslateOptions::model_pair();
+            options.generation = generation.clone();
+            serde_json::to_value(loaded.marian.run(&TEXTS, &options).unwrap()).unwrap()
+        }
+        Job::TranslateM2M100(target, generation) => {
+            let mut options = TranslateOptions::new("fr", target);
+            options.generation = generation.clone();
+            serde_json::to_value(loaded.m2m100.run(&TEXTS, &options).unwrap()).unwrap()
         }
     }
 }

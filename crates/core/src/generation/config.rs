@@ -5,7 +5,7 @@
 //! engine through accessors that supply transformers' defaults for what nobody set.
 
 use super::logits::{
-    BadWords, ForcedToken, LogitsProcessor, MinLength, MinNewTokens, NoRepeatNGram,
+    BadWords, ForcedToken, LogitsProcessor, MinLength, MinNewTokens, NoRepeatNGram, Renormalize,
     RepetitionPenalty, Temperature, TopK, TopP,
 };
 use crate::config::{read_json, TokenIds};
@@ -174,6 +174,10 @@ pub struct GenerationConfig {
     /// The token(s) forced when the output reaches its length limit (BART's `</s>`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forced_eos_token_id: Option<TokenIds>,
+    /// Turn the processed scores back into log-probabilities, after every other processor
+    /// (transformers' `renormalize_logits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renormalize_logits: Option<bool>,
     /// First decoder input of an encoder-decoder model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decoder_start_token_id: Option<TokenIds>,
@@ -215,6 +219,7 @@ impl GenerationConfig {
             pad_token_id,
             forced_bos_token_id,
             forced_eos_token_id,
+            renormalize_logits,
             decoder_start_token_id,
             prefix
         );
@@ -440,6 +445,9 @@ impl GenerationConfig {
             if top_p < 1.0 {
                 list.push(Box::new(TopP::new(top_p, min_keep)));
             }
+        }
+        if self.renormalize_logits == Some(true) {
+            list.push(Box::new(Renormalize));
         }
         list
     }

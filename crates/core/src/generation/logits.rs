@@ -304,6 +304,18 @@ impl LogitsProcessor for ForcedToken {
     }
 }
 
+/// Scores back to log-probabilities (`log_softmax`) after the processors before it removed
+/// tokens: transformers' `LogitNormalization` (`renormalize_logits`, set by OPUS-MT's
+/// generation_config.json). It changes beam scores, not which token is most likely.
+#[derive(Debug, Clone)]
+pub struct Renormalize;
+
+impl LogitsProcessor for Renormalize {
+    fn process(&self, _ids: &[Vec<i64>], scores: &Tensor) -> Result<Tensor> {
+        Ok(scores.f_log_softmax(-1, Kind::Float)?)
+    }
+}
+
 /// Forbid EOS until `min_new_tokens` tokens follow the first `prompt_len` ones.
 #[derive(Debug, Clone)]
 pub struct MinNewTokens {
