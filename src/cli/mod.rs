@@ -7,6 +7,7 @@ mod generate;
 mod generation_args;
 pub mod io;
 pub mod report;
+mod serve;
 mod summarize;
 mod translate;
 
@@ -63,6 +64,9 @@ enum Command {
     /// Continue a prompt with GPT-2, streaming the text as it is generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
+    /// Serve every task over HTTP: per-task routes, text-embeddings-inference's and OpenAI's
+    /// APIs, with batching of concurrent requests.
+    Serve(serve::ServeArgs),
     /// Check the installation: libtorch version, threads, CPU kernels, CUDA/MPS, model
     /// cache, hub access.
     Doctor(doctor::DoctorArgs),
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Summarize(args) => summarize::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -1,0 +1,396 @@
+//! One worker thread per model, and how it batches the requests that arrive together.
+//!
+//! libtorch computes on its own threads, so each model gets one OS thread that takes jobs
+//! from a queue. When it becomes free it takes every job waiting (up to
+//! `max_batch_requests` requests and `max_batch_tokens` tokens, shortest inputs first),
+//! groups the jobs whose options are the same, and runs each group as one call of the
+//! pipeline: the texts of many requests share forward passes, and each request gets back
+//! exactly its own results (the pipelines' results do not depend on how texts are batched;
+//! tests check it). A group that fails is run again job by job, so one request's bad input
+//! never fails another's. A job whose client has gone is dropped before it runs; a
+//! generation whose client goes stops at the next token.
+//!
+//! Generation is batched the same way, by waves: requests waiting when a wave starts run
+//! together, later ones wait for the next wave (not continuous batching: the engine decodes
+//! a batch from start to end).
+
+use crate::models::{LoadedModel, Pipeline};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc as tmpsc, oneshot};
+use trident_bert::{ClassifyOptions, EmbedOptions, Embedding, Entity, Label, NerOptions};
+use trident_core::seq2seq::{SummarizeOptions, Summary, TranslateOptions, Translation};
+use trident_core::{Error, Result};
+use trident_gpt::{GenerateOptions, GeneratedText};
+
+/// What a job asks of its model.
+pub enum Work {
+    /// Entities of each text.
+    Ner(Vec<String>, NerOptions),
+    /// Labels of each text.
+    Classify(Vec<String>, ClassifyOptions),
+    /// The embedding of each text.
+    Embed(Vec<String>),
+    /// Summaries.
+    Summarize(Vec<String>, SummarizeOptions),
+    /// Translations.
+    Translate(Vec<String>, TranslateOptions),
+    /// Continuations; with a stream, text is sent as it is produced and the job runs alone.
+    Generate(
+        Vec<String>,
+        GenerateOptions,
+        Option<tmpsc::UnboundedSender<StreamPiece>>,
+    ),
+}
+
+/// A piece of streamed text.
+#[derive(Debug, Clone)]
+pub struct StreamPiece {
+    /// Which prompt.
+    pub input: usize,
+    /// Which of its returned sequences.
+    pub sequence: usize,
+    /// The new text.
+    pub text: String,
+}
+
+/// What a job gives back.
+pub enum Output {
+    /// Per text, its entities.
+    Ner(Vec<Vec<Entity>>),
+    /// Per text, its labels.
+    Classify(Vec<Vec<Label>>),
+    /// Per text, its embedding.
+    Embed(Vec<Embedding>),
+    /// Per text, its summaries.
+    Summarize(Vec<Vec<Summary>>),
+    /// Per text, its translations.
+    Translate(Vec<Vec<Translation>>),
+    /// Per prompt, its continuations.
+    Generate(Vec<Vec<GeneratedText>>),
+}
+
+/// A request's work, its reply channel and its cancellation flag.
+pub struct Job {
+    /// What to do.
+    pub work: Work,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<Output>>,
+    /// Set when the request timed out: the job stops (generation at its next token).
+    pub cancelled: Arc<AtomicBool>,
+    /// Tokens of its inputs (for the batch budget and metrics).
+    pub tokens: usize,
+}
+
+impl Job {
+    fn gone(&self) -> bool {
+        self.reply.is_closed() || self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Jobs with equal keys can share a pipeline call. Streaming jobs never do.
+    fn key(&self) -> Option<String> {
+        Some(match &self.work {
+            Work::Ner(_, o) => format!(
+                "ner {:?} {:?} {:?}",
+                o.aggregation, o.stride, o.ignore_labels
+            ),
+            Work::Classify(_, o) => format!("classify {:?} {:?}", o.top_k, o.function),
+            Work::Embed(_) => "embed".into(),
+            Work::Summarize(_, o) => format!(
+                "summarize {} {:?} {}",
+                serde_json::to_string(&o.generation).ok()?,
+                o.max_input_tokens,
+                o.resummarize
+            ),
+            Work::Translate(_, o) => format!(
+                "translate {:?} {:?} {} {:?}",
+                o.source,
+                o.target,
+                serde_json::to_string(&o.generation).ok()?,
+                o.max_input_tokens
+            ),
+            Work::Generate(_, _, Some(_)) => return None,
+            Work::Generate(_, o, None) => format!(
+                "generate {} {} {:?}",
+                serde_json::to_string(&o.generation).ok()?,
+                o.return_full_text,
+                o.show_probs
+            ),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match &self.work {
+            Work::Ner(t, _)
+            | Work::Classify(t, _)
+            | Work::Embed(t)
+            | Work::Summarize(t, _)
+            | Work::Translate(t, _)
+            | Work::Generate(t, _, _) => t.len(),
+        }
+    }
+}
+
+/// Batch limits of a worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most requests per batch.
+    pub max_batch_requests: usize,
+    /// Most tokens per batch.
+    pub max_batch_tokens: usize,
+}
+
+/// The sending side of a model's queue.
+#[derive(Clone)]
+pub struct WorkerHandle {
+    sender: SyncSender<Job>,
+    depth: Arc<std::sync::atomic::AtomicUsize>,
+    model: String,
+}
+
+impl WorkerHandle {
+    /// Queue a job; `Err` when the queue is full (the server answers 429) or the worker has
+    /// stopped.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), &'static str> {
+        // Counted before it is sent: the worker may take it at once.
+        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        let sent = self.sender.try_send(job);
+        if sent.is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(()) => {
+                metrics::gauge!("trident_queue_depth", "model" => self.model.clone())
+                    .set(depth as f64);
+                Ok(())
+            }
+            Err(std::sync::mpsc::TrySendError::Full(_)) => Err("the model's queue is full"),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err("the model has stopped"),
+        }
+    }
+}
+
+/// Start the worker thread of `model`, with a queue of `capacity` jobs.
+pub fn spawn(model: Arc<LoadedModel>, limits: Limits, capacity: usize) -> WorkerHandle {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(capacity.max(1));
+    let depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handle = WorkerHandle {
+        sender,
+        depth: depth.clone(),
+        model: model.name.clone(),
+    };
+    std::thread::Builder::new()
+        .name(format!("trident-{}", model.name))
+        .spawn(move || run(&model, &receiver, limits, &depth))
+        .expect("the OS could not start a worker thread");
+    handle
+}
+
+fn run(
+    model: &LoadedModel,
+    queue: &Receiver<Job>,
+    limits: Limits,
+    depth: &std::sync::atomic::AtomicUsize,
+) {
+    let mut held: Option<Job> = None;
+    loop {
+        // Wait for a job, then take what else is waiting, within the limits.
+        let first = match held.take() {
+            Some(job) => job,
+            None => match queue.recv_timeout(Duration::from_secs(3600)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+        };
+        let mut jobs = vec![first];
+        let mut tokens = jobs[0].tokens;
+        let mut requests = jobs[0].len();
+        while requests < limits.max_batch_requests && tokens < limits.max_batch_tokens {
+            match queue.try_recv() {
+                Ok(job) => {
+                    if requests + job.len() > limits.max_batch_requests
+                        || tokens + job.tokens > limits.max_batch_tokens
+                    {
+                        held = Some(job);
+                        break;
+                    }
+                    tokens += job.tokens;
+                    requests += job.len();
+                    jobs.push(job);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let left = depth
+            .fetch_sub(jobs.len(), Ordering::Relaxed)
+            .saturating_sub(jobs.len());
+        metrics::gauge!("trident_queue_depth", "model" => model.name.clone()).set(left as f64);
+        jobs.retain(|j| !j.gone());
+        // Group jobs with the same options, keeping arrival order within a group.
+        let mut groups: Vec<(Option<String>, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            let key = job.key();
+            match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+                Some((_, g)) => g.push(job),
+                None => groups.push((key, vec![job])),
+            }
+        }
+        for (_, group) in groups {
+            // A panic in a pipeline must not take the worker (and every later request to
+            // this model) with it: the group's clients get 500, the worker goes on.
+            let replies =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_group(model, group)));
+            if replies.is_err() {
+                tracing::error!(model = %model.name, "a request panicked in the model; the worker goes on");
+            }
+        }
+    }
+}
+
+/// Run jobs with equal options as one pipeline call, or alone when that fails.
+fn run_group(model: &LoadedModel, group: Vec<Job>) {
+    let inputs: usize = group.iter().map(Job::len).sum();
+    metrics::histogram!("trident_batch_size", "model" => model.name.clone()).record(inputs as f64);
+    if group.len() == 1 {
+        let job = group.into_iter().next().expect("one job");
+        let result = execute(model, &job.work, &job.cancelled, &job.reply);
+        let _ = job.reply.send(result);
+        return;
+    }
+    let texts: Vec<String> = group
+        .iter()
+        .flat_map(|j| match &j.work {
+            Work::Ner(t, _)
+            | Work::Classify(t, _)
+            | Work::Embed(t)
+            | Work::Summarize(t, _)
+            | Work::Translate(t, _)
+            | Work::Generate(t, _, _) => t.clone(),
+        })
+        .collect();
+    let merged = with_texts(&group[0].work, texts, inputs);
+    let never = Arc::new(AtomicBool::new(false));
+    let (probe, _keep) = oneshot::channel::<Result<Output>>();
+    match execute(model, &merged, &never, &probe) {
+        Ok(output) => {
+            let mut output = Some(output);
+            let mut start = 0;
+            for job in group {
+                let n = job.len();
+                let part = split(output.as_mut().expect("output"), start, n);
+                start += n;
+                let _ = job.reply.send(Ok(part));
+            }
+        }
+        Err(_) => {
+            for job in group {
+                let result = execute(model, &job.work, &job.cancelled, &job.reply);
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// `work` with other texts (a group's), and the pipeline batch size to run them in.
+fn with_texts(work: &Work, texts: Vec<String>, n: usize) -> Work {
+    match work {
+        Work::Ner(_, o) => Work::Ner(
+            texts,
+            NerOptions {
+                batch_size: n.max(1),
+                ..o.clone()
+            },
+        ),
+        Work::Classify(_, o) => Work::Classify(
+            texts,
+            ClassifyOptions {
+                batch_size: n.max(1),
+                ..o.clone()
+            },
+        ),
+        Work::Embed(_) => Work::Embed(texts),
+        Work::Summarize(_, o) => Work::Summarize(texts, o.clone()),
+        Work::Translate(_, o) => Work::Translate(texts, o.clone()),
+        Work::Generate(_, o, _) => Work::Generate(texts, o.clone(), None),
+    }
+}
+
+/// The results of texts `start..start + n` of a group's output.
+fn split(output: &mut Output, start: usize, n: usize) -> Output {
+    fn take<T: Clone>(v: &[T], start: usize, n: usize) -> Vec<T> {
+        v[start..start + n].to_vec()
+    }
+    match output {
+        Output::Ner(v) => Output::Ner(take(v, start, n)),
+        Output::Classify(v) => Output::Classify(take(v, start, n)),
+        Output::Embed(v) => Output::Embed(take(v, start, n)),
+        Output::Summarize(v) => Output::Summarize(take(v, start, n)),
+        Output::Translate(v) => Output::Translate(take(v, start, n)),
+        Output::Generate(v) => Output::Generate(take(v, start, n)),
+    }
+}
+
+/// Run one job's work on the model.
+fn execute(
+    model: &LoadedModel,
+    work: &Work,
+    cancelled: &AtomicBool,
+    reply: &oneshot::Sender<Result<Output>>,
+) -> Result<Output> {
+    let started = Instant::now();
+    let out = match (&model.pipeline, work) {
+        (Pipeline::Ner(p), Work::Ner(t, o)) => Output::Ner(p.run(&as_str(t), o)?),
+        (Pipeline::Classify(p), Work::Classify(t, o)) => Output::Classify(p.run(&as_str(t), o)?),
+        (Pipeline::Embed(p), Work::Embed(t)) => {
+            let options = EmbedOptions {
+                batch_size: t.len().max(1),
+            };
+            Output::Embed(p.run(&as_str(t), &options)?)
+        }
+        (Pipeline::Summarize(p), Work::Summarize(t, o)) => Output::Summarize(p.run(&as_str(t), o)?),
+        (Pipeline::Translate(p), Work::Translate(t, o)) => Output::Translate(p.run(&as_str(t), o)?),
+        (Pipeline::Generate(p), Work::Generate(t, o, stream)) => {
+            let mut on_piece = |piece: trident_gpt::Piece| -> Result<()> {
+                // A client that went away or a request that timed out stops generating.
+                if cancelled.load(Ordering::Relaxed) || reply.is_closed() {
+                    return Err(Error::Input("the request was cancelled".into()));
+                }
+                if let Some(s) = stream {
+                    if !piece.text.is_empty() {
+                        s.send(StreamPiece {
+                            input: piece.input,
+                            sequence: piece.sequence,
+                            text: piece.text.to_string(),
+                        })
+                        .map_err(|_| Error::Input("the client disconnected".into()))?;
+                    }
+                }
+                Ok(())
+            };
+            let out = p.run_streaming(&as_str(t), o, &mut on_piece)?;
+            let generated: usize = out.iter().flatten().map(|g| g.generated_tokens).sum();
+            if generated > 0 {
+                metrics::counter!("trident_output_tokens_total", "model" => model.name.clone())
+                    .increment(generated as u64);
+                metrics::histogram!("trident_time_per_output_token_seconds", "model" => model.name.clone())
+                    .record(started.elapsed().as_secs_f64() / generated as f64);
+            }
+            Output::Generate(out)
+        }
+        _ => {
+            return Err(Error::Input(format!(
+                "model '{}' does not serve this task",
+                model.name
+            )))
+        }
+    };
+    Ok(out)
+}
+
+fn as_str(texts: &[String]) -> Vec<&str> {
+    texts.iter().map(String::as_str).collect()
+}
