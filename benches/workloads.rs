@@ -7,19 +7,20 @@
 //! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json [DTYPE]
 //! ```
 //! WORKLOAD: ner | classify | embed | t5-greedy | t5-beam4 | gpt2-greedy-b1 | gpt2-greedy-b8 |
-//! gpt2-topp-b1; DTYPE: f32 (default) | bf16 | int8. With `TRIDENT_BENCH_OUTPUT=FILE` the
-//! pipeline's results are also written to FILE as JSON, for run.py to measure what bf16 and
-//! int8 change against f32.
+//! gpt2-topp-b1 | marian-greedy | marian-beam4 | bart-beam4; DTYPE: f32 (default) | bf16 |
+//! int8. With `TRIDENT_BENCH_OUTPUT=FILE` the pipeline's results are also written to FILE as
+//! JSON, for run.py to measure what bf16 and int8 change against f32.
 //!
-//! Without arguments (as `cargo test --all-targets` runs it), every workload runs once on the
-//! tiny fixtures in weights/ with a few new tokens: a smoke check that the benchmark still
-//! works, not a measurement.
+//! Without arguments (as `cargo test --all-targets` runs it), every workload but Marian and BART
+//! (no tiny fixtures of them yet) runs once on the tiny fixtures in weights/ with a few new
+//! tokens: a smoke check that the benchmark still works, not a measurement.
 
 use std::time::Instant;
 use trident::bert::{
     ClassifyOptions, EmbedOptions, Embedder, NerOptions, TextClassifier, TokenClassifier,
 };
 use trident::core::generation::GenerationConfig;
+use trident::core::seq2seq::TranslateOptions;
 use trident::core::{DeviceChoice, Dtype, LoadOptions, ModelFiles};
 use trident::gpt::{GenerateOptions, TextGenerator};
 use trident::t5::SummarizeOptions;
@@ -72,7 +73,26 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every workload once on the tiny fixtures, with 8 new tokens instead of 64/128.
+/// The `{"token_ids", "texts"}` results of a seq2seq workload (one sequence per input), after
+/// checking that every input fit the encoder whole, as it does for the peers.
+fn seq2seq_outputs<'a>(
+    workload: &str,
+    results: impl Iterator<Item = (&'a [i64], &'a str, usize)>,
+) -> anyhow::Result<serde_json::Value> {
+    let (mut ids, mut texts) = (Vec::new(), Vec::new());
+    for (i, (token_ids, text, chunks)) in results.enumerate() {
+        anyhow::ensure!(
+            chunks == 1,
+            "{workload}: input {i} was split into {chunks} pieces"
+        );
+        ids.push(token_ids);
+        texts.push(text);
+    }
+    Ok(serde_json::json!({ "token_ids": ids, "texts": texts }))
+}
+
+/// Every workload once on the tiny fixtures, with 8 new tokens instead of 64/128 (Marian and
+/// BART: none yet, there is no tiny fixture of either in weights/).
 fn smoke() -> anyhow::Result<()> {
     let texts = vec!["Angela Merkel met Emmanuel Macron in Berlin on Tuesday.".to_string(); 8];
     for (workload, fixture) in [
@@ -119,7 +139,7 @@ fn run(
         device: DeviceChoice::Cpu,
         dtype,
     };
-    let (t5_new, gpt_new) = (64 / scale, 128 / scale);
+    let (t5_new, gpt_new, marian_new) = (64 / scale, 128 / scale, 32 / scale);
     let start = Instant::now();
     // Each arm: load (timed as load), then run (timed as run); returns units of work done.
     let (load_s, run_s, units, unit, outputs) = match workload {
@@ -213,6 +233,45 @@ fn run(
                 "new tokens",
                 serde_json::to_value(out)?,
             )
+        }
+        "marian-greedy" | "marian-beam4" => {
+            let beams = if workload == "marian-beam4" { 4 } else { 1 };
+            let p = trident::translator(files, &load_options)?;
+            let load = start.elapsed().as_secs_f64();
+            // All 64 sentences in one batch, as OPUS-MT's model card (one padded `generate`)
+            // and CTranslate2's `translate_batch` run them.
+            let options = TranslateOptions {
+                generation: exact(marian_new, beams),
+                batch_size: refs.len(),
+                ..TranslateOptions::model_pair()
+            };
+            let (out, run) = timed(|| p.run(&refs, &options))?;
+            let outputs = seq2seq_outputs(
+                workload,
+                out.iter().map(|t| {
+                    let t = &t[0];
+                    (&t.token_ids[..], t.translation_text.as_str(), t.chunks)
+                }),
+            )?;
+            (load, run, refs.len() * marian_new, "new tokens", outputs)
+        }
+        "bart-beam4" => {
+            let p = trident::summarizer(files, &load_options)?;
+            let load = start.elapsed().as_secs_f64();
+            let options = SummarizeOptions {
+                generation: exact(t5_new, 4),
+                batch_size: refs.len(),
+                ..Default::default()
+            };
+            let (out, run) = timed(|| p.run(&refs, &options))?;
+            let outputs = seq2seq_outputs(
+                workload,
+                out.iter().map(|s| {
+                    let s = &s[0];
+                    (&s.token_ids[..], s.summary_text.as_str(), s.chunks)
+                }),
+            )?;
+            (load, run, refs.len() * t5_new, "new tokens", outputs)
         }
         other => anyhow::bail!("unknown workload {other}"),
     };

@@ -10,7 +10,17 @@ imports neither torch nor transformers).
 `--prepare` converts the model once (CTranslate2, ONNX) outside the timed run. `--output FILE`
 also writes the results, in the JSON shapes Trident's bench writes, for run.py's accuracy
 table (ONNX Runtime: every workload it runs; CTranslate2: ner, classify, embed, computed
-after the timed run from the logits it kept).
+after the timed run from the logits it kept; transformers and CTranslate2: the generated ids
+and texts of the Marian and BART workloads).
+
+Marian and BART (issue 11): transformers runs MarianMTModel / BartForConditionalGeneration
+with the checkpoint's generation_config.json under exactly N new tokens; CTranslate2 gets the
+same settings by argument (it reads none of them): the Marian input is split by source.spm and
+the output joined by target.spm, as CTranslate2's OPUS-MT guide does, with MarianTokenizer's
+</s> appended; BART's input is tokenized by tokenizer.json, its forced first token <s> is given
+as the target prefix, and distilbart-cnn's no_repeat_ngram_size 3 and length_penalty 2.0 are
+passed. (CTranslate2 does not force </s> as the last token, as forced_eos_token_id does in
+transformers and Trident: the last position differs, the work does not.)
 """
 
 import argparse
@@ -23,6 +33,8 @@ import numpy as np
 import onnx_models
 
 ENCODERS = ("ner", "classify", "embed")
+# Marian and BART workloads: (new tokens, beams).
+SEQ2SEQ = {"marian-greedy": (32, 1), "marian-beam4": (32, 4), "bart-beam4": (64, 4)}
 
 
 def peak_rss_kb():
@@ -48,21 +60,36 @@ def run_transformers(workload, model_dir, texts):
         t = time.perf_counter()
         p(texts, batch_size=8)
         units = sum(len(p.tokenizer(x)["input_ids"]) for x in texts)
-        return load, time.perf_counter() - t, units, "tokens"
+        return load, time.perf_counter() - t, units, "tokens", None
     if workload == "classify":
         p = pipeline("text-classification", model=model_dir, device="cpu")
         load = time.perf_counter() - t0
         t = time.perf_counter()
         p(texts, batch_size=32)
-        return load, time.perf_counter() - t, len(texts), "sentences"
+        return load, time.perf_counter() - t, len(texts), "sentences", None
     if workload == "embed":
         from sentence_transformers import SentenceTransformer
         m = SentenceTransformer(model_dir, device="cpu")
         load = time.perf_counter() - t0
         t = time.perf_counter()
         m.encode(texts, batch_size=32)
-        return load, time.perf_counter() - t, len(texts), "sentences"
+        return load, time.perf_counter() - t, len(texts), "sentences", None
     tok = AutoTokenizer.from_pretrained(model_dir)
+    if workload in SEQ2SEQ:
+        from transformers import BartForConditionalGeneration, MarianMTModel
+
+        cls = MarianMTModel if workload.startswith("marian") else BartForConditionalGeneration
+        model = cls.from_pretrained(model_dir).eval()
+        load = time.perf_counter() - t0
+        n, beams = SEQ2SEQ[workload]
+        t = time.perf_counter()
+        x = tok(texts, return_tensors="pt", padding=True)
+        out = model.generate(**x, **exact(n, beams))
+        decoded = tok.batch_decode(out, skip_special_tokens=True)
+        run = time.perf_counter() - t
+        # Without the decoder start token; every row has exactly n new tokens (no padding).
+        outputs = {"token_ids": out[:, 1:].tolist(), "texts": decoded}
+        return load, run, len(texts) * n, "new tokens", outputs
     if workload.startswith("t5"):
         model = AutoModelForSeq2SeqLM.from_pretrained(model_dir).eval()
         load = time.perf_counter() - t0
@@ -71,7 +98,7 @@ def run_transformers(workload, model_dir, texts):
         x = tok(texts, return_tensors="pt", padding=True)
         out = model.generate(**x, **exact(64, beams))
         tok.batch_decode(out, skip_special_tokens=True)
-        return load, time.perf_counter() - t, len(texts) * 64, "new tokens"
+        return load, time.perf_counter() - t, len(texts) * 64, "new tokens", None
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     load = time.perf_counter() - t0
     batch = 8 if workload == "gpt2-greedy-b8" else 1
@@ -84,7 +111,7 @@ def run_transformers(workload, model_dir, texts):
     x = tok(texts[:batch], return_tensors="pt", padding=True)
     out = model.generate(**x, **kwargs, pad_token_id=tok.eos_token_id)
     tok.batch_decode(out, skip_special_tokens=True)
-    return load, time.perf_counter() - t, batch * 128, "new tokens"
+    return load, time.perf_counter() - t, batch * 128, "new tokens", None
 
 
 def ct2_dir(model_dir, quantization):
@@ -122,11 +149,13 @@ def bert_head(model_dir, kind):
 
 
 def run_ct2(workload, model_dir, texts, quantization, threads, keep=False):
-    """(load_s, run_s, units, unit, outputs); outputs (ner, classify, embed with `keep`) are
-    computed after the timed run from what the run kept.
+    """(load_s, run_s, units, unit, outputs); outputs (ner, classify, embed, and the Marian and
+    BART workloads with `keep`) are computed after the timed run from what the run kept.
 
     The process is as lean as a CTranslate2 deployment: ctranslate2, the `tokenizers` library
     and numpy, neither torch nor transformers (which would add ~300 MB to its peak RSS)."""
+    if workload in SEQ2SEQ:
+        return run_ct2_seq2seq(workload, model_dir, texts, quantization, threads, keep)
     from tokenizers import Tokenizer
 
     t0 = time.perf_counter()
@@ -192,6 +221,52 @@ def run_ct2(workload, model_dir, texts, quantization, threads, keep=False):
     return load, time.perf_counter() - t, batch * 128, "new tokens", None
 
 
+def run_ct2_seq2seq(workload, model_dir, texts, quantization, threads, keep):
+    """The Marian and BART workloads on CTranslate2 (see the module's doc for the settings).
+    The Marian process imports sentencepiece and not `tokenizers`, as an OPUS-MT deployment."""
+    n, beams = SEQ2SEQ[workload]
+    marian = workload.startswith("marian")
+    if marian:
+        import sentencepiece as spm
+    else:
+        from tokenizers import Tokenizer
+
+    t0 = time.perf_counter()
+    path, ct2 = ct2_dir(model_dir, quantization)
+    if marian:
+        source = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "source.spm"))
+        target = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "target.spm"))
+        kwargs = {}
+    else:
+        tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+        tok.no_truncation()
+        tok.no_padding()
+        kwargs = dict(target_prefix=[["<s>"]] * len(texts), no_repeat_ngram_size=3, length_penalty=2.0)
+    tr = ct2.Translator(path, device="cpu", intra_threads=threads, compute_type=quantization)
+    load = time.perf_counter() - t0
+    t = time.perf_counter()
+    if marian:
+        tokens = [pieces + ["</s>"] for pieces in source.encode(texts, out_type=str)]
+    else:
+        tokens = [e.tokens for e in tok.encode_batch(texts)]
+    res = tr.translate_batch(tokens, beam_size=beams, min_decoding_length=n, max_decoding_length=n, **kwargs)
+    hyps = [r.hypotheses[0] for r in res]
+    if marian:
+        decoded = [target.decode(h) for h in hyps]
+    else:
+        decoded = [tok.decode([tok.token_to_id(x) for x in h], skip_special_tokens=True) for h in hyps]
+    run = time.perf_counter() - t
+    outputs = None
+    if keep:
+        if marian:
+            vocab = json.load(open(os.path.join(model_dir, "vocab.json"), encoding="utf-8"))
+            ids = [[vocab.get(x, vocab["<unk>"]) for x in h] for h in hyps]
+        else:
+            ids = [[tok.token_to_id(x) for x in h] for h in hyps]
+        outputs = {"token_ids": ids, "texts": decoded}
+    return load, run, len(texts) * n, "new tokens", outputs
+
+
 def ct2_outputs(workload, model_dir, tok, texts, kept):
     """CTranslate2's results in Trident's JSON shapes, from the per-text logits (or normalised
     embeddings) its run kept, post-processed as the ONNX Runtime peer does."""
@@ -232,14 +307,15 @@ def main():
             raise SystemExit(f"{a.system} runs only {', '.join(ENCODERS)}")
         load, run, units, unit, outputs = onnx_models.run(a.workload, a.model, texts, a.system.split("-", 1)[1], a.threads)
     elif a.system.startswith("ct2"):
+        keep = bool(a.output) and (a.workload in ENCODERS or a.workload in SEQ2SEQ)
         load, run, units, unit, outputs = run_ct2(a.workload, a.model, texts, a.system.split("-", 1)[1], a.threads,
-                                                  keep=bool(a.output) and a.workload in ENCODERS)
+                                                  keep=keep)
     else:
         import torch
 
         torch.set_num_threads(a.threads)
         with torch.inference_mode():
-            load, run, units, unit = run_transformers(a.workload, a.model, texts)
+            load, run, units, unit, outputs = run_transformers(a.workload, a.model, texts)
     if a.output and outputs is not None:
         with open(a.output, "w") as f:
             json.dump(outputs, f)

@@ -53,8 +53,14 @@ WORKLOADS = {
     "gpt2-greedy-b1": ("gpt2", "gpt2", SYSTEMS),
     "gpt2-greedy-b8": ("gpt2", "gpt2", SYSTEMS),
     "gpt2-topp-b1": ("gpt2", "gpt2", SYSTEMS),
+    "marian-greedy": ("opus-mt-fr-en", "marian", SYSTEMS),
+    "marian-beam4": ("opus-mt-fr-en", "marian", SYSTEMS),
+    "bart-beam4": ("distilbart-cnn-12-6", "bart", SYSTEMS),
 }
 ENCODERS = ("ner", "classify", "embed")
+# Workloads whose peers (transformers, CTranslate2) also keep their generated ids, compared with
+# Trident's f32 ids in the accuracy table.
+SEQ2SEQ = ("marian-greedy", "marian-beam4", "bart-beam4")
 DESCRIPTION = {
     "ner": "NER, bert-base (9 labels), 64 paragraphs of 120–200 tokens, batch 8",
     "classify": "classification, 6×768 BERT, 256 sentences, batch 32",
@@ -64,6 +70,13 @@ DESCRIPTION = {
     "gpt2-greedy-b1": "GPT-2 124M, 32-token prompt, 128 new tokens, greedy, batch 1",
     "gpt2-greedy-b8": "GPT-2 124M, 32-token prompt, 128 new tokens, greedy, batch 8",
     "gpt2-topp-b1": "GPT-2 124M, 32-token prompt, 128 new tokens, top-p 0.9 sampling, batch 1",
+    "marian-greedy": "Marian (opus-mt-fr-en size: 6+6 layers, d 512, vocab 58101; SentencePiece files, no "
+                     "tokenizer.json), 64 French-like sentences of 15–40 tokens in one batch, exactly 32 new "
+                     "tokens, greedy",
+    "marian-beam4": "Marian as above, 64 sentences in one batch, exactly 32 new tokens, beam 4",
+    "bart-beam4": "BART (distilbart-cnn-12-6 size: 12+6 layers, d 1024, vocab 50264), 8 articles of 580–620 "
+                  "tokens in one batch, exactly 64 new tokens (min = max, so every system does the same work), "
+                  "beam 4 with distilbart-cnn's no_repeat_ngram_size 3 and length_penalty 2.0",
 }
 # Systems whose first run keeps its results, compared with Trident's f32 results: the system
 # and the dtype its row in the accuracy table names.
@@ -73,6 +86,8 @@ COMPARED = {
     "ort-float32": ("ort-float32", "f32"),
     "ort-int8": ("ort-int8", "int8"),
     "ct2-int8": ("ct2-int8", "int8"),
+    "transformers": ("transformers", "f32"),  # SEQ2SEQ workloads only
+    "ct2-float32": ("ct2-float32", "f32"),  # SEQ2SEQ workloads only
 }
 KEEPS_OUTPUTS = {"trident", *COMPARED}
 END_MARK = "<!-- end of machine sections -->"
@@ -80,8 +95,9 @@ MACHINE_MARK = re.compile(r"^<!-- machine: (\S+) -->$", re.M)
 
 
 def keeps_outputs(system, workload):
-    """Whether `system`'s first run on `workload` writes its results (peers: encoders only)."""
-    return system in KEEPS_OUTPUTS and (system.startswith("trident") or workload in ENCODERS)
+    """Whether `system`'s first run on `workload` writes its results (peers: the encoder and the
+    SEQ2SEQ workloads)."""
+    return system in KEEPS_OUTPUTS and (system.startswith("trident") or workload in ENCODERS + SEQ2SEQ)
 
 
 def trident_bench_binary():
@@ -418,9 +434,9 @@ def accuracy(workload, system):
             return sum(p * q for p, q in zip(u, v)) / math.sqrt(sum(p * p for p in u) * sum(q * q for q in v))
         c = [cos(x["embedding"], y["embedding"]) for x, y in zip(ref, got)]
         return f"cosine to f32: min {min(c):.5f}, mean {sum(c) / len(c):.5f}"
-    # Generation: token agreement, position by position, over f32's tokens (T5's ids as
-    # generated; GPT-2's continuations re-tokenized, the prompt included in both).
-    if workload.startswith("t5"):
+    # Generation: token agreement, position by position, over f32's tokens (T5's, Marian's and
+    # BART's ids as generated; GPT-2's continuations re-tokenized, the prompt included in both).
+    if workload.startswith("t5") or workload in SEQ2SEQ:
         seqs = lambda out: out["token_ids"]
     else:
         from tokenizers import Tokenizer
@@ -530,7 +546,8 @@ def section(m, results, acc, logs, runs):
         lines += ["", "### What bf16 and int8 cost in accuracy", "",
                   "Each system's results against Trident's f32 results (which match transformers), same "
                   "inputs, from the first run of each: Trident in bf16 / int8, and the peers that keep "
-                  "their results (ONNX Runtime f32 / int8, CTranslate2 int8; encoder workloads).", "",
+                  "their results (ONNX Runtime f32 / int8, CTranslate2 int8: encoder workloads; "
+                  "transformers, CTranslate2 f32 / int8: Marian and BART).", "",
                   "| workload | system | dtype | difference from Trident f32 |", "|---|---|---|---|"]
         lines += [f"| {r['workload']} | {r['system']} | {r['dtype']} | {r['text']} |" for r in acc]
     return "\n".join(lines)

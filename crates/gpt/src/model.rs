@@ -111,11 +111,17 @@ impl GPT2Model {
             .forward(input_ids)?
             .f_add(&self.wpe.forward(position_ids)?)?;
         // Causal and padding masks together, [batch, 1, seq, past + seq], built once for all
-        // blocks.
-        let mask = causal_padding_mask(attention_mask, q_len, x.kind())?;
+        // blocks. One new token per row with no padding anywhere may see every key: no mask
+        // (decoding one prompt token by token, where a dozen small ops per step matter).
+        let unpadded = attention_mask.numel() == 0 || attention_mask.f_min()?.int64_value(&[]) == 1;
+        let mask = if q_len == 1 && unpadded {
+            None
+        } else {
+            Some(causal_padding_mask(attention_mask, q_len, x.kind())?)
+        };
         let ctx = LayerContext {
             self_attention: AttentionContext {
-                mask: Some(&mask),
+                mask: mask.as_ref(),
                 ..Default::default()
             },
             ..Default::default()
