@@ -239,7 +239,15 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
 
 /// Run `trident serve`.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = settings(&args)?;
+    // Printed here rather than returned: these messages name settings by their TOML and
+    // environment names, which the CLI's error printer would turn into flags.
+    let config = match settings(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let options = LoadOptions {
         device: args.device,
         dtype: args.dtype,

@@ -11,10 +11,10 @@
 
 use crate::error::ApiError;
 use crate::models::{LoadedModel, Task};
-use crate::server::AppState;
+use crate::server::{AppState, Slot};
 use crate::worker::{Job, Output, StreamPiece, Work};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -156,6 +156,25 @@ fn generation(
             seed.as_u64()
                 .ok_or_else(|| ApiError::validation("seed must be a whole number ≥ 0"))?,
         );
+    }
+    // Values that make no sense are refused even when they would go unused (greedy search
+    // ignores the temperature): a client that sends them has a bug worth hearing about.
+    if config
+        .temperature
+        .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+    {
+        return Err(ApiError::validation("temperature must be a number above 0"));
+    }
+    if config.top_p.is_some_and(|p| !(p > 0.0 && p <= 1.0)) {
+        return Err(ApiError::validation("top_p must be in (0, 1]"));
+    }
+    if config
+        .repetition_penalty
+        .is_some_and(|p| !(p > 0.0 && p.is_finite()))
+    {
+        return Err(ApiError::validation(
+            "repetition_penalty must be a number above 0",
+        ));
     }
     let limit = state.config.max_new_tokens;
     if config.max_new_tokens.is_some_and(|n| n > limit)
@@ -998,47 +1017,120 @@ fn finish_reason(generated: usize, max: usize) -> &'static str {
 
 /// `POST /v1/completions`.
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest, responses((status = 200, description = "OpenAI's text completion, or server-sent events", body = Object)))]
-pub async fn v1_completions(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn v1_completions(
+    State(state): State<Arc<AppState>>,
+    slot: Option<Extension<Slot>>,
+    body: Bytes,
+) -> Response {
     let go = async {
         let req: CompletionRequest = parse(&body, "/v1/completions")?;
         let model = state.model(req.model.as_deref(), Task::Generate)?;
         let config = req.sampling.config(16, state.config.max_new_tokens)?;
         let (prompts, _) = req.prompt.texts();
-        complete(
-            &state,
-            model,
-            prompts,
-            config,
-            req.sampling.stream,
-            req.echo,
-            false,
-        )
-        .await
+        let request = Completion {
+            stream: req.sampling.stream,
+            echo: req.echo,
+            chat: false,
+            slot: slot.map(|Extension(s)| s),
+        };
+        complete(&state, model, prompts, config, request).await
     };
     go.await.unwrap_or_else(|e| e.openai().into_response())
 }
 
 /// `POST /v1/chat/completions`.
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatRequest, responses((status = 200, description = "OpenAI's chat completion, or server-sent events", body = Object)))]
-pub async fn v1_chat(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub async fn v1_chat(
+    State(state): State<Arc<AppState>>,
+    slot: Option<Extension<Slot>>,
+    body: Bytes,
+) -> Response {
     let go = async {
         let req: ChatRequest = parse(&body, "/v1/chat/completions")?;
         let model = state.model(req.model.as_deref(), Task::Generate)?;
         let limit = state.config.max_new_tokens;
         let config = req.sampling.config(limit.min(256), limit)?;
         let prompt = chat_prompt(&model, &req.messages)?;
-        complete(
-            &state,
-            model,
-            vec![prompt],
-            config,
-            req.sampling.stream,
-            false,
-            true,
-        )
-        .await
+        let request = Completion {
+            stream: req.sampling.stream,
+            echo: false,
+            chat: true,
+            slot: slot.map(|Extension(s)| s),
+        };
+        complete(&state, model, vec![prompt], config, request).await
     };
     go.await.unwrap_or_else(|e| e.openai().into_response())
+}
+
+/// How a completion is answered.
+struct Completion {
+    stream: bool,
+    echo: bool,
+    chat: bool,
+    /// The request's concurrency slot, kept by a stream until it ends.
+    slot: Option<Slot>,
+}
+
+/// OpenAI's `stop`: the text ends before the first stop string (after `from`, the echoed
+/// prompt); the engine stops at the token that completes it, so it is cut here.
+fn before_stop(text: &str, from: usize, stops: &[String]) -> String {
+    let from = from.min(text.len());
+    let tail = text.get(from..).unwrap_or("");
+    match stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
+        Some(at) => text[..from + at].to_string(),
+        None => text.to_string(),
+    }
+}
+
+/// Streamed text held back while it could still be the start of a stop string, so that a
+/// stop string is never sent.
+#[derive(Default)]
+struct StopFilter {
+    pending: String,
+    stopped: bool,
+}
+
+impl StopFilter {
+    /// The text that can be sent now.
+    fn push(&mut self, text: &str, stops: &[String]) -> String {
+        if self.stopped {
+            return String::new();
+        }
+        self.pending.push_str(text);
+        if let Some(at) = stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
+            self.stopped = true;
+            let out = self.pending[..at].to_string();
+            self.pending.clear();
+            return out;
+        }
+        // Keep the longest end of the pending text that begins some stop string.
+        let keep = stops
+            .iter()
+            .filter_map(|s| {
+                (1..s.len())
+                    .filter(|&n| s.is_char_boundary(n) && self.pending.ends_with(&s[..n]))
+                    .max()
+            })
+            .max()
+            .unwrap_or(0);
+        let split = self.pending.len() - keep;
+        let out = self.pending[..split].to_string();
+        self.pending.drain(..split);
+        out
+    }
+
+    /// What is left when the generation ends without a stop string.
+    fn flush(&mut self) -> String {
+        if self.stopped {
+            String::new()
+        } else {
+            std::mem::take(&mut self.pending)
+        }
+    }
 }
 
 /// Run a completion (or chat) request, whole or streamed.
@@ -1047,10 +1139,15 @@ async fn complete(
     model: Arc<LoadedModel>,
     prompts: Vec<String>,
     config: GenerationConfig,
-    stream: bool,
-    echo: bool,
-    chat: bool,
+    request: Completion,
 ) -> Result<Response, ApiError> {
+    let Completion {
+        stream,
+        echo,
+        chat,
+        slot,
+    } = request;
+    let stops: Vec<String> = config.stop_strings.clone().unwrap_or_default();
     let max = config.max_new_tokens.unwrap_or(16);
     let options = generate_options(&model, config, echo)?;
     let tokens = state.check_inputs(&model, &prompts)?;
@@ -1060,7 +1157,11 @@ async fn complete(
     let per_prompt = options.generation.num_return_sequences();
     if !stream {
         let out = match state
-            .submit(&model, Work::Generate(prompts, options, None), tokens)
+            .submit(
+                &model,
+                Work::Generate(prompts.clone(), options, None),
+                tokens,
+            )
             .await?
         {
             Output::Generate(v) => v,
@@ -1072,11 +1173,17 @@ async fn complete(
             for (s, g) in texts.into_iter().enumerate() {
                 completion_tokens += g.generated_tokens;
                 let index = p * per_prompt + s;
-                let reason = finish_reason(g.generated_tokens, max);
-                choices.push(if chat {
-                    json!({"index": index, "message": {"role": "assistant", "content": g.generated_text}, "logprobs": null, "finish_reason": reason})
+                let from = if echo { prompts[p].len() } else { 0 };
+                let text = before_stop(&g.generated_text, from, &stops);
+                let reason = if text.len() < g.generated_text.len() {
+                    "stop"
                 } else {
-                    json!({"index": index, "text": g.generated_text, "logprobs": null, "finish_reason": reason})
+                    finish_reason(g.generated_tokens, max)
+                };
+                choices.push(if chat {
+                    json!({"index": index, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": reason})
+                } else {
+                    json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
                 });
             }
         }
@@ -1133,23 +1240,47 @@ async fn complete(
     let timeout = Duration::from_secs(state.config.request_timeout_s);
     let pieces = tokio_stream::wrappers::UnboundedReceiverStream::new(receive);
     let mut started = std::collections::HashSet::new();
+    let filters = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        usize,
+        StopFilter,
+    >::new()));
+    let (piece_filters, piece_stops) = (filters.clone(), stops.clone());
     let chunk_piece = chunk.clone();
     let body = pieces
-        .map(move |p| {
+        .filter_map(move |p| {
             let index = p.input * per_prompt + p.sequence;
-            let first = started.insert(index);
-            chunk_piece(index, Some(&p.text), None, first)
+            let text = piece_filters
+                .lock()
+                .map(|mut f| f.entry(index).or_default().push(&p.text, &piece_stops))
+                .unwrap_or_default();
+            let event = (!text.is_empty()).then(|| {
+                let first = started.insert(index);
+                chunk_piece(index, Some(&text), None, first)
+            });
+            futures::future::ready(event)
         })
         .chain(futures::stream::once(async move {
+            // The stream's slot among the concurrent requests is freed when it ends.
+            let _slot = slot.and_then(|s| s.take());
             let reasons: Vec<Event> = match tokio::time::timeout(timeout, result).await {
-                Ok(Ok(Ok(Output::Generate(v)))) => v
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(p, seqs)| {
-                        seqs.iter().enumerate().map(move |(s, g)| (p * per_prompt + s, finish_reason(g.generated_tokens, max)))
-                    })
-                    .map(|(i, r)| chunk(i, None, Some(r), false))
-                    .collect(),
+                Ok(Ok(Ok(Output::Generate(v)))) => {
+                    let mut filters = filters.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
+                    let mut events = Vec::new();
+                    for (p, seqs) in v.iter().enumerate() {
+                        for (s, g) in seqs.iter().enumerate() {
+                            let index = p * per_prompt + s;
+                            let filter = filters.entry(index).or_default();
+                            // Text held back for a stop string that never came goes out now.
+                            let rest = filter.flush();
+                            if !rest.is_empty() {
+                                events.push(chunk(index, Some(&rest), None, false));
+                            }
+                            let reason = if filter.stopped { "stop" } else { finish_reason(g.generated_tokens, max) };
+                            events.push(chunk(index, None, Some(reason), false));
+                        }
+                    }
+                    events
+                }
                 Ok(Ok(Err(e))) => vec![Event::default().data(json!({"error": {"message": e.to_string(), "type": "backend"}}).to_string())],
                 _ => {
                     cancelled.store(true, Ordering::Relaxed);

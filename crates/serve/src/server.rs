@@ -252,24 +252,31 @@ async fn gatekeeper(State(state): State<Arc<AppState>>, request: Request, next: 
         route.as_str(),
         "/health" | "/metrics" | "/docs" | "/openapi.json"
     );
+    let openai = path.starts_with("/v1/");
+    let shaped = |e: ApiError| if openai { e.openai() } else { e }.into_response();
     let response = if state.draining.load(Ordering::Relaxed) && !open {
-        ApiError::unavailable("the server is shutting down").into_response()
+        shaped(ApiError::unavailable("the server is shutting down"))
     } else if let Some(rejection) = (!open).then(|| authorize(&state, &request)).flatten() {
-        rejection.into_response()
+        shaped(rejection)
     } else if open {
         next.run(request).await
     } else {
         match state.in_flight.clone().try_acquire_owned() {
             Ok(permit) => {
-                let r = next.run(request).await;
-                drop(permit);
-                r
+                // A streaming response takes the slot with it and frees it when the stream
+                // ends; otherwise it is freed here, once the response is complete.
+                let slot = Slot::default();
+                if let Ok(mut s) = slot.0.lock() {
+                    *s = Some(permit);
+                }
+                let mut request = request;
+                request.extensions_mut().insert(slot.clone());
+                next.run(request).await
             }
-            Err(_) => ApiError::overloaded(format!(
+            Err(_) => shaped(ApiError::overloaded(format!(
                 "more than {} requests in flight (--max-concurrent-requests): retry shortly",
                 state.config.max_concurrent_requests
-            ))
-            .into_response(),
+            ))),
         }
     };
     let status = response.status();
@@ -290,6 +297,18 @@ async fn gatekeeper(State(state): State<Arc<AppState>>, request: Request, next: 
     response
 }
 
+/// A request's place among the `--max-concurrent-requests`: freed when the last holder
+/// drops it (the middleware after a whole response, or a stream when it ends).
+#[derive(Clone, Default)]
+pub struct Slot(Arc<std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>>);
+
+impl Slot {
+    /// Take the permit out (a streaming handler keeps it for the stream's life).
+    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
 fn authorize(state: &AppState, request: &Request) -> Option<ApiError> {
     let key = state.config.api_key.as_ref()?;
     let given = request
@@ -304,11 +323,29 @@ fn authorize(state: &AppState, request: &Request) -> Option<ApiError> {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!(
+    let e = ApiError::not_found(format!(
         "no route {} {}: see /docs for the routes",
         request.method(),
         request.uri().path()
-    ))
+    ));
+    if request.uri().path().starts_with("/v1/") {
+        e.openai()
+    } else {
+        e
+    }
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let e = ApiError::method_not_allowed(format!(
+        "{} {} is not allowed: see /docs for the routes and their methods",
+        request.method(),
+        request.uri().path()
+    ));
+    if request.uri().path().starts_with("/v1/") {
+        e.openai()
+    } else {
+        e
+    }
 }
 
 /// Bodies larger than the limit are refused before they are read whole.
@@ -362,6 +399,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/docs", get(docs))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), gatekeeper))
         .layer(middleware::from_fn_with_state(state.clone(), body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(limit))

@@ -146,7 +146,6 @@ pub struct Limits {
 #[derive(Clone)]
 pub struct WorkerHandle {
     sender: SyncSender<Job>,
-    depth: Arc<std::sync::atomic::AtomicUsize>,
     model: String,
 }
 
@@ -154,18 +153,16 @@ impl WorkerHandle {
     /// Queue a job; `Err` when the queue is full (the server answers 429) or the worker has
     /// stopped.
     pub fn submit(&self, job: Job) -> std::result::Result<(), &'static str> {
-        // Counted before it is sent: the worker may take it at once.
-        let depth = self.depth.fetch_add(1, Ordering::Relaxed) + 1;
+        // Counted before it is sent (the worker may take it at once); the gauge moves by
+        // increments, never set from two threads.
+        let gauge = metrics::gauge!("trident_queue_depth", "model" => self.model.clone());
+        gauge.increment(1.0);
         let sent = self.sender.try_send(job);
         if sent.is_err() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
+            gauge.decrement(1.0);
         }
         match sent {
-            Ok(()) => {
-                metrics::gauge!("trident_queue_depth", "model" => self.model.clone())
-                    .set(depth as f64);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(std::sync::mpsc::TrySendError::Full(_)) => Err("the model's queue is full"),
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err("the model has stopped"),
         }
@@ -175,25 +172,18 @@ impl WorkerHandle {
 /// Start the worker thread of `model`, with a queue of `capacity` jobs.
 pub fn spawn(model: Arc<LoadedModel>, limits: Limits, capacity: usize) -> WorkerHandle {
     let (sender, receiver) = std::sync::mpsc::sync_channel(capacity.max(1));
-    let depth = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let handle = WorkerHandle {
         sender,
-        depth: depth.clone(),
         model: model.name.clone(),
     };
     std::thread::Builder::new()
         .name(format!("trident-{}", model.name))
-        .spawn(move || run(&model, &receiver, limits, &depth))
+        .spawn(move || run(&model, &receiver, limits))
         .expect("the OS could not start a worker thread");
     handle
 }
 
-fn run(
-    model: &LoadedModel,
-    queue: &Receiver<Job>,
-    limits: Limits,
-    depth: &std::sync::atomic::AtomicUsize,
-) {
+fn run(model: &LoadedModel, queue: &Receiver<Job>, limits: Limits) {
     let mut held: Option<Job> = None;
     loop {
         // Wait for a job, then take what else is waiting, within the limits.
@@ -225,10 +215,8 @@ fn run(
                 Err(TryRecvError::Disconnected) => break,
             }
         }
-        let left = depth
-            .fetch_sub(jobs.len(), Ordering::Relaxed)
-            .saturating_sub(jobs.len());
-        metrics::gauge!("trident_queue_depth", "model" => model.name.clone()).set(left as f64);
+        metrics::gauge!("trident_queue_depth", "model" => model.name.clone())
+            .decrement(jobs.len() as f64);
         jobs.retain(|j| !j.gone());
         // Group jobs with the same options, keeping arrival order within a group.
         let mut groups: Vec<(Option<String>, Vec<Job>)> = Vec::new();
