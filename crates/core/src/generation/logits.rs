@@ -12,8 +12,19 @@ use tch::{Kind, Tensor};
 
 /// One step of score shaping.
 pub trait LogitsProcessor: std::fmt::Debug {
-    /// New scores `[rows, vocab]` for the next token of the sequences `ids`.
+    /// New scores `[rows, vocab]` for the next token of the sequences `ids`. A processor may
+    /// write into `scores` and return it: the engine hands over scores it owns and reads only
+    /// what is returned, and a `[rows, vocab]` copy per processor and step is what beam search
+    /// over a large vocabulary would otherwise spend its time on (each fresh block of tens of
+    /// MB is new memory the kernel must zero).
     fn process(&self, ids: &[Vec<i64>], scores: &Tensor) -> Result<Tensor>;
+}
+
+/// `scores` with `-inf` where `banned` is true, written in place (see [`LogitsProcessor`]).
+fn ban(scores: &Tensor, banned: &Tensor) -> Result<Tensor> {
+    let mut out = scores.shallow_clone();
+    let _ = out.f_masked_fill_(banned, f64::NEG_INFINITY)?;
+    Ok(out)
 }
 
 /// Apply `processors` in order.
@@ -199,7 +210,7 @@ impl LogitsProcessor for NoRepeatNGram {
         if banned.is_empty() {
             return Ok(scores.shallow_clone());
         }
-        Ok(scores.f_masked_fill(&mask_of(scores, &banned)?, f64::NEG_INFINITY)?)
+        ban(scores, &mask_of(scores, &banned)?)
     }
 }
 
@@ -241,7 +252,7 @@ impl LogitsProcessor for BadWords {
             return Ok(scores.shallow_clone());
         }
         let banned: Vec<(usize, i64)> = banned.into_iter().collect();
-        Ok(scores.f_masked_fill(&mask_of(scores, &banned)?, f64::NEG_INFINITY)?)
+        ban(scores, &mask_of(scores, &banned)?)
     }
 }
 
@@ -266,7 +277,7 @@ impl LogitsProcessor for MinLength {
         if len >= self.min_length {
             return Ok(scores.shallow_clone());
         }
-        Ok(scores.f_masked_fill(&eos_mask(scores, &self.eos)?, f64::NEG_INFINITY)?)
+        ban(scores, &eos_mask(scores, &self.eos)?)
     }
 }
 
@@ -341,7 +352,7 @@ impl LogitsProcessor for MinNewTokens {
         if len.saturating_sub(self.prompt_len) >= self.min_new_tokens {
             return Ok(scores.shallow_clone());
         }
-        Ok(scores.f_masked_fill(&eos_mask(scores, &self.eos)?, f64::NEG_INFINITY)?)
+        ban(scores, &eos_mask(scores, &self.eos)?)
     }
 }
 
@@ -390,10 +401,11 @@ mod tests {
     #[test]
     fn min_length_counts_the_whole_sequence() {
         let p = MinLength::new(3, vec![2]);
-        let scores = Tensor::zeros([1, 4], (Kind::Float, tch::Device::Cpu));
-        let out = p.process(&[vec![0, 5]], &scores).unwrap();
+        // Fresh scores each time: a processor may write into the scores it is given.
+        let scores = || Tensor::zeros([1, 4], (Kind::Float, tch::Device::Cpu));
+        let out = p.process(&[vec![0, 5]], &scores()).unwrap();
         assert_eq!(row(&out, 0)[2], f32::NEG_INFINITY);
-        let out = p.process(&[vec![0, 5, 6]], &scores).unwrap();
+        let out = p.process(&[vec![0, 5, 6]], &scores()).unwrap();
         assert_eq!(row(&out, 0)[2], 0.0);
     }
 }
