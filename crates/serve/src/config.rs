@@ -82,7 +82,7 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             models: Vec::new(),
-            max_batch_tokens: 16_384,
+            max_batch_tokens: 4_096,
             max_batch_requests: 64,
             max_concurrent_requests: 512,
             max_input_tokens: 8_192,

@@ -260,7 +260,7 @@ fn run_group(model: &LoadedModel, group: Vec<Job>) {
             | Work::Generate(t, _, _) => t.clone(),
         })
         .collect();
-    let merged = with_texts(&group[0].work, texts, inputs);
+    let merged = with_texts(&group[0].work, texts);
     let never = Arc::new(AtomicBool::new(false));
     let (probe, _keep) = oneshot::channel::<Result<Output>>();
     match execute(model, &merged, &never, &probe) {
@@ -283,23 +283,11 @@ fn run_group(model: &LoadedModel, group: Vec<Job>) {
     }
 }
 
-/// `work` with other texts (a group's), and the pipeline batch size to run them in.
-fn with_texts(work: &Work, texts: Vec<String>, n: usize) -> Work {
+/// `work` with other texts (a group's).
+fn with_texts(work: &Work, texts: Vec<String>) -> Work {
     match work {
-        Work::Ner(_, o) => Work::Ner(
-            texts,
-            NerOptions {
-                batch_size: n.max(1),
-                ..o.clone()
-            },
-        ),
-        Work::Classify(_, o) => Work::Classify(
-            texts,
-            ClassifyOptions {
-                batch_size: n.max(1),
-                ..o.clone()
-            },
-        ),
+        Work::Ner(_, o) => Work::Ner(texts, o.clone()),
+        Work::Classify(_, o) => Work::Classify(texts, o.clone()),
         Work::Embed(_) => Work::Embed(texts),
         Work::Summarize(_, o) => Work::Summarize(texts, o.clone()),
         Work::Translate(_, o) => Work::Translate(texts, o.clone()),
@@ -331,13 +319,25 @@ fn execute(
 ) -> Result<Output> {
     let started = Instant::now();
     let out = match (&model.pipeline, work) {
-        (Pipeline::Ner(p), Work::Ner(t, o)) => Output::Ner(p.run(&as_str(t), o)?),
-        (Pipeline::Classify(p), Work::Classify(t, o)) => Output::Classify(p.run(&as_str(t), o)?),
+        (Pipeline::Ner(p), Work::Ner(t, o)) => {
+            let options = NerOptions {
+                batch_size: ENCODER_BATCH,
+                ..o.clone()
+            };
+            Output::Ner(by_length(t, |texts| p.run(texts, &options))?)
+        }
+        (Pipeline::Classify(p), Work::Classify(t, o)) => {
+            let options = ClassifyOptions {
+                batch_size: ENCODER_BATCH,
+                ..o.clone()
+            };
+            Output::Classify(by_length(t, |texts| p.run(texts, &options))?)
+        }
         (Pipeline::Embed(p), Work::Embed(t)) => {
             let options = EmbedOptions {
-                batch_size: t.len().max(1),
+                batch_size: ENCODER_BATCH,
             };
-            Output::Embed(p.run(&as_str(t), &options)?)
+            Output::Embed(by_length(t, |texts| p.run(texts, &options))?)
         }
         (Pipeline::Summarize(p), Work::Summarize(t, o)) => Output::Summarize(p.run(&as_str(t), o)?),
         (Pipeline::Translate(p), Work::Translate(t, o)) => Output::Translate(p.run(&as_str(t), o)?),
@@ -377,6 +377,29 @@ fn execute(
         }
     };
     Ok(out)
+}
+
+/// Texts per forward pass of an encoder. The texts of a batch are sorted by length first
+/// ([`by_length`]), so a pass pads little; more texts per pass would only make the
+/// activations (and the server's memory) larger, the matrix products being compute-bound
+/// already at this size.
+const ENCODER_BATCH: usize = 16;
+
+/// `run` on `texts` sorted by length (shortest first, so that each forward pass holds texts
+/// of similar lengths and pads little), with the results put back in the texts' order.
+fn by_length<T>(texts: &[String], run: impl FnOnce(&[&str]) -> Result<Vec<T>>) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..texts.len()).collect();
+    order.sort_by_key(|&i| texts[i].len());
+    let sorted: Vec<&str> = order.iter().map(|&i| texts[i].as_str()).collect();
+    let results = run(&sorted)?;
+    let mut slots: Vec<Option<T>> = (0..texts.len()).map(|_| None).collect();
+    for (result, &i) in results.into_iter().zip(&order) {
+        slots[i] = Some(result);
+    }
+    slots
+        .into_iter()
+        .map(|r| r.ok_or_else(|| Error::Input("a text got no result".into())))
+        .collect()
 }
 
 fn as_str(texts: &[String]) -> Vec<&str> {
