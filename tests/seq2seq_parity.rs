@@ -12,8 +12,8 @@ use trident::core::generation::{
     generate, Decoder, EarlyStopping, GenerationConfig, Seq2SeqDecoder,
 };
 use trident::core::seq2seq::{SummarizeOptions, TranslateOptions};
-use trident::core::{Batch, Dtype, Encoded, LoadOptions, ModelFiles, PaddingSide, TextEncoder};
-use trident_testing::{assert_close, fixture_dir, int_tensor, reference, tensor};
+use trident::core::{Batch, Dtype, LoadOptions, ModelFiles, TextEncoder};
+use trident_testing::{assert_close, fixture_dir, int_tensor, reference, rows, tensor};
 
 /// Each fixture with its family's layout.
 const FIXTURES: [(&str, Layout); 3] = [
@@ -29,27 +29,6 @@ fn files(name: &str) -> ModelFiles {
 fn model(name: &str, layout: Layout, dtype: Dtype) -> BartForConditionalGeneration {
     BartForConditionalGeneration::from_pretrained_with(&files(name), Device::Cpu, dtype, layout)
         .unwrap()
-}
-
-fn rows(v: &Value) -> Vec<Vec<i64>> {
-    serde_json::from_value(v.clone()).unwrap()
-}
-
-/// A right-padded batch from recorded ids and mask (the padding is stripped, then redone).
-fn batch_of(input_ids: &Value, attention_mask: &Value, pad: i64) -> Batch {
-    let encodings = rows(input_ids)
-        .into_iter()
-        .zip(rows(attention_mask))
-        .map(|(ids, mask)| {
-            let n = mask.iter().filter(|&&m| m == 1).count();
-            Encoded {
-                ids: ids[..n].to_vec(),
-                type_ids: vec![0; n],
-                ..Default::default()
-            }
-        })
-        .collect();
-    Batch::new(encodings, pad, PaddingSide::Right, Device::Cpu).unwrap()
 }
 
 fn pad_id(r: &Value) -> i64 {
@@ -134,7 +113,7 @@ fn cached_decoding_equals_uncached() {
         let m = model(name, layout, Dtype::F32);
         let r = reference(name).unwrap();
         let b = &r["batch"];
-        let batch = batch_of(&b["input_ids"], &b["attention_mask"], pad_id(&r));
+        let batch = padded(&b["input_ids"], &b["attention_mask"], pad_id(&r));
         let dec = int_tensor(&b["decoder_input_ids"]).unwrap();
         let full = m
             .forward(&batch.input_ids, &batch.attention_mask, &dec)
@@ -214,7 +193,7 @@ fn generate_gives_transformers_ids_exactly() {
         assert!(cases.len() >= 8, "{name}: every generate case is recorded");
         for case in cases {
             let config = settings(&defaults, &case["kwargs"]);
-            let batch = batch_of(&case["input_ids"], &case["attention_mask"], pad_id(&r));
+            let batch = padded(&case["input_ids"], &case["attention_mask"], pad_id(&r));
             let out = generate(&Seq2SeqDecoder(&m), &batch, &config).unwrap();
             let ids: Vec<Vec<i64>> = out.iter().map(|s| s.ids.clone()).collect();
             assert_eq!(
@@ -413,4 +392,9 @@ fn bf16_and_int8_stay_close_to_f32() {
             assert!(err < bound, "{name} {dtype}: logits off by {err}");
         }
     }
+}
+
+/// A right-padded batch of recorded ids (see [`trident_testing::batch_of`]).
+fn padded(input_ids: &Value, attention_mask: &Value, pad: i64) -> Batch {
+    trident_testing::batch_of(input_ids, attention_mask, pad).unwrap()
 }

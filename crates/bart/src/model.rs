@@ -307,16 +307,7 @@ impl BartStack {
     }
 }
 
-/// The outputs of a full (uncached) forward pass.
-#[derive(Debug)]
-pub struct Seq2SeqOutput {
-    /// `[batch, src, d_model]`.
-    pub encoder_last_hidden_state: Tensor,
-    /// `[batch, tgt, d_model]`.
-    pub decoder_last_hidden_state: Tensor,
-    /// `[batch, tgt, vocab]`, f32.
-    pub logits: Tensor,
-}
+pub use trident_core::seq2seq::Seq2SeqOutput;
 
 /// BART (and, with their [`Layout`], Marian and M2M100) with its language-model head.
 #[derive(Debug)]

@@ -174,16 +174,7 @@ impl T5Stack {
     }
 }
 
-/// The outputs of a full (uncached) forward pass.
-#[derive(Debug)]
-pub struct Seq2SeqOutput {
-    /// `[batch, src, d_model]`.
-    pub encoder_last_hidden_state: Tensor,
-    /// `[batch, tgt, d_model]`, after the decoder's final norm.
-    pub decoder_last_hidden_state: Tensor,
-    /// `[batch, tgt, vocab]`.
-    pub logits: Tensor,
-}
+pub use trident_core::seq2seq::Seq2SeqOutput;
 
 /// T5 with its language-model head, as transformers' `T5ForConditionalGeneration`.
 #[derive(Debug)]

@@ -7,6 +7,38 @@ use std::path::PathBuf;
 use tch::{Kind, Tensor};
 use trident_core::{Error, Result};
 
+/// A JSON list of id lists (`input_ids`, `output_ids` of a reference) as rows.
+pub fn rows(v: &Value) -> Vec<Vec<i64>> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+/// A right-padded batch (padded with `pad`) from recorded ids and attention mask: the
+/// recorded padding is stripped, then redone, so the batch is built as the pipelines build it.
+pub fn batch_of(
+    input_ids: &Value,
+    attention_mask: &Value,
+    pad: i64,
+) -> Result<trident_core::Batch> {
+    let encodings = rows(input_ids)
+        .into_iter()
+        .zip(rows(attention_mask))
+        .map(|(ids, mask)| {
+            let n = mask.iter().filter(|&&m| m == 1).count().min(ids.len());
+            trident_core::Encoded {
+                ids: ids[..n].to_vec(),
+                type_ids: vec![0; n],
+                ..Default::default()
+            }
+        })
+        .collect();
+    trident_core::Batch::new(
+        encodings,
+        pad,
+        trident_core::PaddingSide::Right,
+        tch::Device::Cpu,
+    )
+}
+
 /// The fixture directory `weights/<name>` (or `$TRIDENT_FIXTURES/<name>` when set).
 pub fn fixture_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("TRIDENT_FIXTURES")

@@ -38,6 +38,18 @@ pub struct TextResult {
     pub generated_tokens: usize,
 }
 
+/// The outputs of an encoder-decoder's full (uncached) forward pass, as transformers'
+/// `Seq2SeqLMOutput` names them.
+#[derive(Debug)]
+pub struct Seq2SeqOutput {
+    /// `[batch, src, d_model]`.
+    pub encoder_last_hidden_state: tch::Tensor,
+    /// `[batch, tgt, d_model]`, after the decoder's final norm when it has one.
+    pub decoder_last_hidden_state: tch::Tensor,
+    /// `[batch, tgt, vocab]`, f32.
+    pub logits: tch::Tensor,
+}
+
 /// Any encoder-decoder model, chosen at run time from the checkpoint's `model_type` (the
 /// pipelines below hold one; the `trident` crate's loader picks the family).
 pub type AnySeq2SeqLm = Box<dyn Seq2SeqLm + Send + Sync>;
