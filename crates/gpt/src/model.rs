@@ -112,8 +112,10 @@ impl GPT2Model {
             .f_add(&self.wpe.forward(position_ids)?)?;
         // Causal and padding masks together, [batch, 1, seq, past + seq], built once for all
         // blocks. One new token per row with no padding anywhere may see every key: no mask
-        // (decoding one prompt token by token, where a dozen small ops per step matter).
-        let unpadded = attention_mask.numel() == 0 || attention_mask.f_min()?.int64_value(&[]) == 1;
+        // (decoding one prompt token by token, where a dozen small ops per step matter). The
+        // check reads the mask, so only where that costs no device sync (the CPU).
+        let unpadded = attention_mask.device() == Device::Cpu
+            && (attention_mask.numel() == 0 || attention_mask.f_min()?.int64_value(&[]) == 1);
         let mask = if q_len == 1 && unpadded {
             None
         } else {
