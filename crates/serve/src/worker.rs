@@ -183,8 +183,15 @@ pub fn spawn(model: Arc<LoadedModel>, limits: Limits, capacity: usize) -> Worker
     handle
 }
 
+/// How long a worker that has just run a batch of several jobs waits for more before it
+/// starts the next one. Clients that got their answers together send their next requests
+/// together, a few hundred microseconds apart; without the wait the first of them would run
+/// alone and the rest wait for it. A worker serving one client at a time never waits.
+const GATHER: Duration = Duration::from_millis(2);
+
 fn run(model: &LoadedModel, queue: &Receiver<Job>, limits: Limits) {
     let mut held: Option<Job> = None;
+    let mut last_batch = 1;
     loop {
         // Wait for a job, then take what else is waiting, within the limits.
         let first = match held.take() {
@@ -211,12 +218,33 @@ fn run(model: &LoadedModel, queue: &Receiver<Job>, limits: Limits) {
                     requests += job.len();
                     jobs.push(job);
                 }
-                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Empty) => {
+                    // Under concurrency, gather the stragglers of the last wave.
+                    if last_batch > 1 && jobs.len() < last_batch {
+                        match queue.recv_timeout(GATHER) {
+                            Ok(job) => {
+                                if requests + job.len() > limits.max_batch_requests
+                                    || tokens + job.tokens > limits.max_batch_tokens
+                                {
+                                    held = Some(job);
+                                    break;
+                                }
+                                tokens += job.tokens;
+                                requests += job.len();
+                                jobs.push(job);
+                                continue;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    break;
+                }
                 Err(TryRecvError::Disconnected) => break,
             }
         }
         metrics::gauge!("trident_queue_depth", "model" => model.name.clone())
             .decrement(jobs.len() as f64);
+        last_batch = jobs.len();
         jobs.retain(|j| !j.gone());
         // Group jobs with the same options, keeping arrival order within a group.
         let mut groups: Vec<(Option<String>, Vec<Job>)> = Vec::new();
