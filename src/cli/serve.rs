@@ -281,8 +281,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     Ok(m)
                 })
                 .collect();
+            let loaded = loaded.and_then(|models| {
+                loading
+                    .set_models(models)
+                    .map_err(|e| anyhow::anyhow!("cannot start a model's worker thread: {e}"))
+            });
             match loaded {
-                Ok(models) => loading.set_models(models),
+                Ok(()) => {}
                 Err(e) => {
                     eprintln!("trident serve: {e}");
                     loading.set_load_error(e.to_string());

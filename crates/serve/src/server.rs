@@ -60,21 +60,21 @@ impl AppState {
         })
     }
 
-    /// Install the loaded models and start one worker each: the server is ready.
-    pub fn set_models(&self, list: Vec<LoadedModel>) {
+    /// Install the loaded models and start one worker each: the server is ready. An error
+    /// (the OS refused a thread) leaves it unready, with the reason.
+    pub fn set_models(&self, list: Vec<LoadedModel>) -> std::io::Result<()> {
         let limits = Limits {
             max_batch_requests: self.config.max_batch_requests,
             max_batch_tokens: self.config.max_batch_tokens,
         };
         let list: Vec<Arc<LoadedModel>> = list.into_iter().map(Arc::new).collect();
+        let capacity = self.config.max_concurrent_requests;
         let workers = list
             .iter()
-            .map(|m| {
-                let capacity = self.config.max_concurrent_requests;
-                (m.name.clone(), worker::spawn(m.clone(), limits, capacity))
-            })
-            .collect();
+            .map(|m| Ok((m.name.clone(), worker::spawn(m.clone(), limits, capacity)?)))
+            .collect::<std::io::Result<_>>()?;
         let _ = self.models.set(Models { list, workers });
+        Ok(())
     }
 
     /// Record that loading failed: `/health` says so.

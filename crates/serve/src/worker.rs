@@ -170,7 +170,11 @@ impl WorkerHandle {
 }
 
 /// Start the worker thread of `model`, with a queue of `capacity` jobs.
-pub fn spawn(model: Arc<LoadedModel>, limits: Limits, capacity: usize) -> WorkerHandle {
+pub fn spawn(
+    model: Arc<LoadedModel>,
+    limits: Limits,
+    capacity: usize,
+) -> std::io::Result<WorkerHandle> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(capacity.max(1));
     let handle = WorkerHandle {
         sender,
@@ -178,9 +182,8 @@ pub fn spawn(model: Arc<LoadedModel>, limits: Limits, capacity: usize) -> Worker
     };
     std::thread::Builder::new()
         .name(format!("trident-{}", model.name))
-        .spawn(move || run(&model, &receiver, limits))
-        .expect("the OS could not start a worker thread");
-    handle
+        .spawn(move || run(&model, &receiver, limits))?;
+    Ok(handle)
 }
 
 /// How long a worker that has just run a batch of several jobs waits for more before it
