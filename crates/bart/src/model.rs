@@ -269,10 +269,7 @@ impl BartStack {
         encoder: Option<(&Tensor, &Tensor, i64)>,
         mut caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
-        let past = caches
-            .as_deref()
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.self_attn.len());
+        let past = LayerCache::cached_len(caches.as_deref());
         // [batch, n, d_model]: token meaning (scaled) plus position.
         let tokens = self.embed_tokens.forward(ids)?;
         let tokens = if self.embed_scale != 1.0 {
@@ -427,15 +424,8 @@ impl BartForConditionalGeneration {
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        let n = decoder_ids.size()[1];
-        let past = caches
-            .as_deref()
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.self_attn.len());
-        // One new token may see every cached one; several need the causal mask.
-        let causal = (n > 1)
-            .then(|| mask::causal_mask(n, past + n, Kind::Float, self.device))
-            .transpose()?;
+        let past = LayerCache::cached_len(caches.as_deref());
+        let causal = mask::decoder_self_mask(decoder_ids.size()[1], past, self.device)?;
         self.decoder.forward(
             decoder_ids,
             causal.as_ref(),

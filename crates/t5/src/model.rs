@@ -139,10 +139,7 @@ impl T5Stack {
         mut caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let n = ids.size()[1];
-        let offset = caches
-            .as_deref()
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.self_attn.len());
+        let offset = LayerCache::cached_len(caches.as_deref());
         // [1, heads, n, offset+n]
         let bias = self
             .relative_attention_bias
@@ -258,15 +255,8 @@ impl T5ForConditionalGeneration {
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        let n = decoder_ids.size()[1];
-        let past = caches
-            .as_deref()
-            .and_then(|c| c.first())
-            .map_or(0, |c| c.self_attn.len());
-        // One new token may see every cached one; several need the causal mask.
-        let causal = (n > 1)
-            .then(|| mask::causal_mask(n, past + n, Kind::Float, self.device))
-            .transpose()?;
+        let past = LayerCache::cached_len(caches.as_deref());
+        let causal = mask::decoder_self_mask(decoder_ids.size()[1], past, self.device)?;
         self.decoder.forward(
             decoder_ids,
             causal.as_ref(),

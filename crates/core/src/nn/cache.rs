@@ -98,6 +98,14 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
+    /// Positions already cached by a stack's `caches` (the first block's self-attention
+    /// length; 0 without caches).
+    pub fn cached_len(caches: Option<&[LayerCache]>) -> i64 {
+        caches
+            .and_then(|c| c.first())
+            .map_or(0, |c| c.self_attn.len())
+    }
+
     /// Reorder both caches along the batch axis.
     pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
         self.self_attn.reorder(beam_idx)?;

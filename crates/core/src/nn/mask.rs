@@ -45,3 +45,11 @@ pub fn causal_padding_mask(attention_mask: &Tensor, q_len: i64, kind: Kind) -> R
         .f_add(&causal)?
         .f_clamp_min(blocked_value(kind))?)
 }
+
+/// The self-attention mask of `n` new decoder tokens after `past` cached ones: none for one
+/// token (it may see every cached key), the causal `[1, 1, n, past + n]` mask for several.
+pub fn decoder_self_mask(n: i64, past: i64, device: Device) -> Result<Option<Tensor>> {
+    (n > 1)
+        .then(|| causal_mask(n, past + n, Kind::Float, device))
+        .transpose()
+}
