@@ -2,9 +2,9 @@
 # Regenerate the golden fixtures under weights/ (tiny random checkpoints + reference outputs of Python
 # transformers). Idempotent: a second run rewrites byte-identical files. See weights/README.md.
 #
-#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb,llama-attention,sentencepiece]
+#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb,llama,llama-attention,sentencepiece]
 #
-# scripts/make_fixtures.py writes the first nine; scripts/fixtures_llama_attention.py then writes
+# scripts/make_fixtures.py writes the first ten; scripts/fixtures_llama_attention.py then writes
 # weights/llama-attention (transformers' LlamaAttention with three rotary variants), and
 # scripts/fixtures_sentencepiece.py weights/sentencepiece (small trained SentencePiece models with
 # transformers' and sentencepiece's outputs).

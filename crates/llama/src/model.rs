@@ -1,0 +1,213 @@
+//! LlamaForCausalLM: token embeddings, a stack of pre-norm blocks with rotary positions and
+//! grouped-query attention, a final RMSNorm and a language-model head (tied to the
+//! embeddings in Llama 3.2 and SmolLM2).
+//!
+//! ```text
+//! ids ─► embed_tokens(ids)
+//!     ─► N × layers.{i}: [ x = x + self_attn(input_layernorm(x), rotary(positions));
+//!                          x = x + mlp(post_attention_layernorm(x)) ]
+//!         mlp(x) = down_proj(silu(gate_proj(x)) ⊙ up_proj(x))          (SwiGLU)
+//!     ─► norm ─► lm_head ─► next-token logits
+//! ```
+//!
+//! No position is added to the embeddings: queries and keys are turned by angles that grow
+//! with the position (core's [`Rotary`]), so their dot product depends on the distance.
+//! Grouped-query attention keeps `num_key_value_heads` key/value heads, each serving several
+//! query heads; the caches hold only those.
+
+use crate::config::LlamaConfig;
+use tch::{Device, Kind, Tensor};
+use trident_core::generation::CausalLm;
+use trident_core::nn::mask::causal_padding_mask;
+use trident_core::nn::{
+    AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention,
+    Norm, NormPosition, Projections, Rotary, TransformerLayer,
+};
+use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
+
+/// One block `layers.{i}`, as core's pre-norm [`TransformerLayer`] with Llama's names.
+fn block(p: &WeightPath, c: &LlamaConfig) -> Result<TransformerLayer> {
+    let (h, d) = (c.hidden_size, c.head_width());
+    let (heads, kv) = (c.num_attention_heads, c.kv_heads());
+    let attn = p / "self_attn";
+    let projections = Projections::Separate {
+        q: Linear::new(&(&attn / "q_proj"), h, heads * d, c.attention_bias)?,
+        k: Linear::new(&(&attn / "k_proj"), h, kv * d, c.attention_bias)?,
+        v: Linear::new(&(&attn / "v_proj"), h, kv * d, c.attention_bias)?,
+    };
+    let out = Linear::new(&(&attn / "o_proj"), heads * d, h, c.attention_bias)?;
+    let mlp = p / "mlp";
+    Ok(TransformerLayer {
+        self_attention_norm: Norm::rms_norm(&(p / "input_layernorm"), h, c.rms_norm_eps)?,
+        self_attention: MultiHeadAttention::new(projections, out, heads, d).with_kv_heads(kv)?,
+        cross_attention: None,
+        feed_forward_norm: Norm::rms_norm(&(p / "post_attention_layernorm"), h, c.rms_norm_eps)?,
+        // SwiGLU: the activation goes on gate_proj, whose output multiplies up_proj's.
+        feed_forward: FeedForward::gated(
+            Linear::new(&(&mlp / "gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
+            Linear::new(&(&mlp / "up_proj"), h, c.intermediate_size, c.mlp_bias)?,
+            Linear::new(&(&mlp / "down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+            c.activation()?,
+        ),
+        norm_position: NormPosition::Pre,
+    })
+}
+
+/// The base model `model` (transformers' `LlamaModel`).
+#[derive(Debug)]
+pub struct LlamaModel {
+    /// `embed_tokens` `[vocab, hidden]`.
+    pub embed_tokens: Embedding,
+    /// `layers.{i}`.
+    pub layers: Vec<TransformerLayer>,
+    /// `norm`, the final RMSNorm.
+    pub norm: Norm,
+    /// The rotary positions every layer uses.
+    pub rotary: Rotary,
+}
+
+impl LlamaModel {
+    /// Declare the base model's weights under `p` (`model`).
+    pub fn new(p: &WeightPath, c: &LlamaConfig) -> Result<Self> {
+        Ok(LlamaModel {
+            embed_tokens: Embedding::vocabulary(
+                &(p / "embed_tokens"),
+                c.vocab_size,
+                c.hidden_size,
+            )?
+            .indexed_by("token id", "vocab_size"),
+            layers: (0..c.num_hidden_layers)
+                .map(|i| block(&(p / "layers" / i), c))
+                .collect::<Result<_>>()?,
+            norm: Norm::rms_norm(&(p / "norm"), c.hidden_size, c.rms_norm_eps)?,
+            rotary: c.rotary()?,
+        })
+    }
+
+    /// The last hidden state `[batch, seq, hidden]` (after `norm`) of `input_ids` at
+    /// `position_ids` (`[batch, seq]`), seeing the keys `attention_mask` `[batch, past + seq]`
+    /// allows; with `caches`, the new keys/values are appended to them.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        attention_mask: &Tensor,
+        caches: Option<&mut [LayerCache]>,
+    ) -> Result<Tensor> {
+        let q_len = input_ids.size().get(1).copied().unwrap_or(0);
+        let mut x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
+                                                           // cos/sin of the new positions, once for every layer.
+        let angles = self.rotary.angles(position_ids, x.kind())?;
+        let mask = causal_padding_mask(attention_mask, q_len, x.kind())?;
+        let ctx = LayerContext {
+            self_attention: AttentionContext {
+                mask: Some(&mask),
+                rotary: Some(&angles),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match caches {
+            Some(caches) => {
+                if caches.len() != self.layers.len() {
+                    return Err(Error::Input(format!(
+                        "{} KV caches for {} layers",
+                        caches.len(),
+                        self.layers.len()
+                    )));
+                }
+                for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+                    x = layer.forward(&x, &ctx, Some(cache))?;
+                }
+            }
+            None => {
+                for layer in &self.layers {
+                    x = layer.forward(&x, &ctx, None)?;
+                }
+            }
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// Llama with its language-model head (transformers' `LlamaForCausalLM`).
+#[derive(Debug)]
+pub struct LlamaForCausalLM {
+    /// `model`.
+    pub model: LlamaModel,
+    /// `lm_head`, or the token embedding itself when tied.
+    pub lm_head: Linear,
+    /// The configuration.
+    pub config: LlamaConfig,
+    device: Device,
+}
+
+impl LlamaForCausalLM {
+    /// Load a checkpoint (config.json, safetensors) onto `device`, computing in `dtype`.
+    pub fn from_pretrained(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
+        let config = LlamaConfig::from_file(&files.get("config.json")?)?;
+        let weights = Weights::open(files, device, dtype)?;
+        let root = weights.root();
+        let model = LlamaModel::new(&(&root / "model"), &config)?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::tied(&model.embed_tokens, dtype)?
+        } else {
+            Linear::new(
+                &(&root / "lm_head"),
+                config.hidden_size,
+                config.vocab_size,
+                false,
+            )?
+        };
+        weights.finish()?;
+        Ok(LlamaForCausalLM {
+            model,
+            lm_head,
+            config,
+            device,
+        })
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Logits `[batch, seq, vocab]` (f32) for every position of `input_ids`, without a cache;
+    /// positions come from `attention_mask` (left padding allowed).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let input_ids = input_ids.f_to(self.device)?;
+        let attention_mask = attention_mask.f_to(self.device)?;
+        let positions = trident_core::generation::state::position_ids(&attention_mask)?;
+        let hidden = self
+            .model
+            .forward(&input_ids, &positions, &attention_mask, None)?;
+        Ok(self.lm_head.forward(&hidden)?.f_to_kind(Kind::Float)?)
+    }
+}
+
+impl CausalLm for LlamaForCausalLM {
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    fn next_logits(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: &Tensor,
+        caches: &mut [LayerCache],
+    ) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let hidden = self
+            .model
+            .forward(ids, positions, attention_mask, Some(caches))?; // [rows, n, hidden]
+        let last = hidden.f_select(1, hidden.size()[1] - 1)?; // [rows, hidden]
+        Ok(self.lm_head.forward(&last)?.f_to_kind(Kind::Float)?) // [rows, vocab], f32
+    }
+}
