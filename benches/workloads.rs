@@ -22,7 +22,7 @@ use trident::bert::{
 use trident::core::generation::GenerationConfig;
 use trident::core::seq2seq::TranslateOptions;
 use trident::core::{DeviceChoice, Dtype, LoadOptions, ModelFiles};
-use trident::gpt::{GenerateOptions, TextGenerator};
+use trident::gpt::GenerateOptions;
 use trident::t5::SummarizeOptions;
 
 /// Peak resident memory of this process, from /proc (kB).
@@ -218,7 +218,7 @@ fn run(
                 generation.top_k = Some(0);
                 generation.seed = Some(0);
             }
-            let p = TextGenerator::from_pretrained(files, &load_options)?;
+            let p = trident::generator(files, &load_options)?;
             let load = start.elapsed().as_secs_f64();
             let options = GenerateOptions {
                 batch_size: batch,

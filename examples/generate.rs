@@ -9,7 +9,7 @@
 use std::io::Write;
 use trident::core::generation::GenerationConfig;
 use trident::core::{HubOptions, LoadOptions, ModelFiles};
-use trident::gpt::{GenerateOptions, TextGenerator};
+use trident::gpt::GenerateOptions;
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
 
     let files = ModelFiles::resolve(&model, HubOptions::from_env())?;
     // Load once (CUDA when present, else the CPU); options come with each call.
-    let generator = TextGenerator::from_pretrained(&files, &LoadOptions::default())?;
+    let generator = trident::generator(&files, &LoadOptions::default())?;
     let options = GenerateOptions {
         generation: GenerationConfig {
             max_new_tokens: Some(30),

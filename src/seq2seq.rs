@@ -1,4 +1,5 @@
-//! Load an encoder-decoder checkpoint of any family, by config.json's `model_type`.
+//! Load an encoder-decoder or decoder-only checkpoint of any family, by config.json's
+//! `model_type`.
 
 use trident_core::config::read_json;
 use trident_core::seq2seq::{AnySeq2SeqLm, Summarizer, Translator};
@@ -51,4 +52,32 @@ pub fn summarizer(files: &ModelFiles, options: &LoadOptions) -> Result<Summarize
 /// A [`Translator`] on the checkpoint `files` (OPUS-MT, NLLB, M2M100, T5, …).
 pub fn translator(files: &ModelFiles, options: &LoadOptions) -> Result<Translator> {
     Translator::new(load_seq2seq(files, options)?, files)
+}
+
+/// The decoder-only families Trident loads, by `model_type`.
+pub const CAUSAL_MODEL_TYPES: &[&str] = &["gpt2", "llama"];
+
+/// A [`TextGenerator`](trident_core::causal::TextGenerator) on the checkpoint `files`
+/// (GPT-2, Llama), the family chosen by config.json's `model_type`.
+pub fn generator(
+    files: &ModelFiles,
+    options: &LoadOptions,
+) -> Result<trident_core::causal::TextGenerator> {
+    #[derive(serde::Deserialize)]
+    struct ModelType {
+        #[serde(default)]
+        model_type: String,
+    }
+    let config = files.get("config.json")?;
+    match read_json::<ModelType>(&config)?.model_type.as_str() {
+        "gpt2" => trident_gpt::generator(files, options),
+        "llama" => trident_llama::generator(files, options),
+        other => Err(Error::config(
+            config,
+            format!(
+                "model_type '{other}' is not a decoder-only model Trident generates with (it loads {})",
+                CAUSAL_MODEL_TYPES.join(", ")
+            ),
+        )),
+    }
 }

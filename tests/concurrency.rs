@@ -54,7 +54,7 @@ fn load() -> Loaded {
     Loaded {
         ner: TokenClassifier::from_pretrained(&files("bert-tiny-ner"), &cpu).unwrap(),
         classifier: TextClassifier::from_pretrained(&files("distilbert-tiny-sst2"), &cpu).unwrap(),
-        generator: TextGenerator::from_pretrained(&files("gpt2-tiny"), &cpu).unwrap(),
+        generator: trident::generator(&files("gpt2-tiny"), &cpu).unwrap(),
         summarizer: trident::summarizer(&files("t5-tiny"), &cpu).unwrap(),
         translator: trident::translator(&files("t5-tiny"), &cpu).unwrap(),
         bart: trident::summarizer(&files("bart-tiny"), &cpu).unwrap(),

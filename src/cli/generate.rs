@@ -1,4 +1,4 @@
-//! `trident generate "prompt"`: continue prompts with a GPT-2 checkpoint.
+//! `trident generate "prompt"`: continue prompts with a decoder-only checkpoint (GPT-2, Llama).
 //!
 //! The text format streams each continuation to the output as its tokens are produced, one
 //! prompt at a time; json and jsonl print transformers' text-generation pipeline output
@@ -68,10 +68,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         return_full_text: !args.no_prompt,
         show_probs: args.show_probs,
     };
-    let generator = TextGenerator::from_pretrained(&files, &args.model.load_options())?;
+    let generator = trident::generator(&files, &args.model.load_options())?;
     // More new tokens than the context holds: as many as it can hold, with a warning
     // (the prompt then keeps its last token).
-    let context = generator.model().config().n_positions as usize;
+    let context = generator.context();
     if let Some(n) = options.generation.max_new_tokens.filter(|&n| n >= context) {
         let most = context.saturating_sub(1);
         eprintln!(

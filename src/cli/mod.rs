@@ -61,7 +61,7 @@ enum Command {
     /// Translate documents (OPUS-MT, NLLB, M2M100, T5), e.g. `translate --from fr --to en "Le chat dort."`.
     #[command(after_help = translate::DEFAULT_MODEL_HELP)]
     Translate(translate::TranslateArgs),
-    /// Continue a prompt with GPT-2, streaming the text as it is generated.
+    /// Continue a prompt (GPT-2, Llama), streaming the text as it is generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
     /// Serve every task over HTTP: per-task routes, text-embeddings-inference's and OpenAI's

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use trident_bert::{Embedder, TextClassifier, TokenClassifier};
 use trident_core::config::{read_json, CommonConfig};
 use trident_core::{DeviceChoice, Dtype, HubOptions, LoadOptions, ModelFiles, TextEncoder};
-use trident_gpt::TextGenerator;
 use trident_serve::{AppState, LoadedModel, ModelSpec, Pipeline, ServeConfig, Task};
 
 /// Options of `trident serve`.
@@ -183,7 +182,7 @@ fn task_of(spec: &ModelSpec, files: &ModelFiles) -> anyhow::Result<Task> {
             Some(Task::Translate) => Task::Translate,
             _ => Task::Summarize,
         },
-        "gpt2" => Task::Generate,
+        "gpt2" | "llama" => Task::Generate,
         "bert" | "distilbert" | "roberta" | "mpnet" | "xlm-roberta" => Task::Embed,
         other => anyhow::bail!(
             "model '{}': cannot tell the task of model_type '{other}' ({arch}); name it: {}:TASK={}",
@@ -204,7 +203,7 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
         Task::Embed => Pipeline::Embed(Embedder::from_pretrained(&files, options)?),
         Task::Summarize => Pipeline::Summarize(trident::summarizer(&files, options)?),
         Task::Translate => Pipeline::Translate(trident::translator(&files, options)?),
-        Task::Generate => Pipeline::Generate(TextGenerator::from_pretrained(&files, options)?),
+        Task::Generate => Pipeline::Generate(trident::generator(&files, options)?),
     };
     let tokenizer = TextEncoder::from_files(&files)?;
     let labels = match &pipeline {

@@ -8,6 +8,7 @@
 //! 5. turn logits into probabilities and results (the pipelines of each model crate), or
 //!    into new tokens (generation).
 
+pub mod causal;
 pub mod chunk;
 pub mod config;
 pub mod device;

@@ -1,16 +1,16 @@
 //! trident-gpt: the decoder-only GPT-2 ([`GPT2LMHeadModel`]) and text generation on it
-//! ([`TextGenerator`]).
+//! ([`generator`]: core's [`TextGenerator`] on GPT-2).
 //!
 //! gpt2, distilgpt2 and gpt2-medium/large/xl load from Hugging Face checkpoints, with or
 //! without the `transformer.` prefix; generation goes through trident-core's one engine
 //! ([`trident_core::generation`]).
 //!
 //! ```no_run
-//! use trident_gpt::{GenerateOptions, TextGenerator};
+//! use trident_gpt::GenerateOptions;
 //! use trident_core::{LoadOptions, ModelFiles};
 //! let files = ModelFiles::local("weights/gpt2-tiny")?;
 //! // Loaded once; each call brings its own options.
-//! let generator = TextGenerator::from_pretrained(&files, &LoadOptions::default())?;
+//! let generator = trident_gpt::generator(&files, &LoadOptions::default())?;
 //! let options = GenerateOptions::default();
 //! for text in &generator.run(&["The United Nations said"], &options)?[0] {
 //!     println!("{}", text.generated_text);
@@ -24,6 +24,6 @@ pub mod pipelines;
 
 pub use config::GPT2Config;
 pub use model::{GPT2LMHeadModel, GPT2Model};
-pub use pipelines::generate::{
-    GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator, TokenProb,
+pub use pipelines::{
+    generator, GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator, TokenProb,
 };

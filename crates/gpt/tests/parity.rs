@@ -253,7 +253,7 @@ fn generator() -> TextGenerator {
         device: DeviceChoice::Cpu,
         dtype: Dtype::F32,
     };
-    TextGenerator::from_pretrained(&files(TINY), &load).unwrap()
+    trident_gpt::generator(&files(TINY), &load).unwrap()
 }
 
 /// One pipeline call's options from transformers' pipeline kwargs.

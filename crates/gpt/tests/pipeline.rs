@@ -22,7 +22,7 @@ fn cpu() -> LoadOptions {
 
 /// The tiny GPT-2, loaded once per test; every call brings its own options.
 fn load() -> TextGenerator {
-    TextGenerator::from_pretrained(
+    trident_gpt::generator(
         &ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(),
         &cpu(),
     )
@@ -167,8 +167,13 @@ fn show_probs_reports_the_models_top_tokens_per_step() {
     }
     // The first step's numbers are the softmax of the model's last-position logits.
     let ids = Tensor::from_slice(&prompt_ids).view([1, -1]);
-    let logits = g
-        .model()
+    let model = trident_gpt::GPT2LMHeadModel::from_pretrained(
+        &ModelFiles::local(fixture_dir("gpt2-tiny")).unwrap(),
+        tch::Device::Cpu,
+        trident_core::Dtype::F32,
+    )
+    .unwrap();
+    let logits = model
         .forward(&ids, &ids.ones_like())
         .unwrap()
         .select(1, -1)
@@ -206,7 +211,7 @@ fn an_empty_prompt_starts_from_bos() {
     let text = &out[0][0].generated_text;
     assert_eq!(out[0][0].generated_tokens, 8);
     // The same as generating from the BOS id itself.
-    let bos = g.model().config().bos_id().unwrap();
+    let bos = g.bos_id().unwrap();
     let input_ids = Tensor::from_slice(&[bos]).view([1, 1]);
     let batch = Batch {
         attention_mask: input_ids.ones_like(),
@@ -317,7 +322,7 @@ fn bad_options_and_models_are_clear_errors() {
     )
     .unwrap();
 
-    let bert = TextGenerator::from_pretrained(
+    let bert = trident_gpt::generator(
         &ModelFiles::local(fixture_dir("bert-tiny-ner")).unwrap(),
         &cpu(),
     );

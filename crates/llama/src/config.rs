@@ -40,6 +40,9 @@ pub struct LlamaConfig {
     /// Biases on the feed-forward projections.
     #[serde(default)]
     pub mlp_bias: bool,
+    /// The token an empty prompt starts from.
+    #[serde(default)]
+    pub bos_token_id: Option<i64>,
     /// The feed-forward activation (`silu`).
     #[serde(default = "default_act")]
     pub hidden_act: String,

@@ -8,3 +8,16 @@ pub mod model;
 
 pub use config::LlamaConfig;
 pub use model::{LlamaForCausalLM, LlamaModel};
+
+use trident_core::causal::TextGenerator;
+use trident_core::{LoadOptions, ModelFiles, Result};
+
+/// Core's [`TextGenerator`] on a Llama checkpoint.
+pub fn generator(files: &ModelFiles, options: &LoadOptions) -> Result<TextGenerator> {
+    let model = LlamaForCausalLM::from_pretrained(files, options.device.resolve()?, options.dtype)?;
+    let (context, bos) = (
+        model.config.max_position_embeddings as usize,
+        model.config.bos_token_id,
+    );
+    TextGenerator::new(Box::new(model), files, context, bos)
+}

@@ -196,3 +196,31 @@ fn bf16_and_int8_stay_close_to_f32() {
         assert!(err < 0.1, "{dtype}: logits off by {err}");
     }
 }
+
+/// Through core's text-generation pipeline (what `trident generate` and `trident serve` run):
+/// the greedy continuation is transformers' (its decoded output, prompt included).
+#[test]
+fn the_generation_pipeline_continues_as_transformers() {
+    let r = reference(TINY).unwrap();
+    let case = r["generate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "greedy")
+        .unwrap();
+    let g = trident_llama::generator(&files(), &trident_core::LoadOptions::default()).unwrap();
+    assert_eq!(g.context(), 128);
+    let options = trident_core::causal::GenerateOptions {
+        generation: GenerationConfig {
+            max_new_tokens: Some(12),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let prompt = case["texts"][0].as_str().unwrap();
+    let out = g.run(&[prompt], &options).unwrap();
+    assert_eq!(
+        out[0][0].generated_text,
+        case["decoded"][0].as_str().unwrap()
+    );
+}

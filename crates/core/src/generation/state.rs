@@ -177,6 +177,26 @@ pub trait Seq2SeqLm {
     ) -> Result<Tensor>;
 }
 
+impl<T: CausalLm + ?Sized> CausalLm for Box<T> {
+    fn device(&self) -> Device {
+        (**self).device()
+    }
+
+    fn num_layers(&self) -> usize {
+        (**self).num_layers()
+    }
+
+    fn next_logits(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        attention_mask: &Tensor,
+        caches: &mut [LayerCache],
+    ) -> Result<Tensor> {
+        (**self).next_logits(ids, positions, attention_mask, caches)
+    }
+}
+
 /// What an encoder-decoder model carries between generation steps.
 #[derive(Debug)]
 pub struct Seq2SeqState {

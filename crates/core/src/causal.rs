@@ -1,5 +1,5 @@
-//! Text generation: a prompt in, its continuation out, as transformers'
-//! `TextGenerationPipeline` returns it: `{"generated_text": prompt + continuation}` per
+//! Text generation with any decoder-only model (GPT-2, the Llama family): a prompt in, its
+//! continuation out, as transformers' `TextGenerationPipeline` returns it: `{"generated_text": prompt + continuation}` per
 //! returned sequence, or only the continuation with `return_full_text = false`.
 //!
 //! Choices, where transformers leaves room:
@@ -10,26 +10,28 @@
 //!   samples by default; a command-line tool should give the same answer twice). When
 //!   sampling, the temperature is 0.7 unless set, as in transformers' pipeline.
 //! - A prompt longer than the context leaves no room to generate: it is **left-truncated**,
-//!   keeping its last `n_positions − max_new_tokens` tokens (the ones the continuation depends
+//!   keeping its last `context − max_new_tokens` tokens (the ones the continuation depends
 //!   on most), with a warning. The returned full text still starts with the whole prompt.
-//!   Asking for `max_new_tokens ≥ n_positions` is an error: no prompt would fit.
+//!   Asking for `max_new_tokens ≥ context` is an error: no prompt would fit.
 //! - An empty prompt starts from the BOS token, as transformers' pipeline does.
 //! - With [`GenerateOptions::show_probs`], each generated token comes with the model's
 //!   probabilities (softmax of its logits, before temperature, top-k/top-p or penalties) for
 //!   the K most probable next tokens.
 
-use crate::config::GPT2Config;
-use crate::model::GPT2LMHeadModel;
+use crate::generation::{
+    self, bad_words_ids, CausalLm, CausalLmDecoder, CausalLmState, Decoder, GenerationConfig,
+    Hooks, Sequence, Token,
+};
+use crate::text::{Batch, PaddingSide};
+use crate::{Encoded, Error, ModelFiles, Result, TextEncoder};
 use serde::Serialize;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
-use trident_core::generation::{
-    self, bad_words_ids, CausalLmDecoder, CausalLmState, Decoder, GenerationConfig, Hooks,
-    Sequence, Token,
-};
-use trident_core::text::{Batch, PaddingSide};
-use trident_core::{Encoded, Error, LoadOptions, ModelFiles, Result, TextEncoder};
+
+/// Any decoder-only model, chosen at run time from the checkpoint's `model_type` (the
+/// `trident` crate's `generator()` picks the family).
+pub type AnyCausalLm = Box<dyn CausalLm + Send + Sync>;
 
 /// New tokens when neither the checkpoint nor the caller gives a length (transformers'
 /// text-generation pipeline default).
@@ -119,23 +121,32 @@ pub struct Piece<'a> {
     pub step: Option<&'a StepProbs>,
 }
 
-/// Generates text with a GPT-2 checkpoint. Loaded once, it serves any number of calls, from
+/// Generates text with a decoder-only checkpoint. Loaded once, it serves any number of calls, from
 /// any number of threads, each with its own [`GenerateOptions`].
 pub struct TextGenerator {
-    model: GPT2LMHeadModel,
+    model: AnyCausalLm,
     tokenizer: TextEncoder,
     /// The checkpoint's generation settings with the pipeline's defaults over them.
     defaults: GenerationConfig,
+    /// Positions the model has (GPT-2's `n_positions`, Llama's `max_position_embeddings`).
+    context: usize,
+    /// The token an empty prompt starts from.
+    bos: Option<i64>,
     tokens: AtomicUsize,
 }
 
 impl TextGenerator {
-    /// Load the model, its tokenizer and its generation settings.
-    pub fn from_pretrained(files: &ModelFiles, options: &LoadOptions) -> Result<Self> {
-        let model_config = GPT2Config::from_file(&files.get("config.json")?)?;
+    /// Wrap a loaded `model` of `context` positions with the tokenizer and generation settings
+    /// of `files`; an empty prompt starts from `bos`. (The family crates' `generator()` and
+    /// the `trident` crate's load the model.)
+    pub fn new(
+        model: AnyCausalLm,
+        files: &ModelFiles,
+        context: usize,
+        bos: Option<i64>,
+    ) -> Result<Self> {
         let checkpoint = GenerationConfig::from_checkpoint(files, None)?;
         let tokenizer = TextEncoder::from_files(files)?;
-        let context = model_config.n_positions as usize;
         // The pipeline's defaults, under the checkpoint's own values.
         let pipeline = GenerationConfig {
             max_new_tokens: (checkpoint.max_length.is_none()
@@ -145,23 +156,29 @@ impl TextGenerator {
             ..Default::default()
         };
         let defaults = pipeline.merge(&checkpoint);
-        let model = GPT2LMHeadModel::load(
-            files,
-            &model_config,
-            options.device.resolve()?,
-            options.dtype,
-        )?;
         Ok(TextGenerator {
             model,
             tokenizer,
             defaults,
+            context,
+            bos,
             tokens: AtomicUsize::new(0),
         })
     }
 
     /// The model.
-    pub fn model(&self) -> &GPT2LMHeadModel {
-        &self.model
+    pub fn model(&self) -> &(dyn CausalLm + Send + Sync) {
+        &*self.model
+    }
+
+    /// Positions the model has: prompt and continuation together.
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The token an empty prompt starts from, when the model has one.
+    pub fn bos_id(&self) -> Option<i64> {
+        self.bos
     }
 
     /// The tokenizer.
@@ -204,7 +221,7 @@ impl TextGenerator {
     /// The longest prompt in tokens for `generation`: the context minus the tokens to
     /// generate; an error when nothing would fit.
     pub fn max_prompt_tokens(&self, generation: &GenerationConfig) -> Result<usize> {
-        prompt_room(generation, self.model.config().n_positions as usize)
+        prompt_room(generation, self.context)
     }
 
     /// Tokens read and generated so far, over every call (for throughput summaries).
@@ -219,7 +236,7 @@ impl TextGenerator {
     pub fn encode_prompt(&self, prompt: &str, prompt_room: usize) -> Result<(Encoded, bool)> {
         let mut e = self.tokenizer.encode(prompt)?;
         if e.is_empty() {
-            let bos = self.model.config().bos_id().ok_or_else(|| {
+            let bos = self.bos.ok_or_else(|| {
                 Error::Input(
                     "the prompt is empty and the model has no BOS token to start from".into(),
                 )
@@ -241,8 +258,8 @@ impl TextGenerator {
             "a prompt of {} tokens does not fit the model's context of {} tokens with {} new \
              tokens: generating from its last {} tokens",
             e.len(),
-            self.model.config().n_positions,
-            self.model.config().n_positions as usize - prompt_room,
+            self.context,
+            self.context - prompt_room,
             prompt_room
         );
         fn drop_first<T>(v: &mut Vec<T>, n: usize) {
@@ -314,7 +331,7 @@ impl TextGenerator {
         )?;
         let copies = generation.num_return_sequences();
         let probed = Probed {
-            model: CausalLmDecoder(&self.model),
+            model: CausalLmDecoder(&*self.model),
             probs: RefCell::new(None),
             record: options.show_probs.is_some(),
         };
@@ -480,10 +497,10 @@ struct Stream {
     steps: Vec<StepProbs>,
 }
 
-/// GPT-2 as the engine sees it, keeping the model's next-token distribution of the latest
+/// The model as the engine sees it, keeping the model's next-token distribution of the latest
 /// step when probabilities are asked for (the engine's callback gets only the chosen token).
 struct Probed<'a> {
-    model: CausalLmDecoder<'a, GPT2LMHeadModel>,
+    model: CausalLmDecoder<'a, dyn CausalLm + Send + Sync>,
     /// `[rows, vocab]` softmax of the last step's logits, on the CPU.
     probs: RefCell<Option<Tensor>>,
     record: bool,
