@@ -217,13 +217,25 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
     #[derive(serde::Deserialize, Default)]
     struct Chat {
         chat_template: Option<serde_json::Value>,
+        bos_token: Option<serde_json::Value>,
+        eos_token: Option<serde_json::Value>,
     }
-    let chat_template = match files.get_optional("tokenizer_config.json")? {
-        Some(path) => read_json::<Chat>(&path)?
-            .chat_template
-            .and_then(|t| t.as_str().map(String::from)),
-        None => None,
+    let chat = match files.get_optional("tokenizer_config.json")? {
+        Some(path) => read_json::<Chat>(&path)?,
+        None => Chat::default(),
     };
+    // A special token is a string, or an object with its `content`.
+    let token = |v: &Option<serde_json::Value>| -> Option<String> {
+        match v {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Object(o)) => o.get("content")?.as_str().map(String::from),
+            _ => None,
+        }
+    };
+    let special_tokens = (token(&chat.bos_token), token(&chat.eos_token));
+    let chat_template = chat
+        .chat_template
+        .and_then(|t| t.as_str().map(String::from));
     Ok(LoadedModel {
         name: spec.name.clone(),
         source: spec.source.clone(),
@@ -233,6 +245,7 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
         tokenizer,
         labels,
         chat_template,
+        special_tokens,
     })
 }
 

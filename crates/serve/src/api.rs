@@ -980,24 +980,35 @@ fn chat_prompt(model: &LoadedModel, messages: &[Message]) -> Result<String, ApiE
         let mut env = minijinja::Environment::new();
         env.add_template("chat", template)
             .map_err(|e| ApiError::internal(format!("the model's chat template: {e}")))?;
-        let token = |t: &str| {
-            model
-                .tokenizer
-                .token_id(t)
-                .map(|_| t.to_string())
-                .unwrap_or_default()
-        };
-        return env
+        let (bos, eos) = &model.special_tokens;
+        let rendered = env
             .get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
                     messages => messages,
                     add_generation_prompt => true,
-                    bos_token => token("<s>"),
-                    eos_token => token("</s>"),
+                    bos_token => bos.clone().unwrap_or_default(),
+                    eos_token => eos.clone().unwrap_or_default(),
                 })
             })
-            .map_err(|e| ApiError::validation(format!("the chat template failed: {e}")));
+            .map_err(|e| ApiError::validation(format!("the chat template failed: {e}")))?;
+        // A template that writes the BOS token meets a tokenizer that adds it too (Llama 3):
+        // transformers then tokenizes without special tokens; here the template's copy goes.
+        let adds_bos = bos
+            .as_deref()
+            .and_then(|b| model.tokenizer.token_id(b))
+            .is_some_and(|id| {
+                model
+                    .tokenizer
+                    .encode("")
+                    .is_ok_and(|e| e.ids.first() == Some(&id))
+            });
+        return Ok(match bos.as_deref() {
+            Some(b) if adds_bos && !b.is_empty() => {
+                rendered.strip_prefix(b).unwrap_or(&rendered).to_string()
+            }
+            _ => rendered,
+        });
     }
     let mut prompt = String::new();
     for m in messages {

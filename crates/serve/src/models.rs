@@ -109,6 +109,9 @@ pub struct LoadedModel {
     pub labels: Vec<String>,
     /// A chat template (Jinja) from tokenizer_config.json, when the model has one.
     pub chat_template: Option<String>,
+    /// The `bos_token` and `eos_token` strings of tokenizer_config.json (the chat template's
+    /// variables).
+    pub special_tokens: (Option<String>, Option<String>),
 }
 
 impl LoadedModel {
