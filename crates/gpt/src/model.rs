@@ -21,10 +21,10 @@ use tch::{Device, Kind, Tensor};
 use trident_core::generation::CausalLm;
 use trident_core::nn::mask::causal_padding_mask;
 use trident_core::nn::{
-    AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention,
-    Norm, NormPosition, Projections, TransformerLayer,
+    forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
+    MultiHeadAttention, Norm, NormPosition, Projections, TransformerLayer,
 };
-use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
+use trident_core::{Dtype, ModelFiles, Result, WeightPath, Weights};
 
 pub use trident_core::generation::state::position_ids;
 
@@ -106,7 +106,7 @@ impl GPT2Model {
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
         // [batch, seq, n_embd]
-        let mut x = self
+        let x = self
             .wte
             .forward(input_ids)?
             .f_add(&self.wpe.forward(position_ids)?)?;
@@ -128,25 +128,7 @@ impl GPT2Model {
             },
             ..Default::default()
         };
-        match caches {
-            Some(caches) => {
-                if caches.len() != self.h.len() {
-                    return Err(Error::Input(format!(
-                        "{} KV caches for {} blocks",
-                        caches.len(),
-                        self.h.len()
-                    )));
-                }
-                for (block, cache) in self.h.iter().zip(caches.iter_mut()) {
-                    x = block.forward(&x, &ctx, Some(cache))?;
-                }
-            }
-            None => {
-                for block in &self.h {
-                    x = block.forward(&x, &ctx, None)?;
-                }
-            }
-        }
+        let x = forward_stack(&self.h, x, &ctx, caches)?;
         self.ln_f.forward(&x)
     }
 }

@@ -10,7 +10,7 @@ use trident_core::config::TokenIds;
 use trident_core::generation::{
     generate, CausalLm, CausalLmDecoder, CausalLmState, Decoder, EarlyStopping, GenerationConfig,
 };
-use trident_core::text::{tensor_to_rows, Batch, PaddingSide};
+use trident_core::text::{tensor_to_rows, Batch};
 use trident_core::{DeviceChoice, Dtype, LoadOptions, ModelFiles, TextEncoder};
 use trident_gpt::model::position_ids;
 use trident_gpt::{GPT2LMHeadModel, GenerateOptions, TextGenerator};
@@ -28,14 +28,7 @@ fn model(name: &str) -> GPT2LMHeadModel {
 
 /// The reference's left-padded `input_ids` and `attention_mask` as a batch.
 fn reference_batch(v: &Value) -> Batch {
-    let input_ids = int_tensor(&v["input_ids"]).unwrap();
-    Batch {
-        token_type_ids: input_ids.zeros_like(),
-        attention_mask: int_tensor(&v["attention_mask"]).unwrap(),
-        input_ids,
-        encodings: Vec::new(),
-        padding_side: PaddingSide::Left,
-    }
+    trident_testing::left_padded_batch(v).unwrap()
 }
 
 #[test]

@@ -20,10 +20,10 @@ use tch::{Device, Kind, Tensor};
 use trident_core::generation::CausalLm;
 use trident_core::nn::mask::causal_padding_mask;
 use trident_core::nn::{
-    AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear, MultiHeadAttention,
-    Norm, NormPosition, Projections, Rotary, TransformerLayer,
+    forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
+    MultiHeadAttention, Norm, NormPosition, Projections, Rotary, TransformerLayer,
 };
-use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
+use trident_core::{Dtype, ModelFiles, Result, WeightPath, Weights};
 
 /// One block `layers.{i}`, as core's pre-norm [`TransformerLayer`] with Llama's names.
 fn block(p: &WeightPath, c: &LlamaConfig) -> Result<TransformerLayer> {
@@ -95,8 +95,8 @@ impl LlamaModel {
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
-        let mut x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
-                                                           // cos/sin of the new positions, once for every layer.
+        let x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
+                                                       // cos/sin of the new positions, once for every layer.
         let angles = self.rotary.angles(position_ids, x.kind())?;
         let mask = causal_padding_mask(attention_mask, q_len, x.kind())?;
         let ctx = LayerContext {
@@ -107,25 +107,7 @@ impl LlamaModel {
             },
             ..Default::default()
         };
-        match caches {
-            Some(caches) => {
-                if caches.len() != self.layers.len() {
-                    return Err(Error::Input(format!(
-                        "{} KV caches for {} layers",
-                        caches.len(),
-                        self.layers.len()
-                    )));
-                }
-                for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-                    x = layer.forward(&x, &ctx, Some(cache))?;
-                }
-            }
-            None => {
-                for layer in &self.layers {
-                    x = layer.forward(&x, &ctx, None)?;
-                }
-            }
-        }
+        let x = forward_stack(&self.layers, x, &ctx, caches)?;
         self.norm.forward(&x)
     }
 }

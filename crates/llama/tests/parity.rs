@@ -11,7 +11,7 @@ use trident_core::generation::{
     generate, CausalLm, CausalLmDecoder, CausalLmState, Decoder, GenerationConfig,
 };
 use trident_core::nn::Rotary;
-use trident_core::text::{Batch, PaddingSide};
+use trident_core::text::Batch;
 use trident_core::{Dtype, ModelFiles, TextEncoder};
 use trident_llama::LlamaForCausalLM;
 use trident_testing::{
@@ -30,14 +30,7 @@ fn model() -> LlamaForCausalLM {
 
 /// The reference's left-padded `input_ids` and `attention_mask` as a batch.
 fn reference_batch(v: &Value) -> Batch {
-    let input_ids = int_tensor(&v["input_ids"]).unwrap();
-    Batch {
-        token_type_ids: input_ids.zeros_like(),
-        attention_mask: int_tensor(&v["attention_mask"]).unwrap(),
-        input_ids,
-        encodings: Vec::new(),
-        padding_side: PaddingSide::Left,
-    }
+    trident_testing::left_padded_batch(v).unwrap()
 }
 
 #[test]

@@ -39,6 +39,19 @@ pub fn batch_of(
     )
 }
 
+/// A reference's left-padded `input_ids` and `attention_mask` as they were recorded (the
+/// decoder-only fixtures' prompts).
+pub fn left_padded_batch(v: &Value) -> Result<trident_core::Batch> {
+    let input_ids = int_tensor(&v["input_ids"])?;
+    Ok(trident_core::Batch {
+        token_type_ids: input_ids.zeros_like(),
+        attention_mask: int_tensor(&v["attention_mask"])?,
+        input_ids,
+        encodings: Vec::new(),
+        padding_side: trident_core::PaddingSide::Left,
+    })
+}
+
 /// The fixture directory `weights/<name>` (or `$TRIDENT_FIXTURES/<name>` when set).
 pub fn fixture_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("TRIDENT_FIXTURES")

@@ -91,3 +91,34 @@ impl TransformerLayer {
         })
     }
 }
+
+/// Run `layers` in order on `x` (`[batch, seq, hidden]`), each with its own cache when
+/// `caches` are given (one per layer: a decoder-only model's stack).
+pub fn forward_stack(
+    layers: &[TransformerLayer],
+    x: Tensor,
+    ctx: &LayerContext,
+    caches: Option<&mut [LayerCache]>,
+) -> Result<Tensor> {
+    let mut x = x;
+    match caches {
+        Some(caches) => {
+            if caches.len() != layers.len() {
+                return Err(crate::Error::Input(format!(
+                    "{} KV caches for {} layers",
+                    caches.len(),
+                    layers.len()
+                )));
+            }
+            for (layer, cache) in layers.iter().zip(caches.iter_mut()) {
+                x = layer.forward(&x, ctx, Some(cache))?;
+            }
+        }
+        None => {
+            for layer in layers {
+                x = layer.forward(&x, ctx, None)?;
+            }
+        }
+    }
+    Ok(x)
+}

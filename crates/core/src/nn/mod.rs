@@ -18,7 +18,7 @@ pub mod position;
 pub use attention::{AttentionContext, MultiHeadAttention, Projections};
 pub use cache::{KvCache, LayerCache};
 pub use feed_forward::FeedForward;
-pub use layer::{LayerContext, NormPosition, TransformerLayer};
+pub use layer::{forward_stack, LayerContext, NormPosition, TransformerLayer};
 pub use linear::{Embedding, Linear};
 pub use norm::Norm;
 pub use position::{
