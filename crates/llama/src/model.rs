@@ -1,6 +1,10 @@
 //! LlamaForCausalLM: token embeddings, a stack of pre-norm blocks with rotary positions and
 //! grouped-query attention, a final RMSNorm and a language-model head (tied to the
-//! embeddings in Llama 3.2 and SmolLM2).
+//! embeddings in Llama 3.2, SmolLM2 and Qwen2.5-0.5B).
+//!
+//! The same code runs `MistralForCausalLM` and `Qwen2ForCausalLM`: what they change is read
+//! from their config ([`crate::config::Family`]): Qwen2's q/k/v biases, and a sliding window
+//! over the keys (Mistral on every layer, Qwen2 on some), which only changes a layer's mask.
 //!
 //! ```text
 //! ids ─► embed_tokens(ids)
@@ -18,12 +22,12 @@
 use crate::config::LlamaConfig;
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::CausalLm;
-use trident_core::nn::mask::causal_padding_mask;
+use trident_core::nn::mask::{causal_padding_mask, sliding_window_mask};
 use trident_core::nn::{
     forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
     MultiHeadAttention, Norm, NormPosition, Projections, Rotary, TransformerLayer,
 };
-use trident_core::{Dtype, ModelFiles, Result, WeightPath, Weights};
+use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
 
 /// One block `layers.{i}`, as core's pre-norm [`TransformerLayer`] with Llama's names.
 fn block(p: &WeightPath, c: &LlamaConfig) -> Result<TransformerLayer> {
@@ -31,12 +35,13 @@ fn block(p: &WeightPath, c: &LlamaConfig) -> Result<TransformerLayer> {
     let (heads, kv) = (c.num_attention_heads, c.kv_heads());
     let attn = p / "self_attn";
     let projections = Projections::Separate {
-        q: Linear::new(&(&attn / "q_proj"), h, heads * d, c.attention_bias)?,
-        k: Linear::new(&(&attn / "k_proj"), h, kv * d, c.attention_bias)?,
-        v: Linear::new(&(&attn / "v_proj"), h, kv * d, c.attention_bias)?,
+        q: Linear::new(&(&attn / "q_proj"), h, heads * d, c.qkv_bias())?,
+        k: Linear::new(&(&attn / "k_proj"), h, kv * d, c.qkv_bias())?,
+        v: Linear::new(&(&attn / "v_proj"), h, kv * d, c.qkv_bias())?,
     };
-    let out = Linear::new(&(&attn / "o_proj"), heads * d, h, c.attention_bias)?;
+    let out = Linear::new(&(&attn / "o_proj"), heads * d, h, c.o_proj_bias())?;
     let mlp = p / "mlp";
+    let bias = c.mlp_has_bias();
     Ok(TransformerLayer {
         self_attention_norm: Norm::rms_norm(&(p / "input_layernorm"), h, c.rms_norm_eps)?,
         self_attention: MultiHeadAttention::new(projections, out, heads, d).with_kv_heads(kv)?,
@@ -44,16 +49,16 @@ fn block(p: &WeightPath, c: &LlamaConfig) -> Result<TransformerLayer> {
         feed_forward_norm: Norm::rms_norm(&(p / "post_attention_layernorm"), h, c.rms_norm_eps)?,
         // SwiGLU: the activation goes on gate_proj, whose output multiplies up_proj's.
         feed_forward: FeedForward::gated(
-            Linear::new(&(&mlp / "gate_proj"), h, c.intermediate_size, c.mlp_bias)?,
-            Linear::new(&(&mlp / "up_proj"), h, c.intermediate_size, c.mlp_bias)?,
-            Linear::new(&(&mlp / "down_proj"), c.intermediate_size, h, c.mlp_bias)?,
+            Linear::new(&(&mlp / "gate_proj"), h, c.intermediate_size, bias)?,
+            Linear::new(&(&mlp / "up_proj"), h, c.intermediate_size, bias)?,
+            Linear::new(&(&mlp / "down_proj"), c.intermediate_size, h, bias)?,
             c.activation()?,
         ),
         norm_position: NormPosition::Pre,
     })
 }
 
-/// The base model `model` (transformers' `LlamaModel`).
+/// The base model `model` (transformers' `LlamaModel`, `MistralModel`, `Qwen2Model`).
 #[derive(Debug)]
 pub struct LlamaModel {
     /// `embed_tokens` `[vocab, hidden]`.
@@ -64,6 +69,9 @@ pub struct LlamaModel {
     pub norm: Norm,
     /// The rotary positions every layer uses.
     pub rotary: Rotary,
+    /// How many keys each layer sees (`None`: every earlier one; Mistral's and Qwen2's
+    /// sliding windows), from [`LlamaConfig::layer_windows`].
+    pub windows: Vec<Option<i64>>,
 }
 
 impl LlamaModel {
@@ -81,6 +89,7 @@ impl LlamaModel {
                 .collect::<Result<_>>()?,
             norm: Norm::rms_norm(&(p / "norm"), c.hidden_size, c.rms_norm_eps)?,
             rotary: c.rotary()?,
+            windows: c.layer_windows()?,
         })
     }
 
@@ -95,24 +104,54 @@ impl LlamaModel {
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
-        let x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
-                                                       // cos/sin of the new positions, once for every layer.
-        let angles = self.rotary.angles(position_ids, x.kind())?;
-        let mask = causal_padding_mask(attention_mask, q_len, x.kind())?;
-        let ctx = LayerContext {
-            self_attention: AttentionContext {
-                mask: Some(&mask),
-                rotary: Some(&angles),
+        let mut x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
+        let angles = self.rotary.angles(position_ids, x.kind())?; // cos/sin, once for every layer
+        let n = self.layers.len();
+        if self.windows.len() != n || caches.as_ref().is_some_and(|c| c.len() != n) {
+            return Err(Error::Input(format!(
+                "{n} layers, {} layer windows and {:?} KV caches",
+                self.windows.len(),
+                caches.as_ref().map(|c| c.len())
+            )));
+        }
+        let mut caches = caches;
+        // One mask [batch, 1, seq, past + seq] per distinct window, then the layers that share
+        // it in a row (one run for Llama and Mistral, at most two for Qwen2).
+        let mut masks: Vec<(Option<i64>, Tensor)> = Vec::new();
+        let mut start = 0;
+        for run in self.windows.chunk_by(|a, b| a == b) {
+            let window = run[0];
+            let i = match masks.iter().position(|(w, _)| *w == window) {
+                Some(i) => i,
+                None => {
+                    let mask = match window {
+                        None => causal_padding_mask(attention_mask, q_len, x.kind())?,
+                        Some(w) => sliding_window_mask(attention_mask, q_len, w, x.kind())?,
+                    };
+                    masks.push((window, mask));
+                    masks.len() - 1
+                }
+            };
+            let mask = &masks[i].1;
+            let ctx = LayerContext {
+                self_attention: AttentionContext {
+                    mask: Some(mask),
+                    rotary: Some(&angles),
+                    ..Default::default()
+                },
                 ..Default::default()
-            },
-            ..Default::default()
-        };
-        let x = forward_stack(&self.layers, x, &ctx, caches)?;
+            };
+            let end = start + run.len();
+            let run_caches = caches.as_deref_mut().map(|c| &mut c[start..end]);
+            x = forward_stack(&self.layers[start..end], x, &ctx, run_caches)?;
+            start = end;
+        }
         self.norm.forward(&x)
     }
 }
 
-/// Llama with its language-model head (transformers' `LlamaForCausalLM`).
+/// Llama with its language-model head (transformers' `LlamaForCausalLM`, and
+/// `MistralForCausalLM` / `Qwen2ForCausalLM` by their config).
 #[derive(Debug)]
 pub struct LlamaForCausalLM {
     /// `model`.
@@ -125,9 +164,21 @@ pub struct LlamaForCausalLM {
 }
 
 impl LlamaForCausalLM {
-    /// Load a checkpoint (config.json, safetensors) onto `device`, computing in `dtype`.
+    /// Load a checkpoint (config.json, safetensors: one file or the shards
+    /// `model.safetensors.index.json` lists, in any float dtype) onto `device`, computing in
+    /// `dtype`.
     pub fn from_pretrained(files: &ModelFiles, device: Device, dtype: Dtype) -> Result<Self> {
         let config = LlamaConfig::from_file(&files.get("config.json")?)?;
+        Self::from_config(files, config, device, dtype)
+    }
+
+    /// Load a checkpoint's weights with the given `config` in place of its config.json.
+    pub fn from_config(
+        files: &ModelFiles,
+        config: LlamaConfig,
+        device: Device,
+        dtype: Dtype,
+    ) -> Result<Self> {
         let weights = Weights::open(files, device, dtype)?;
         let root = weights.root();
         let model = LlamaModel::new(&(&root / "model"), &config)?;
