@@ -1335,6 +1335,94 @@ fn batching_does_not_change_results() {
     eprintln!("NER: 32 requests in {batches}");
 }
 
+#[test]
+fn generation_requests_join_a_running_batch_and_get_what_they_get_alone() {
+    let server = Server::start(&[("gen", "gpt2-tiny")], &[]);
+    let long = json!({"model": "gen", "prompt": "The United Nations said", "max_tokens": 100, "seed": 11, "stream": true});
+    let bodies = [
+        json!({"inputs": "Angela Merkel met", "parameters": {"max_new_tokens": 12, "return_full_text": false}}),
+        json!({"inputs": "Hello there", "parameters": {"max_new_tokens": 9, "do_sample": true, "seed": 3, "num_return_sequences": 2}}),
+        json!({"inputs": ["A", "longer prompt of several words"], "parameters": {"max_new_tokens": 6, "repetition_penalty": 1.4}}),
+    ];
+    let alone: Vec<Value> = bodies.iter().map(|b| server.ok("/generate", b)).collect();
+    let long_alone: String = stream_text(&server, &long, |_| ());
+
+    // The long streaming completion starts; once its first token is out, the three others
+    // arrive together and join its batch.
+    let joined = std::thread::scope(|s| {
+        let (first_token, arrived) = mpsc::channel();
+        let streamed = s.spawn(|| {
+            stream_text(&server, &long, move |_| {
+                let _ = first_token.send(());
+            })
+        });
+        arrived.recv_timeout(Duration::from_secs(60)).unwrap();
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|b| {
+                let server = &server;
+                s.spawn(move || server.ok("/generate", b))
+            })
+            .collect();
+        let together: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (together, streamed.join().unwrap())
+    });
+    assert_eq!(joined.0, alone, "requests that joined a running batch");
+    assert_eq!(joined.1, long_alone, "the stream they joined");
+    // Whether they joined mid-way depends on timing: say so, do not fail.
+    let m = server.get("/metrics").text;
+    let line = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(&format!("trident_batch_size_{name}{{model=\"gen\"}}")))
+            .unwrap_or("")
+            .to_string()
+    };
+    eprintln!(
+        "decoding steps: {}; sequences over them: {}",
+        line("count"),
+        line("sum")
+    );
+}
+
+/// The text of a streamed completion, calling `on_chunk` as each chunk arrives.
+fn stream_text(server: &Server, body: &Value, mut on_chunk: impl FnMut(&str)) -> String {
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    let payload = body.to_string();
+    let head = request_head(
+        &server.addr,
+        "POST",
+        "/v1/completions",
+        &format!("Content-Length: {}\r\n", payload.len()),
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(payload.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&buf[..n]);
+        on_chunk(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let mut out = String::new();
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if let Ok(chunk) = serde_json::from_str::<Value>(data) {
+            out.push_str(chunk["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    assert!(text.contains("data: [DONE]"), "{text}");
+    out
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Bad requests
 // ---------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ fn task_of(spec: &ModelSpec, files: &ModelFiles) -> anyhow::Result<Task> {
             Some(Task::Translate) => Task::Translate,
             _ => Task::Summarize,
         },
-        "gpt2" | "llama" => Task::Generate,
+        t if trident::seq2seq::CAUSAL_MODEL_TYPES.contains(&t) => Task::Generate,
         "bert" | "distilbert" | "roberta" | "mpnet" | "xlm-roberta" => Task::Embed,
         other => anyhow::bail!(
             "model '{}': cannot tell the task of model_type '{other}' ({arch}); name it: {}:TASK={}",

@@ -19,13 +19,14 @@
 //!   the K most probable next tokens.
 
 use crate::generation::{
-    self, bad_words_ids, CausalLm, CausalLmDecoder, CausalLmState, Decoder, GenerationConfig,
-    Hooks, Sequence, Token,
+    self, bad_words_ids, Admission, CausalLm, CausalLmDecoder, CausalLmState, ContinuousBatch,
+    Decoder, Event, GenerationConfig, Hooks, Sequence, Token,
 };
 use crate::text::{Batch, PaddingSide};
 use crate::{Encoded, Error, ModelFiles, Result, TextEncoder};
 use serde::Serialize;
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tch::{Device, Kind, Tensor};
 
@@ -345,20 +346,11 @@ impl TextGenerator {
             let stream = streams
                 .get_mut(t.sequence)
                 .ok_or_else(|| Error::Input(format!("no output sequence {}", t.sequence)))?;
-            stream.ids.push(t.id);
             if let Some(k) = options.show_probs {
                 let step = self.step_probs(&probed, t, k)?;
                 stream.steps.push(step);
             }
-            let text = self.decode_generated(&stream.ids)?;
-            // Hold text back while it ends inside a UTF-8 character.
-            let piece = match text.strip_prefix(stream.emitted.as_str()) {
-                Some(new) if !text.ends_with('\u{FFFD}') => new.to_string(),
-                _ => String::new(),
-            };
-            if !piece.is_empty() {
-                stream.emitted = text;
-            }
+            let piece = self.stream_token(stream, t.id)?;
             if piece.is_empty() && stream.steps.is_empty() {
                 return Ok(());
             }
@@ -379,43 +371,32 @@ impl TextGenerator {
         let mut streams = streams.into_inner();
         let mut results: Vec<Vec<GeneratedText>> = (0..prompts.len()).map(|_| Vec::new()).collect();
         for (i, seq) in sequences.iter().enumerate() {
-            let generated = without_eos(seq, generation);
-            let text = self.decode_generated(generated)?;
-            self.tokens
-                .fetch_add(seq.generated().len(), Ordering::Relaxed);
             let stream = streams.get_mut(i).ok_or_else(|| {
                 Error::Input(format!("the engine returned an unexpected sequence {i}"))
             })?;
-            // What streaming held back (an unfinished character, a replacement character).
-            if let Some(rest) = text.strip_prefix(stream.emitted.as_str()) {
-                if !rest.is_empty() {
-                    on_piece(Piece {
-                        input: first + seq.input,
-                        sequence: i % copies,
-                        text: rest,
-                        step: None,
-                    })?;
-                }
+            let (result, rest) = self.finish(
+                seq,
+                generation,
+                options,
+                prompts[seq.input],
+                truncated[seq.input],
+                stream,
+            )?;
+            if !rest.is_empty() {
+                on_piece(Piece {
+                    input: first + seq.input,
+                    sequence: i % copies,
+                    text: &rest,
+                    step: None,
+                })?;
             }
-            let generated_text = if options.return_full_text {
-                format!("{}{text}", prompts[seq.input])
-            } else {
-                text
-            };
             let row = results.get_mut(seq.input).ok_or_else(|| {
                 Error::Input(format!(
                     "the engine returned an unexpected input {}",
                     seq.input
                 ))
             })?;
-            row.push(GeneratedText {
-                generated_text,
-                steps: options
-                    .show_probs
-                    .map(|_| std::mem::take(&mut stream.steps)),
-                generated_tokens: seq.generated().len(),
-                prompt_truncated: truncated[seq.input],
-            });
+            row.push(result);
         }
         Ok(results)
     }
@@ -425,13 +406,66 @@ impl TextGenerator {
         self.tokenizer.decode(ids, true)
     }
 
+    /// Add token `id` to `stream` and return the text to stream now: the new characters, or
+    /// nothing while the text ends inside a UTF-8 character (it comes with a later token).
+    fn stream_token(&self, stream: &mut Stream, id: i64) -> Result<String> {
+        stream.ids.push(id);
+        let text = self.decode_generated(&stream.ids)?;
+        let piece = match text.strip_prefix(stream.emitted.as_str()) {
+            Some(new) if !text.ends_with('\u{FFFD}') => new.to_string(),
+            _ => String::new(),
+        };
+        if !piece.is_empty() {
+            stream.emitted = text;
+        }
+        Ok(piece)
+    }
+
+    /// The result of a finished sequence, and the text streaming still held back of it (an
+    /// unfinished character, a replacement character).
+    fn finish(
+        &self,
+        seq: &Sequence,
+        generation: &GenerationConfig,
+        options: &GenerateOptions,
+        prompt: &str,
+        truncated: bool,
+        stream: &mut Stream,
+    ) -> Result<(GeneratedText, String)> {
+        let text = self.decode_generated(without_eos(seq, generation))?;
+        self.tokens
+            .fetch_add(seq.generated().len(), Ordering::Relaxed);
+        let rest = text
+            .strip_prefix(stream.emitted.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let generated_text = if options.return_full_text {
+            format!("{prompt}{text}")
+        } else {
+            text
+        };
+        let result = GeneratedText {
+            generated_text,
+            steps: options
+                .show_probs
+                .map(|_| std::mem::take(&mut stream.steps)),
+            generated_tokens: seq.generated().len(),
+            prompt_truncated: truncated,
+        };
+        Ok((result, rest))
+    }
+
     /// The probabilities of the step that just produced `t`.
     fn step_probs(&self, probed: &Probed, t: Token, k: usize) -> Result<StepProbs> {
         let probs = probed.probs.borrow();
         let probs = probs
             .as_ref()
             .ok_or_else(|| Error::Input("a token came before any step".into()))?;
-        let row = probs.f_get(t.sequence as i64)?; // [vocab]
+        self.top_probs(&probs.f_get(t.sequence as i64)?, t.id, k)
+    }
+
+    /// A step's record: the chosen token `id` and the `k` most probable of `row` `[vocab]`.
+    fn top_probs(&self, row: &Tensor, id: i64, k: usize) -> Result<StepProbs> {
         let k = (k as i64).min(row.size()[0]);
         let (values, ids) = row.f_topk(k, -1, true, true)?;
         let values = Vec::<f32>::try_from(&values)?;
@@ -448,11 +482,326 @@ impl TextGenerator {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(StepProbs {
-            token: self.tokenizer.decode(&[t.id], false)?,
-            id: t.id,
-            probability: row.f_double_value(&[t.id])? as f32,
+            token: self.tokenizer.decode(&[id], false)?,
+            id,
+            probability: row.f_double_value(&[id])? as f32,
             top,
         })
+    }
+}
+
+impl TextGenerator {
+    /// A continuous batch over this generator: requests join and leave between decoding
+    /// steps (see [`ContinuousGenerator`]).
+    pub fn continuous(&self) -> ContinuousGenerator<'_> {
+        ContinuousGenerator {
+            generator: self,
+            batch: ContinuousBatch::new(&*self.model),
+            requests: HashMap::new(),
+            rows: HashMap::new(),
+            next_row: 0,
+            done: Vec::new(),
+        }
+    }
+}
+
+/// Receives the streamed text of continuous generation: the request's key and the piece.
+/// An error fails that request only (its client went away, say).
+pub type OnPiece<'a> = &'a mut dyn FnMut(u64, Piece) -> Result<()>;
+
+/// Text generation by continuous batching, for a server: [`add`](Self::add) a request (its
+/// prompts, its own [`GenerateOptions`]) whenever it arrives; [`step`](Self::step) decodes
+/// one token for every sequence of every request; [`finished`](Self::finished) hands over
+/// the requests that are done. A request's results equal what [`TextGenerator::run`] gives
+/// for it alone (its prompts are prefilled alone; see [`generation::continuous`]).
+///
+/// Beam search is not batched this way ([`accepts`](Self::accepts) says so): run such a
+/// request with [`TextGenerator::run_streaming`].
+pub struct ContinuousGenerator<'g> {
+    generator: &'g TextGenerator,
+    batch: ContinuousBatch<'g, dyn CausalLm + Send + Sync>,
+    /// The requests in progress, by the caller's key.
+    requests: HashMap<u64, Request>,
+    /// Row key → (request key, output index = prompt × copies + copy).
+    rows: HashMap<u64, (u64, usize)>,
+    next_row: u64,
+    done: Vec<(u64, Result<Vec<Vec<GeneratedText>>>)>,
+}
+
+/// A request of a [`ContinuousGenerator`] in progress.
+struct Request {
+    prompts: Vec<String>,
+    options: GenerateOptions,
+    generation: GenerationConfig,
+    truncated: Vec<bool>,
+    copies: usize,
+    /// Per output sequence (prompt-major): what was streamed, and the result once it ends.
+    streams: Vec<Stream>,
+    results: Vec<Option<GeneratedText>>,
+    left: usize,
+}
+
+impl ContinuousGenerator<'_> {
+    /// Whether a request with `options` can join the batch: valid settings, greedy search
+    /// or sampling (beam search runs alone).
+    pub fn accepts(&self, options: &GenerateOptions) -> bool {
+        self.generator
+            .settings(options)
+            .is_ok_and(|g| g.num_beams() == 1)
+    }
+
+    /// Sequences decoding now.
+    pub fn running(&self) -> usize {
+        self.batch.len()
+    }
+
+    /// Whether nothing is in progress (and nothing waits in [`finished`](Self::finished)).
+    pub fn is_idle(&self) -> bool {
+        self.requests.is_empty() && self.done.is_empty()
+    }
+
+    /// Start request `key`: encode its prompts and prefill each (one sequence per prompt and
+    /// returned sequence), streaming their first tokens. Invalid options or prompts are an
+    /// error here, and nothing of the request stays.
+    pub fn add(
+        &mut self,
+        key: u64,
+        prompts: Vec<String>,
+        options: GenerateOptions,
+        on_piece: OnPiece,
+    ) -> Result<()> {
+        if self.requests.contains_key(&key) {
+            return Err(Error::Input(format!("request {key} is already running")));
+        }
+        let generation = self.generator.settings(&options)?;
+        if generation.num_beams() > 1 {
+            return Err(Error::Input(
+                "beam search is not batched continuously: run it with TextGenerator::run".into(),
+            ));
+        }
+        let room = self.generator.max_prompt_tokens(&generation)?;
+        let mut encoded = Vec::with_capacity(prompts.len());
+        let mut truncated = Vec::with_capacity(prompts.len());
+        for p in &prompts {
+            let (e, cut) = self.generator.encode_prompt(p, room)?;
+            encoded.push(e.ids);
+            truncated.push(cut);
+        }
+        self.generator
+            .tokens
+            .fetch_add(encoded.iter().map(Vec::len).sum(), Ordering::Relaxed);
+        let copies = generation.num_return_sequences();
+        let outputs = prompts.len() * copies;
+        self.requests.insert(
+            key,
+            Request {
+                prompts,
+                options,
+                generation,
+                truncated,
+                copies,
+                streams: (0..outputs).map(|_| Stream::default()).collect(),
+                results: vec![None; outputs],
+                left: outputs,
+            },
+        );
+        if outputs == 0 {
+            self.complete(key);
+            return Ok(());
+        }
+        let generator = self.generator;
+        let detokenize = |ids: &[i64]| generator.tokenizer.decode(ids, true);
+        for (p, ids) in encoded.iter().enumerate() {
+            for copy in 0..copies {
+                let row = self.next_row;
+                self.next_row += 1;
+                self.rows.insert(row, (key, p * copies + copy));
+                let joined = {
+                    let request = &self.requests[&key];
+                    let admission = Admission {
+                        key: row,
+                        prompt: ids,
+                        config: &request.generation,
+                        copy,
+                        record_probs: request.options.show_probs.is_some(),
+                    };
+                    tch::no_grad(|| self.batch.join(admission, Some(&detokenize)))
+                };
+                match joined {
+                    Ok(events) => self.handle(events, on_piece),
+                    Err(e) => {
+                        self.drop_request(key);
+                        return Err(e);
+                    }
+                }
+                if !self.requests.contains_key(&key) {
+                    // Its client went away while it was being prefilled.
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decode one token for every running sequence. A failure of the model fails every
+    /// request in progress (each gets the error in [`finished`](Self::finished)).
+    pub fn step(&mut self, on_piece: OnPiece) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let generator = self.generator;
+        let detokenize = |ids: &[i64]| generator.tokenizer.decode(ids, true);
+        let stepped = tch::no_grad(|| self.batch.step(Some(&detokenize)));
+        match stepped {
+            Ok(events) => self.handle(events, on_piece),
+            Err(e) => {
+                self.batch.clear();
+                self.rows.clear();
+                let message = e.to_string();
+                for key in self.requests.keys().copied().collect::<Vec<_>>() {
+                    self.requests.remove(&key);
+                    self.done.push((key, Err(Error::Input(message.clone()))));
+                }
+            }
+        }
+    }
+
+    /// Stop request `key` (its client went away); nothing is reported for it.
+    pub fn cancel(&mut self, key: u64) {
+        self.drop_request(key);
+    }
+
+    /// The requests that ended since the last call: their results (per prompt, its returned
+    /// sequences) or what failed them.
+    pub fn finished(&mut self) -> Vec<(u64, Result<Vec<Vec<GeneratedText>>>)> {
+        std::mem::take(&mut self.done)
+    }
+
+    /// Take a request and its rows out of the batch.
+    fn drop_request(&mut self, key: u64) {
+        self.requests.remove(&key);
+        let rows: Vec<u64> = self
+            .rows
+            .iter()
+            .filter(|(_, (k, _))| *k == key)
+            .map(|(r, _)| *r)
+            .collect();
+        for row in rows {
+            self.rows.remove(&row);
+            if self.batch.cancel(row).is_err() {
+                // The batch could not be re-indexed: nothing in it can be trusted.
+                self.fail_all("the batch could not drop a cancelled request");
+            }
+        }
+    }
+
+    fn fail_all(&mut self, message: &str) {
+        self.batch.clear();
+        self.rows.clear();
+        for key in self.requests.keys().copied().collect::<Vec<_>>() {
+            self.requests.remove(&key);
+            self.done
+                .push((key, Err(Error::Input(message.to_string()))));
+        }
+    }
+
+    /// Turn the batch's events into streamed pieces and finished results.
+    fn handle(&mut self, events: Vec<Event>, on_piece: OnPiece) {
+        for event in events {
+            let key = match &event {
+                Event::Token { key, .. } | Event::Finished { key, .. } => *key,
+            };
+            let Some(&(request_key, out)) = self.rows.get(&key) else {
+                continue; // its request failed or was cancelled
+            };
+            if let Err(e) = self.apply(event, request_key, out, on_piece) {
+                self.drop_request(request_key);
+                self.done.push((request_key, Err(e)));
+            }
+        }
+    }
+
+    fn apply(&mut self, event: Event, key: u64, out: usize, on_piece: OnPiece) -> Result<()> {
+        let generator = self.generator;
+        let request = self
+            .requests
+            .get_mut(&key)
+            .ok_or_else(|| Error::Input(format!("no request {key}")))?;
+        let (input, sequence) = (out / request.copies, out % request.copies);
+        let stream = &mut request.streams[out];
+        match event {
+            Event::Token { id, probs, .. } => {
+                let step = match (request.options.show_probs, probs) {
+                    (Some(k), Some(probs)) => Some(generator.top_probs(&probs, id, k)?),
+                    _ => None,
+                };
+                let recorded = step.is_some();
+                if let Some(step) = step {
+                    stream.steps.push(step);
+                }
+                let piece = generator.stream_token(stream, id)?;
+                if !piece.is_empty() || recorded {
+                    on_piece(
+                        key,
+                        Piece {
+                            input,
+                            sequence,
+                            text: &piece,
+                            step: stream.steps.last().filter(|_| recorded),
+                        },
+                    )?;
+                }
+            }
+            Event::Finished {
+                key: row,
+                sequence: seq,
+            } => {
+                self.rows.remove(&row);
+                let (result, rest) = generator.finish(
+                    &seq,
+                    &request.generation,
+                    &request.options,
+                    &request.prompts[input],
+                    request.truncated[input],
+                    stream,
+                )?;
+                if !rest.is_empty() {
+                    on_piece(
+                        key,
+                        Piece {
+                            input,
+                            sequence,
+                            text: &rest,
+                            step: None,
+                        },
+                    )?;
+                }
+                request.results[out] = Some(result);
+                request.left -= 1;
+                if request.left == 0 {
+                    self.complete(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Move a request whose sequences have all ended to [`finished`](Self::finished).
+    fn complete(&mut self, key: u64) {
+        let Some(request) = self.requests.remove(&key) else {
+            return;
+        };
+        let copies = request.copies.max(1);
+        let mut grouped: Vec<Vec<GeneratedText>> = Vec::with_capacity(request.prompts.len());
+        for (i, r) in request.results.into_iter().enumerate() {
+            if i % copies == 0 {
+                grouped.push(Vec::with_capacity(copies));
+            }
+            if let (Some(r), Some(g)) = (r, grouped.last_mut()) {
+                g.push(r);
+            }
+        }
+        self.done.push((key, Ok(grouped)));
     }
 }
 

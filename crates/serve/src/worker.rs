@@ -10,17 +10,20 @@
 //! never fails another's. A job whose client has gone is dropped before it runs; a
 //! generation whose client goes stops at the next token.
 //!
-//! Generation is batched the same way, by waves: requests waiting when a wave starts run
-//! together, later ones wait for the next wave (not continuous batching: the engine decodes
-//! a batch from start to end).
+//! Generation is batched continuously ([`generation_loop`]): a request that arrives while
+//! others are decoding is prefilled and joins the running batch at the next step, and leaves
+//! it the step it finishes, each with its own options; its output is what it would get alone
+//! (core's `ContinuousGenerator`). Beam search requests run on their own, between two steps.
 
 use crate::models::{LoadedModel, Pipeline};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc as tmpsc, oneshot};
 use trident_bert::{ClassifyOptions, EmbedOptions, Embedding, Entity, Label, NerOptions};
+use trident_core::causal::{Piece, TextGenerator};
 use trident_core::seq2seq::{SummarizeOptions, Summary, TranslateOptions, Translation};
 use trident_core::{Error, Result};
 use trident_gpt::{GenerateOptions, GeneratedText};
@@ -193,6 +196,9 @@ pub fn spawn(
 const GATHER: Duration = Duration::from_millis(2);
 
 fn run(model: &LoadedModel, queue: &Receiver<Job>, limits: Limits) {
+    if let Pipeline::Generate(generator) = &model.pipeline {
+        return generation_loop(model, generator, queue, limits);
+    }
     let mut held: Option<Job> = None;
     let mut last_batch = 1;
     loop {
@@ -267,6 +273,180 @@ fn run(model: &LoadedModel, queue: &Receiver<Job>, limits: Limits) {
                 tracing::error!(model = %model.name, "a request panicked in the model; the worker goes on");
             }
         }
+    }
+}
+
+/// A generation request decoding in the continuous batch.
+struct Running {
+    job: Job,
+    started: Instant,
+}
+
+/// The worker of a text-generation model: continuous batching.
+///
+/// Each turn takes the jobs that have arrived (waiting for one only when nothing runs),
+/// admits them while the batch has fewer than `max_batch_requests` sequences (each is
+/// prefilled as it joins), drops the requests whose clients have gone, decodes one token for
+/// every sequence, and answers the requests that have finished. A job the batch cannot take
+/// (beam search) or whose options are invalid runs through the pipeline on its own, which
+/// answers it (with its error, if any).
+fn generation_loop(
+    model: &LoadedModel,
+    generator: &TextGenerator,
+    queue: &Receiver<Job>,
+    limits: Limits,
+) {
+    let mut batch = generator.continuous();
+    let mut running: HashMap<u64, Running> = HashMap::new();
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut next_key = 0u64;
+    let depth = metrics::gauge!("trident_queue_depth", "model" => model.name.clone());
+    loop {
+        if batch.is_idle() && waiting.is_empty() {
+            match queue.recv_timeout(Duration::from_secs(3600)) {
+                Ok(job) => {
+                    depth.decrement(1.0);
+                    waiting.push_back(job);
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while let Ok(job) = queue.try_recv() {
+            depth.decrement(1.0);
+            waiting.push_back(job);
+        }
+        // Admit what fits; a job larger than the limit still runs when the batch is empty.
+        while let Some(job) = waiting.front() {
+            let rows = batch.running();
+            if rows > 0 && rows + job.len() > limits.max_batch_requests {
+                break;
+            }
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
+            if job.gone() {
+                continue;
+            }
+            let joinable = match &job.work {
+                Work::Generate(texts, options, _) if batch.accepts(options) => {
+                    Some((texts.clone(), options.clone()))
+                }
+                _ => None,
+            };
+            let Some((texts, options)) = joinable else {
+                alone(model, job);
+                continue;
+            };
+            let key = next_key;
+            next_key += 1;
+            running.insert(
+                key,
+                Running {
+                    job,
+                    started: Instant::now(),
+                },
+            );
+            let added = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                batch.add(key, texts, options, &mut |k, piece| {
+                    send_piece(&running, k, piece)
+                })
+            }));
+            match added {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    if let Some(r) = running.remove(&key) {
+                        let _ = r.job.reply.send(Err(e));
+                    }
+                }
+                Err(_) => {
+                    tracing::error!(model = %model.name, "a request panicked while joining the batch; the worker goes on");
+                    fail_running(&mut running, "the model failed on this request");
+                    batch = generator.continuous();
+                }
+            }
+        }
+        let gone: Vec<u64> = running
+            .iter()
+            .filter(|(_, r)| r.job.gone())
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            batch.cancel(key);
+            running.remove(&key);
+        }
+        if batch.running() > 0 {
+            metrics::histogram!("trident_batch_size", "model" => model.name.clone())
+                .record(batch.running() as f64);
+        }
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            batch.step(&mut |k, piece| send_piece(&running, k, piece))
+        }));
+        if stepped.is_err() {
+            tracing::error!(model = %model.name, "a decoding step panicked; its requests failed, the worker goes on");
+            fail_running(&mut running, "the model failed while generating");
+            batch = generator.continuous();
+            continue;
+        }
+        for (key, result) in batch.finished() {
+            let Some(r) = running.remove(&key) else {
+                continue;
+            };
+            if let Ok(out) = &result {
+                record_generated(model, out, r.started);
+            }
+            let _ = r.job.reply.send(result.map(Output::Generate));
+        }
+    }
+}
+
+/// Stream a piece of a running request's text to its client; an error when the client has
+/// gone (the batch then drops the request).
+fn send_piece(running: &HashMap<u64, Running>, key: u64, piece: Piece) -> Result<()> {
+    let Some(r) = running.get(&key) else {
+        return Ok(());
+    };
+    if r.job.gone() {
+        return Err(Error::Input("the request was cancelled".into()));
+    }
+    if let Work::Generate(_, _, Some(stream)) = &r.job.work {
+        if !piece.text.is_empty() {
+            stream
+                .send(StreamPiece {
+                    input: piece.input,
+                    sequence: piece.sequence,
+                    text: piece.text.to_string(),
+                })
+                .map_err(|_| Error::Input("the client disconnected".into()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Answer every running request with an error.
+fn fail_running(running: &mut HashMap<u64, Running>, message: &str) {
+    for (_, r) in running.drain() {
+        let _ = r.job.reply.send(Err(Error::Input(message.to_string())));
+    }
+}
+
+/// Run one job through its pipeline and answer it.
+fn alone(model: &LoadedModel, job: Job) {
+    let replied =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_group(model, vec![job])));
+    if replied.is_err() {
+        tracing::error!(model = %model.name, "a request panicked in the model; the worker goes on");
+    }
+}
+
+/// Token counters of a finished generation.
+fn record_generated(model: &LoadedModel, out: &[Vec<GeneratedText>], started: Instant) {
+    let generated: usize = out.iter().flatten().map(|g| g.generated_tokens).sum();
+    if generated > 0 {
+        metrics::counter!("trident_output_tokens_total", "model" => model.name.clone())
+            .increment(generated as u64);
+        metrics::histogram!("trident_time_per_output_token_seconds", "model" => model.name.clone())
+            .record(started.elapsed().as_secs_f64() / generated as f64);
     }
 }
 
@@ -391,13 +571,7 @@ fn execute(
                 Ok(())
             };
             let out = p.run_streaming(&as_str(t), o, &mut on_piece)?;
-            let generated: usize = out.iter().flatten().map(|g| g.generated_tokens).sum();
-            if generated > 0 {
-                metrics::counter!("trident_output_tokens_total", "model" => model.name.clone())
-                    .increment(generated as u64);
-                metrics::histogram!("trident_time_per_output_token_seconds", "model" => model.name.clone())
-                    .record(started.elapsed().as_secs_f64() / generated as f64);
-            }
+            record_generated(model, &out, started);
             Output::Generate(out)
         }
         _ => {

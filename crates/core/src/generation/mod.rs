@@ -1,6 +1,8 @@
 //! The one generation engine: every decoder (T5, GPT-2) implements [`Decoder`], and
 //! [`generate`] turns it into text ids with greedy search, sampling or beam search, the
 //! logits processors of [`logits`], stop conditions and streaming ([`stream`]).
+//! [`continuous`] runs the same search step by step over a batch that decoder-only
+//! sequences join and leave (a server's continuous batching).
 //!
 //! The engine reproduces transformers' `generate`: the same defaults, the same processors in
 //! the same order, the same beam bookkeeping, so that a checkpoint gives the same ids here as
@@ -8,12 +10,14 @@
 //! state the engine owns and reorders.
 
 pub mod config;
+pub mod continuous;
 pub mod logits;
 pub mod search;
 pub mod state;
 pub mod stream;
 
 pub use config::{bad_words_ids, EarlyStopping, GenerationConfig};
+pub use continuous::{Admission, ContinuousBatch, Event};
 pub use logits::LogitsProcessor;
 pub use state::{
     CausalLm, CausalLmDecoder, CausalLmState, Seq2SeqDecoder, Seq2SeqLm, Seq2SeqState,

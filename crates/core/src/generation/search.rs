@@ -95,7 +95,7 @@ impl Rng {
     }
 }
 
-fn no_candidates() -> Error {
+pub(crate) fn no_candidates() -> Error {
     Error::Input(
         "no token can be generated: the processors (top-k, top-p, bad words, …) removed every \
          candidate"
@@ -104,7 +104,7 @@ fn no_candidates() -> Error {
 }
 
 /// Probabilities of each row of `scores` as f64, on the CPU.
-fn probabilities(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
+pub(crate) fn probabilities(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
     let probs = scores
         .f_softmax(-1, Kind::Float)?
         .f_to_kind(Kind::Double)?

@@ -62,6 +62,60 @@ impl KvCache {
         Ok(buf)
     }
 
+    /// Put the rows of `other` below this cache's rows (continuous batching: a sequence that
+    /// was prefilled alone joins the running batch). Both are right-aligned to the longer of
+    /// the two lengths: the shorter one's missing leading positions become zeros, which the
+    /// caller's attention mask marks as padding (zeros, not uninitialised memory: a masked
+    /// position gets probability 0, and 0 × NaN would still be NaN).
+    pub fn stack_rows(&mut self, other: &KvCache) -> Result<()> {
+        let (a, b) = match (self.get()?, other.get()?) {
+            (None, None) => return Ok(()),
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                return Err(crate::Error::Input(
+                    "cannot stack an empty KV cache with a filled one".into(),
+                ))
+            }
+        };
+        let len = self.len.max(other.len);
+        // Room to grow before the next copy.
+        let cap = len + len.max(16);
+        let stack = |x: &Tensor, y: &Tensor| -> Result<Tensor> {
+            let (rx, ry) = (x.size()[0], y.size()[0]);
+            let mut size = x.size(); // [rows, heads, len, head_dim]
+            size[0] = rx + ry;
+            size[2] = cap;
+            let buf = Tensor::f_zeros(size.as_slice(), (x.kind(), x.device()))?;
+            let (lx, ly) = (x.size()[2], y.size()[2]);
+            buf.f_narrow(0, 0, rx)?
+                .f_narrow(2, len - lx, lx)?
+                .f_copy_(x)?;
+            buf.f_narrow(0, rx, ry)?
+                .f_narrow(2, len - ly, ly)?
+                .f_copy_(y)?;
+            Ok(buf)
+        };
+        self.k = Some(stack(&a.0, &b.0)?);
+        self.v = Some(stack(&a.1, &b.1)?);
+        self.len = len;
+        Ok(())
+    }
+
+    /// Forget the first `n` positions of every row (padding that no row needs any more,
+    /// after the rows that were longer have left the batch).
+    pub fn drop_front(&mut self, n: i64) -> Result<()> {
+        if n <= 0 || self.k.is_none() {
+            return Ok(());
+        }
+        let n = n.min(self.len);
+        for t in [&mut self.k, &mut self.v].into_iter().flatten() {
+            let cap = t.size()[2];
+            *t = t.f_narrow(2, n, cap - n)?;
+        }
+        self.len -= n;
+        Ok(())
+    }
+
     /// The cached keys and values, if any.
     pub fn get(&self) -> Result<Option<(Tensor, Tensor)>> {
         match (&self.k, &self.v) {
@@ -104,6 +158,18 @@ impl LayerCache {
         caches
             .and_then(|c| c.first())
             .map_or(0, |c| c.self_attn.len())
+    }
+
+    /// Put `other`'s rows below these (see [`KvCache::stack_rows`]).
+    pub fn stack_rows(&mut self, other: &LayerCache) -> Result<()> {
+        self.self_attn.stack_rows(&other.self_attn)?;
+        self.cross_attn.stack_rows(&other.cross_attn)
+    }
+
+    /// Forget the first `n` self-attention positions of every row (see
+    /// [`KvCache::drop_front`]).
+    pub fn drop_front(&mut self, n: i64) -> Result<()> {
+        self.self_attn.drop_front(n)
     }
 
     /// Reorder both caches along the batch axis.
