@@ -1,6 +1,7 @@
 //! One transformer layer: self-attention, optional cross-attention, feed-forward, each with a
 //! residual connection and a normalisation placed before (pre-LN: GPT-2, T5) or after
-//! (post-LN: BERT, the original Transformer) the sublayer.
+//! (post-LN: BERT, the original Transformer) the sublayer, or before it with the normalised
+//! input as the residual (BLOOM's `apply_residual_connection_post_layernorm`).
 
 use super::attention::{AttentionContext, MultiHeadAttention};
 use super::cache::LayerCache;
@@ -16,6 +17,9 @@ pub enum NormPosition {
     Pre,
     /// `norm(x + f(x))`.
     Post,
+    /// `norm(x) + f(norm(x))`: pre-LN whose residual is the normalised input, not the input
+    /// (BLOOM with `apply_residual_connection_post_layernorm: true`).
+    PreNormedResidual,
 }
 
 /// A transformer layer built from core's blocks.
@@ -57,6 +61,10 @@ impl TransformerLayer {
         Ok(match self.norm_position {
             NormPosition::Pre => x.f_add(&f(&norm.forward(x)?)?)?,
             NormPosition::Post => norm.forward(&x.f_add(&f(x)?)?)?,
+            NormPosition::PreNormedResidual => {
+                let normed = norm.forward(x)?;
+                normed.f_add(&f(&normed)?)?
+            }
         })
     }
 

@@ -83,6 +83,23 @@ impl Linear {
         }
     }
 
+    /// The same projection with its output channels taken in the order `index` (`[n]` int64,
+    /// indices into `0..out`): row `i` of the new weight is row `index[i]` of this one, and the
+    /// bias and int8 scales follow. For checkpoints that interleave what core splits in blocks
+    /// (BLOOM's fused q/k/v, stored per head): called while the model is built, it makes new
+    /// tensors and leaves these untouched.
+    pub fn select_outputs(&self, index: &Tensor) -> Result<Self> {
+        let index = index
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(self.weight.device())?;
+        let pick = |t: &Tensor| t.f_index_select(0, &index);
+        Ok(Linear {
+            weight: pick(&self.weight)?,
+            bias: self.bias.as_ref().map(pick).transpose()?,
+            scales: self.scales.as_ref().map(pick).transpose()?,
+        })
+    }
+
     /// Output width.
     pub fn out_features(&self) -> i64 {
         self.weight.size()[0]
@@ -368,6 +385,27 @@ mod tests {
 
     fn close(a: &Tensor, b: &Tensor, tol: f64) -> bool {
         a.size() == b.size() && a.allclose(b, tol, tol, false)
+    }
+
+    /// Selected outputs are the projection's outputs in that order, float or int8.
+    #[test]
+    fn selected_outputs_are_the_outputs_reordered() {
+        let w = Tensor::randn([6, 5], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([6], (Kind::Float, Device::Cpu));
+        let x = Tensor::randn([3, 5], (Kind::Float, Device::Cpu));
+        let index = Tensor::from_slice(&[4i64, 0, 5, 1, 2, 3]);
+        let float = Linear::from_tensors(w.copy(), Some(b.copy()));
+        let (q, scales) = quantize_rows(&w).unwrap();
+        let int8 = Linear {
+            weight: q,
+            bias: Some(b.copy()),
+            scales: Some(scales),
+        };
+        for linear in [float, int8] {
+            let expected = linear.forward(&x).unwrap().index_select(1, &index);
+            let y = linear.select_outputs(&index).unwrap().forward(&x).unwrap();
+            assert!(close(&y, &expected, 1e-6));
+        }
     }
 
     /// Every kernel computes `x·Wᵀ + b` (a split whose blocks do not divide the output width

@@ -303,11 +303,16 @@ impl RotaryAngles {
 /// for `n` heads a power of two; otherwise the sequence of the power of two below, followed
 /// by every other slope of the sequence for twice that many heads, as the paper (and
 /// transformers' `build_alibi_tensor`) extend it.
+///
+/// Computed as transformers' `_get_alibi_slopes` does, in f32: the base rounded to f32 and
+/// each power rounded to f32 (so the bias is transformers' to the bit, not only to 1e-7).
 pub fn alibi_slopes(num_heads: i64) -> Vec<f64> {
     let below = 1i64 << (63 - num_heads.max(1).leading_zeros()); // largest power of 2 ≤ n
     let geometric = |n: i64| -> Vec<f64> {
-        let base = 2f64.powf(-8.0 / n as f64);
-        (1..=n).map(|i| base.powi(i as i32)).collect()
+        let base = f64::from(2f64.powf(-8.0 / n as f64) as f32);
+        (1..=n)
+            .map(|i| f64::from(base.powi(i as i32) as f32))
+            .collect()
     };
     let mut slopes = geometric(below);
     if below < num_heads {
@@ -324,17 +329,22 @@ pub fn alibi_slopes(num_heads: i64) -> Vec<f64> {
 
 /// ALiBi's additive attention bias `[batch, heads, 1, k]`: each head's slope times the key's
 /// position among the real tokens of its row (`cumsum(mask) − 1`, 0 for padding), added to
-/// the scores (attention's `position_bias`) in place of position embeddings. Slopes are
-/// computed in f64 and the bias cast to `kind`. Adding `slope · k` rather than
-/// `−slope · (q − k)` changes each query's scores by a constant, which the softmax ignores.
+/// the scores (attention's `position_bias`) in place of position embeddings. Computed in f32
+/// and then cast to `kind`, as transformers' `build_alibi_tensor` (so the bias is its own to
+/// the bit; no f64, which MPS lacks). Adding `slope · k` rather than `−slope · (q − k)`
+/// changes each query's scores by a constant, which the softmax ignores.
 pub fn alibi_bias(attention_mask: &Tensor, num_heads: i64, kind: Kind) -> Result<Tensor> {
     let mask = attention_mask.f_to_kind(Kind::Int64)?;
     let positions = (mask.f_cumsum(1, Kind::Int64)? - 1).f_mul(&mask)?; // [batch, k]
-    let slopes = Tensor::f_from_slice(&alibi_slopes(num_heads))?
+    let slopes: Vec<f32> = alibi_slopes(num_heads)
+        .into_iter()
+        .map(|s| s as f32) // exact: the slopes are f32 values
+        .collect();
+    let slopes = Tensor::f_from_slice(&slopes)?
         .f_to_device(attention_mask.device())?
         .f_view([1, num_heads, 1, 1])?;
     let positions = positions
-        .f_to_kind(Kind::Double)?
+        .f_to_kind(Kind::Float)?
         .f_unsqueeze(1)?
         .f_unsqueeze(1)?; // [batch, 1, 1, k]
     Ok(slopes.f_mul(&positions)?.f_to_kind(kind)?)
@@ -354,7 +364,14 @@ mod alibi_tests {
         assert_eq!(twelve.len(), 12);
         assert_eq!(&twelve[..8], &expected[..]);
         for (i, s) in twelve[8..].iter().enumerate() {
-            assert!((s - 2f64.powf(-0.5 - i as f64)).abs() < 1e-15, "{i}: {s}");
+            // Powers of an f32 base, rounded to f32 as transformers computes them: within an
+            // f32 rounding of the exact value.
+            let exact = 2f64.powf(-0.5 - i as f64);
+            assert!(
+                (s - exact).abs() <= exact * f64::from(f32::EPSILON),
+                "{i}: {s}"
+            );
+            assert_eq!(*s, f64::from(*s as f32), "{i}: {s} is an f32 value");
         }
     }
 
