@@ -3,12 +3,13 @@
 //!
 //! This crate re-exports the workspace: [`core`] (layers, weights, tokenization, generation),
 //! [`bert`] (encoder-only), the encoder-decoders [`t5`], [`bart`], [`marian`] and [`m2m100`],
-//! and the decoder-only [`gpt`] and [`llama`]. [`summarizer`] and [`translator`] load an
+//! and the decoder-only [`gpt`], [`llama`] (Llama, Mistral, Qwen2) and [`bloom`]. [`summarizer`] and [`translator`] load an
 //! encoder-decoder checkpoint of any of those families, [`generator`] a decoder-only one,
 //! chosen by its config.json.
 
 pub use trident_bart as bart;
 pub use trident_bert as bert;
+pub use trident_bloom as bloom;
 pub use trident_core as core;
 pub use trident_gpt as gpt;
 pub use trident_llama as llama;

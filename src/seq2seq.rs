@@ -55,10 +55,10 @@ pub fn translator(files: &ModelFiles, options: &LoadOptions) -> Result<Translato
 }
 
 /// The decoder-only families Trident loads, by `model_type`.
-pub const CAUSAL_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2"];
+pub const CAUSAL_MODEL_TYPES: &[&str] = &["gpt2", "llama", "mistral", "qwen2", "bloom"];
 
 /// A [`TextGenerator`](trident_core::causal::TextGenerator) on the checkpoint `files`
-/// (GPT-2, Llama, Mistral, Qwen2), the family chosen by config.json's `model_type`.
+/// (GPT-2, Llama, Mistral, Qwen2, BLOOM), the family chosen by config.json's `model_type`.
 pub fn generator(
     files: &ModelFiles,
     options: &LoadOptions,
@@ -72,6 +72,7 @@ pub fn generator(
     match read_json::<ModelType>(&config)?.model_type.as_str() {
         "gpt2" => trident_gpt::generator(files, options),
         t if trident_llama::MODEL_TYPES.contains(&t) => trident_llama::generator(files, options),
+        "bloom" => trident_bloom::generator(files, options),
         other => Err(Error::config(
             config,
             format!(

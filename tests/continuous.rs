@@ -1,6 +1,7 @@
 //! Continuous batching (core's `ContinuousGenerator`): requests that join a running batch at
-//! different steps, with different options, get exactly what each gets alone — on GPT-2
-//! (learned positions) and Llama (rotary positions, grouped-query attention).
+//! different steps, with different options, get exactly what each gets alone — on every
+//! decoder-only family: GPT-2 (learned positions), Llama (rotary, grouped-query attention),
+//! Mistral (sliding window), Qwen2 (q/k/v biases) and BLOOM (ALiBi).
 
 use std::collections::HashMap;
 use trident::core::causal::{ContinuousGenerator, GenerateOptions, GeneratedText, TextGenerator};
@@ -230,4 +231,10 @@ fn mistral_and_qwen2_requests_joining_a_running_batch_get_what_they_get_alone() 
     // caches; Qwen2's q/k/v biases.
     check("mistral-tiny");
     check("qwen2-tiny");
+}
+
+#[test]
+fn bloom_requests_joining_a_running_batch_get_what_they_get_alone() {
+    // ALiBi: the bias depends on the key's position among the row's real tokens.
+    check("bloom-tiny");
 }
