@@ -21,6 +21,7 @@ pub mod sentencepiece;
 pub mod seq2seq;
 pub mod text;
 pub mod weights;
+pub mod train;
 
 pub use device::{DeviceChoice, LoadOptions};
 pub use dtype::Dtype;

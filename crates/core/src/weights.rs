@@ -317,6 +317,26 @@ impl Checkpoint {
     }
 }
 
+/// Where a parameter of a model built for training ([`Weights::for_training`]) comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fresh {
+    /// From the checkpoint; absent, it is an error (the base model's parameters).
+    No,
+    /// From the checkpoint when it holds the parameter with this shape; otherwise created
+    /// (a task head that a base model lacks, or holds for another number of labels).
+    IfAbsent,
+    /// Created whatever the checkpoint holds (a head trained for another task).
+    Always,
+}
+
+/// What [`Weights::for_training`] adds to a load: the rule for new parameters, and every
+/// parameter read or created, by name.
+struct Training {
+    fresh: Box<dyn Fn(&str) -> Fresh>,
+    parameters: Vec<(String, Tensor)>,
+    created: Vec<String>,
+}
+
 /// What a parameter becomes when it is read: the model's float format, or an int8 projection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -344,6 +364,8 @@ pub struct Weights {
     scratch: RefCell<Vec<u64>>,
     /// Its rows as f32 `[out, in]`, for int8 quantization of transposed or non-f32 weights.
     staging: RefCell<Vec<f32>>,
+    /// Set for a model being trained: the parameters by name, and which may be created.
+    training: RefCell<Option<Training>>,
 }
 
 impl Weights {
@@ -374,7 +396,27 @@ impl Weights {
             missing: RefCell::default(),
             scratch: RefCell::default(),
             staging: RefCell::default(),
+            training: RefCell::default(),
         })
+    }
+
+    /// Load a model to train it: in f32, every parameter kept by name (for the optimizer and
+    /// for saving, [`LoadReport::parameters`]), and the parameters `fresh` names created as
+    /// zeros when the checkpoint lacks them ([`Fresh`]; listed in [`LoadReport::created`] for
+    /// the caller to initialize) rather than reported missing.
+    pub fn for_training(self, fresh: impl Fn(&str) -> Fresh + 'static) -> Result<Self> {
+        if self.dtype != crate::Dtype::F32 {
+            return Err(Error::Unsupported(format!(
+                "training runs in f32, not {:?}",
+                self.dtype
+            )));
+        }
+        *self.training.borrow_mut() = Some(Training {
+            fresh: Box::new(fresh),
+            parameters: Vec::new(),
+            created: Vec::new(),
+        });
+        Ok(self)
     }
 
     /// The path under which the model's top-level names are declared.
@@ -435,6 +477,10 @@ impl Weights {
                 ),
             ));
         }
+        let (parameters, created) = match self.training.into_inner() {
+            Some(t) => (t.parameters, t.created),
+            None => (Vec::new(), Vec::new()),
+        };
         let used = self.used.into_inner();
         let unused = self
             .checkpoint
@@ -448,7 +494,32 @@ impl Weights {
         Ok(LoadReport {
             loaded: used.len(),
             unused,
+            parameters,
+            created,
         })
+    }
+
+    /// For a model being trained: `name`'s rule, or `None` for an ordinary load.
+    fn fresh(&self, name: &str) -> Option<Fresh> {
+        self.training.borrow().as_ref().map(|t| (t.fresh)(name))
+    }
+
+    /// For a model being trained: keep the parameter `name` (and whether it was created).
+    fn keep(&self, name: &str, tensor: &Tensor, created: bool) {
+        if let Some(t) = self.training.borrow_mut().as_mut() {
+            t.parameters
+                .push((name.to_string(), tensor.shallow_clone()));
+            if created {
+                t.created.push(name.to_string());
+            }
+        }
+    }
+
+    /// A created parameter of a model being trained: zeros of `shape`, kept by name.
+    fn create(&self, name: &str, shape: &[i64]) -> Result<(Tensor, Option<Tensor>)> {
+        let t = Tensor::f_zeros(shape, (self.float_kind(), self.device))?;
+        self.keep(name, &t, true);
+        Ok((t, None))
     }
 
     /// Read `name` with the model's `shape` (`transposed`: stored `[in, out]` for a
@@ -465,7 +536,24 @@ impl Weights {
             Target::Float => self.float_kind(),
             Target::Int8 => Kind::Int8,
         };
-        let Some((shard, stored, info)) = self.checkpoint.find(name) else {
+        let fresh = self.fresh(name);
+        if fresh == Some(Fresh::Always) {
+            return self.create(name, shape);
+        }
+        let found_here = self.checkpoint.find(name).filter(|(_, _, info)| {
+            // A head stored with another shape (another number of labels) is made anew.
+            let stored: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+            let wanted: Vec<i64> = if transposed {
+                shape.iter().rev().copied().collect()
+            } else {
+                shape.to_vec()
+            };
+            fresh != Some(Fresh::IfAbsent) || stored == wanted
+        });
+        if found_here.is_none() && fresh == Some(Fresh::IfAbsent) {
+            return self.create(name, shape);
+        }
+        let Some((shard, stored, info)) = found_here else {
             self.missing.borrow_mut().push(name.to_string());
             let placeholder = Tensor::f_empty(shape, (kind, self.device))?;
             let scales = (target == Target::Int8)
@@ -512,10 +600,9 @@ impl Weights {
         } else {
             self.read_converted(shard, info, &found, shape, transposed, target, kind)?
         };
-        Ok((
-            tensor.f_to(self.device)?,
-            scales.map(|s| s.f_to(self.device)).transpose()?,
-        ))
+        let tensor = tensor.f_to(self.device)?;
+        self.keep(name, &tensor, false);
+        Ok((tensor, scales.map(|s| s.f_to(self.device)).transpose()?))
     }
 
     /// [`Weights::read`] for a tensor that changes on the way: the stored bytes go into a
@@ -744,6 +831,12 @@ pub struct LoadReport {
     pub loaded: usize,
     /// Checkpoint tensors no parameter asked for (other heads, buffers).
     pub unused: Vec<String>,
+    /// A model built for training ([`Weights::for_training`]): every parameter under its
+    /// Hugging Face name, in the order the model declared them (the same tensors as the
+    /// model's); empty otherwise.
+    pub parameters: Vec<(String, Tensor)>,
+    /// The parameters created rather than read (zeros, for the caller to initialize).
+    pub created: Vec<String>,
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@ use tch::{Device, Kind, Tensor};
 /// be missed. On the CPU, [`Linear::forward`] runs a float projection with the kernel measured
 /// cheapest on this machine for all projections of its row count (see [`kernels`]: the
 /// library's product, a split batched product, or oneDNN's GEMM); int8 runs an integer
-/// product.
+/// product. A projection being trained (its weight requires grad) always runs the library's
+/// product, which autograd differentiates, and is never measured.
 #[derive(Debug)]
 pub struct Linear {
     /// The weight `[out, in]`: float, or int8 when quantized.
@@ -123,7 +124,14 @@ impl Linear {
                 kernels::seen(ShapeClass::new(Kind::Int8, scales.size()[0], in_dim, rows));
                 self.forward_int8(&x2, scales)?
             }
-            None if x.device() != Device::Cpu || rows == 0 => {
+            // A model being trained (its weights, or the input, require grad) takes the
+            // library's product too: the measured kernels serve inference (oneDNN's has no
+            // backward pass), and training wants one kernel from the first step to the last.
+            None if x.device() != Device::Cpu
+                || rows == 0
+                || self.weight.requires_grad()
+                || x.requires_grad() =>
+            {
                 x2.f_linear(&self.weight, self.bias.as_ref())?
             }
             None => {
@@ -371,7 +379,9 @@ impl Embedding {
 // in `crate::weights`, which owns them exclusively then); after construction every method
 // takes `&self` and calls only out-of-place libtorch ops (`f_linear`, `f_bmm`,
 // `f_embedding`, …), which read the weights without touching their storage, version
-// counter or autograd state (parameters never require grad). Concurrent reads of one
+// counter or autograd state (parameters of a loaded model never require grad; a model built
+// for training — `crate::train` — is owned by its one trainer thread, which alone updates
+// its weights between steps, and is never shared). Concurrent reads of one
 // tensor from several threads are safe in libtorch. Nothing in the workspace mutates a
 // parameter through a handle obtained from `&self` (keep it so: in-place ops on weights
 // belong in the loader, before the model is shared).
