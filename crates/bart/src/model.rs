@@ -18,6 +18,7 @@
 use crate::config::{BartConfig, LAYER_NORM_EPS};
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::Seq2SeqLm;
+use trident_core::nn::probe;
 use trident_core::nn::{
     mask, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
     MultiHeadAttention, Norm, NormPosition, Projections, TransformerLayer,
@@ -277,7 +278,9 @@ impl BartStack {
         } else {
             tokens
         };
-        let mut x = tokens.f_add(&self.embed_positions.forward(ids, past, tokens.kind())?)?;
+        let positions = self.embed_positions.forward(ids, past, tokens.kind())?;
+        probe::embeddings(&tokens, Some(&positions));
+        let mut x = tokens.f_add(&positions)?;
         if let Some(norm) = &self.layernorm_embedding {
             x = norm.forward(&x)?;
         }

@@ -8,6 +8,7 @@
 use crate::config::{EncoderConfig, Family};
 use tch::{Kind, Tensor};
 use trident_core::nn::mask::padding_mask;
+use trident_core::nn::probe;
 use trident_core::nn::{
     AttentionContext, Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm,
     NormPosition, Projections, TransformerLayer,
@@ -79,10 +80,10 @@ impl Embeddings {
     /// `[batch, seq]` ids → `[batch, seq, hidden]`.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
         let positions = self.position_ids(input_ids)?;
-        let mut x = self
-            .word_embeddings
-            .forward(input_ids)?
-            .f_add(&self.position_embeddings.forward(&positions)?)?;
+        let tokens = self.word_embeddings.forward(input_ids)?; // [batch, seq, hidden]
+        let positions = self.position_embeddings.forward(&positions)?; // [batch, seq, hidden]
+        probe::embeddings(&tokens, Some(&positions));
+        let mut x = tokens.f_add(&positions)?;
         if let Some(types) = &self.token_type_embeddings {
             x = match token_type_ids {
                 Some(t) => x.f_add(&types.forward(t)?)?,

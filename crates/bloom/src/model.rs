@@ -29,6 +29,7 @@ use tch::{Device, Kind, Tensor};
 use trident_core::config::Activation;
 use trident_core::generation::CausalLm;
 use trident_core::nn::mask::causal_padding_mask;
+use trident_core::nn::probe;
 use trident_core::nn::{
     alibi_bias, forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext,
     Linear, MultiHeadAttention, Norm, NormPosition, Projections, TransformerLayer,
@@ -132,6 +133,7 @@ impl BloomModel {
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
         let x = self.word_embeddings.forward(input_ids)?; // [batch, seq, hidden]
+        probe::embeddings(&x, None); // positions act in attention, as the ALiBi bias
         let x = self.word_embeddings_layernorm.forward(&x)?;
         // Built once for every block: causal + padding mask [batch, 1, seq, past + seq] and the
         // ALiBi bias [batch, heads, 1, past + seq] (broadcast over the queries).

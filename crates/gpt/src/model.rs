@@ -20,6 +20,7 @@ use crate::config::GPT2Config;
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::CausalLm;
 use trident_core::nn::mask::causal_padding_mask;
+use trident_core::nn::probe;
 use trident_core::nn::{
     forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
     MultiHeadAttention, Norm, NormPosition, Projections, TransformerLayer,
@@ -105,11 +106,10 @@ impl GPT2Model {
         caches: Option<&mut [LayerCache]>,
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
-        // [batch, seq, n_embd]
-        let x = self
-            .wte
-            .forward(input_ids)?
-            .f_add(&self.wpe.forward(position_ids)?)?;
+        let tokens = self.wte.forward(input_ids)?; // [batch, seq, n_embd]
+        let positions = self.wpe.forward(position_ids)?; // [batch, seq, n_embd]
+        probe::embeddings(&tokens, Some(&positions));
+        let x = tokens.f_add(&positions)?;
         // Causal and padding masks together, [batch, 1, seq, past + seq], built once for all
         // blocks. One new token per row with no padding anywhere may see every key: no mask
         // (decoding one prompt token by token, where a dozen small ops per step matter). The

@@ -23,6 +23,7 @@ use crate::config::LlamaConfig;
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::CausalLm;
 use trident_core::nn::mask::{causal_padding_mask, sliding_window_mask};
+use trident_core::nn::probe;
 use trident_core::nn::{
     forward_stack, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
     MultiHeadAttention, Norm, NormPosition, Projections, Rotary, TransformerLayer,
@@ -105,6 +106,7 @@ impl LlamaModel {
     ) -> Result<Tensor> {
         let q_len = input_ids.size().get(1).copied().unwrap_or(0);
         let mut x = self.embed_tokens.forward(input_ids)?; // [batch, seq, hidden]
+        probe::embeddings(&x, None); // positions act in attention, as rotary angles
         let angles = self.rotary.angles(position_ids, x.kind())?; // cos/sin, once for every layer
         let n = self.layers.len();
         if self.windows.len() != n || caches.as_ref().is_some_and(|c| c.len() != n) {

@@ -12,6 +12,7 @@ use crate::config::T5Config;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 use trident_core::generation::Seq2SeqLm;
+use trident_core::nn::probe;
 use trident_core::nn::{
     mask, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
     MultiHeadAttention, Norm, NormPosition, Projections, RelativePositionBias, TransformerLayer,
@@ -163,6 +164,7 @@ impl T5Stack {
             },
         };
         let mut x = self.embed_tokens.forward(ids)?; // [batch, n, d_model]
+        probe::embeddings(&x, None); // positions act in attention, as the bias above
         for (i, layer) in self.block.iter().enumerate() {
             let cache = caches.as_deref_mut().and_then(|c| c.get_mut(i));
             x = layer.forward(&x, &ctx, cache)?;

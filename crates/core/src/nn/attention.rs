@@ -7,8 +7,9 @@
 use super::cache::KvCache;
 use super::linear::Linear;
 use super::position::RotaryAngles;
+use super::probe;
 use crate::Result;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// How queries, keys and values are projected from the hidden states.
 #[derive(Debug)]
@@ -197,7 +198,7 @@ impl MultiHeadAttention {
         // The kernel wants the bias in the queries' dtype (f32 masks meet bf16 models).
         let bias = bias.map(|b| b.f_to_kind(q.kind())).transpose()?;
         let groups = ctx.groups.max(1);
-        let context = if groups > 1 {
+        let (context, weights) = if groups > 1 {
             self.grouped_attention(&q, &k, &v, bias, groups)?
         } else {
             if k.size()[0] != b {
@@ -206,9 +207,11 @@ impl MultiHeadAttention {
                     k.size()[0]
                 )));
             }
-            // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
-            Tensor::f_scaled_dot_product_attention(&q, &k, &v, bias, 0.0, false, self.scale, false)?
+            self.attend(&q, &k, &v, bias)?
         };
+        if let Some(weights) = weights {
+            probe::attention(kv.is_some(), &weights); // [batch, heads, q_len, k_len]
+        }
         // [batch, heads, q_len, head_dim] → [batch, q_len, heads·head_dim]
         let context = context.f_transpose(1, 2)?.f_contiguous()?.f_view([
             b,
@@ -216,6 +219,36 @@ impl MultiHeadAttention {
             self.num_heads * self.head_dim,
         ])?;
         self.out.forward(&context)
+    }
+
+    /// `softmax(q·kᵀ·scale + bias)·v` for `q` `[batch, heads, q_len, head_dim]` and `k`, `v`
+    /// `[batch, heads, k_len, head_dim]`: libtorch's fused kernel, or, while the
+    /// [`probe`] records, the same product in steps, returning the weights
+    /// `[batch, heads, q_len, k_len]` the output was made from.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if !probe::is_recording() {
+            // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
+            let context = Tensor::f_scaled_dot_product_attention(
+                q, k, v, bias, 0.0, false, self.scale, false,
+            )?;
+            return Ok((context, None));
+        }
+        // [batch, heads, q_len, k_len]
+        let mut scores = q
+            .f_matmul(&k.f_transpose(-2, -1)?)?
+            .f_mul_scalar(self.scale)?;
+        if let Some(bias) = &bias {
+            scores = scores.f_add(bias)?;
+        }
+        let weights = scores.f_softmax(-1, Kind::Float)?;
+        let context = weights.f_to_kind(v.kind())?.f_matmul(v)?; // [batch, heads, q_len, head_dim]
+        Ok((context, Some(weights)))
     }
 
     /// Cross-attention of `groups` consecutive query rows on each key/value row (the beams of
@@ -231,7 +264,7 @@ impl MultiHeadAttention {
         v: &Tensor,
         bias: Option<Tensor>,
         groups: i64,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (rows, q_len) = (k.size()[0], q.size()[2]);
         let (h, d) = (self.num_heads, self.head_dim);
         if q.size()[0] != rows * groups {
@@ -253,13 +286,22 @@ impl MultiHeadAttention {
             .f_view([rows, groups, h, q_len, d])?
             .f_permute([0, 2, 1, 3, 4])?
             .f_reshape([rows, h, groups * q_len, d])?;
-        let context =
-            Tensor::f_scaled_dot_product_attention(&q, k, v, bias, 0.0, false, self.scale, false)?;
+        let (context, weights) = self.attend(&q, k, v, bias)?;
         // [rows, h, groups·q_len, d] → [rows·groups, h, q_len, d]
-        Ok(context
+        let context = context
             .f_view([rows, h, groups, q_len, d])?
             .f_permute([0, 2, 1, 3, 4])?
-            .f_reshape([rows * groups, h, q_len, d])?)
+            .f_reshape([rows * groups, h, q_len, d])?;
+        // The same for the weights, with k_len in place of d.
+        let weights = weights
+            .map(|w| -> Result<Tensor> {
+                let k_len = w.size()[3];
+                Ok(w.f_view([rows, h, groups, q_len, k_len])?
+                    .f_permute([0, 2, 1, 3, 4])?
+                    .f_reshape([rows * groups, h, q_len, k_len])?)
+            })
+            .transpose()?;
+        Ok((context, weights))
     }
 
     fn query_only(&self, x: &Tensor) -> Result<Tensor> {

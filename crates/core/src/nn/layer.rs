@@ -7,6 +7,7 @@ use super::attention::{AttentionContext, MultiHeadAttention};
 use super::cache::LayerCache;
 use super::feed_forward::FeedForward;
 use super::norm::Norm;
+use super::probe;
 use crate::Result;
 use tch::Tensor;
 
@@ -75,6 +76,7 @@ impl TransformerLayer {
         ctx: &LayerContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        let input = x;
         let (self_cache, cross_cache) = match cache {
             Some(c) => (Some(&mut c.self_attn), Some(&mut c.cross_attn)),
             None => (None, None),
@@ -94,9 +96,11 @@ impl TransformerLayer {
             }
             (None, _) => x,
         };
-        self.residual(&x, &self.feed_forward_norm, |h| {
+        let output = self.residual(&x, &self.feed_forward_norm, |h| {
             self.feed_forward.forward(h)
-        })
+        })?;
+        probe::layer(input, &output);
+        Ok(output)
     }
 }
 

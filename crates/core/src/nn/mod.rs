@@ -3,7 +3,7 @@
 //! Reading order follows the data: [`linear`] projections (their CPU [`kernels`] chosen by
 //! measurement) and embeddings, [`position`]al encodings, [`mask`]s, multi-head
 //! [`attention`] with its KV [`cache`], the [`feed_forward`] network, [`norm`]alisation, and
-//! the [`layer`] that wires them together.
+//! the [`layer`] that wires them together. A [`probe`] records what they compute, per call.
 
 pub mod attention;
 pub mod cache;
@@ -14,6 +14,7 @@ pub mod linear;
 pub mod mask;
 pub mod norm;
 pub mod position;
+pub mod probe;
 
 pub use attention::{AttentionContext, MultiHeadAttention, Projections};
 pub use cache::{KvCache, LayerCache};
