@@ -706,6 +706,79 @@ fn an_interrupted_run_keeps_its_finished_lines_in_the_output_file() {
     }
 }
 
+#[test]
+fn resume_continues_an_interrupted_output_without_losing_or_doubling_ids() {
+    let lines: String = (0..300)
+        .map(|i| {
+            format!("{{\"id\": \"doc-{i}\", \"text\": \"Angela Merkel visited Paris {i}.\"}}\n")
+        })
+        .collect();
+    let input = tmp("resume.jsonl", lines.as_bytes());
+    let output = input.with_file_name("resume.out.jsonl");
+    let run = |resume: bool| {
+        let mut args = vec![
+            "ner".to_string(),
+            "--model".into(),
+            fixture("bert-tiny-ner"),
+            "--device".into(),
+            "cpu".into(),
+            "--format".into(),
+            "jsonl".into(),
+            "--input".into(),
+            input.display().to_string(),
+            "--output".into(),
+            output.display().to_string(),
+        ];
+        if resume {
+            args.push("--resume".into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        trident(&args, None)
+    };
+    let _ = std::fs::remove_file(&output);
+    assert!(run(false).status.success());
+    let whole = std::fs::read_to_string(&output).unwrap();
+    assert_eq!(whole.lines().count(), 300);
+    // An interrupted run: 120 whole lines and half of the next one.
+    let cut: usize = whole.lines().take(120).map(|l| l.len() + 1).sum();
+    let next = whole[cut..].find('\n').unwrap();
+    std::fs::write(&output, &whole[..cut + next / 2]).unwrap();
+    let resumed = run(true);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("120 of 300 inputs are already in the output"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        whole,
+        "a resumed run ends with what an uninterrupted run writes"
+    );
+    // Resuming a finished run does nothing; resuming without JSON Lines is refused.
+    assert!(run(true).status.success());
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+    let text = trident(
+        &[
+            "ner",
+            "--model",
+            &fixture("bert-tiny-ner"),
+            "--input",
+            input.to_str().unwrap(),
+        ]
+        .into_iter()
+        .chain(["--output", output.to_str().unwrap(), "--resume"])
+        .collect::<Vec<_>>(),
+        None,
+    );
+    assert!(!text.status.success());
+    assert!(
+        stderr(&text).contains("--format jsonl"),
+        "{}",
+        stderr(&text)
+    );
+}
+
 /// `--help` layout and discoverability (issue 18, item 10): help fits the terminal (100
 /// columns when there is none), the input/output flags have their own heading, the settings in
 /// effect can be shown, shell completions exist, and the top-level description names every

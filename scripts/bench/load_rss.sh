@@ -73,7 +73,7 @@ awk -v kib="$MEDIAN_KIB" -v base="$BASE_KIB" -v bytes="$FILE_BYTES" -v model="$M
     size = bytes / 1e6
     printf "model: %s  dtype: %s\n", model, dtype
     printf "median max RSS: %.1f MB; without weights (weights/gpt2-tiny): %.1f MB\n", rss, baseline
-    printf "safetensors size: %.1f MB (%d bytes)\n", size, bytes
+    printf "safetensors size: %.1f MB (%.0f bytes)\n", size, bytes
     printf "whole process / file: %.2f\n", rss / size
     printf "load (RSS - baseline) / file: %.2f\n", (rss - baseline) / size
 }'

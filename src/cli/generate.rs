@@ -7,7 +7,6 @@
 use super::common::ModelArgs;
 use super::generation_args::GenerationArgs;
 use super::io::{from_file, process, read_inputs, Format, IoArgs, Progress, Rendered};
-use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
@@ -122,13 +121,7 @@ fn stream(
     settings: &GenerationConfig,
 ) -> anyhow::Result<ExitCode> {
     let items = read_inputs(&args.io)?;
-    let mut sink: Box<dyn Write> = match &args.io.output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .with_context(|| format!("cannot create --output {}", p.display()))?,
-        )),
-        None => Box::new(std::io::stdout()),
-    };
+    let mut sink: Box<dyn Write> = super::io::open_sink(&args.io)?;
     let mut progress = Progress::new(items.len(), from_file(&args.io));
     let copies = settings.num_return_sequences();
     let live = copies == 1;

@@ -15,8 +15,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Output formats.
@@ -68,6 +69,13 @@ pub struct IoArgs {
     /// Write results to FILE instead of stdout.
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+
+    /// Continue an interrupted run: keep the results already in --output (JSON Lines) and
+    /// process only the inputs whose ids are not there yet, appending to it. A last line cut
+    /// off by the interruption is dropped and its input processed again. Needs --output and
+    /// --format jsonl; inputs are matched by their "id" (JSON Lines input) or line number.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
 
     /// Document tasks (summarize, translate) set this: plain-text input (a file or stdin) is
     /// one document, paragraphs and all, instead of one text per line.
@@ -177,6 +185,100 @@ fn not_blank(text: String) -> Result<String, String> {
 
 /// Read the inputs the user gave, in order.
 pub fn read_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
+    let items = read_all_inputs(args)?;
+    if !args.resume {
+        return Ok(items);
+    }
+    anyhow::ensure!(
+        args.format == Format::Jsonl,
+        "--resume continues a JSON Lines --output: add --format jsonl"
+    );
+    let done = match &args.output {
+        Some(path) => written_ids(path)?,
+        None => HashSet::new(),
+    };
+    let total = items.len();
+    let left: Vec<Item> = items
+        .into_iter()
+        .filter(|item| !done.contains(&item.id.to_string()))
+        .collect();
+    if total > left.len() {
+        eprintln!(
+            "--resume: {} of {total} inputs are already in the output; processing the other {}",
+            total - left.len(),
+            left.len()
+        );
+    }
+    Ok(left)
+}
+
+/// The ids (as JSON text) of the whole lines of a JSON Lines output written before; an
+/// absent file has none.
+fn written_ids(path: &Path) -> anyhow::Result<HashSet<String>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read --output {}", path.display()))
+        }
+    };
+    let whole = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&bytes[..0], |end| &bytes[..end]);
+    let mut ids = HashSet::new();
+    for (n, line) in whole.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let value: Value = serde_json::from_slice(line).with_context(|| {
+            format!(
+                "--resume: line {} of {} is not JSON Lines output of trident; resume only a \
+                 file written with --format jsonl",
+                n + 1,
+                path.display()
+            )
+        })?;
+        let id = value.get("id").ok_or_else(|| {
+            anyhow::anyhow!(
+                "--resume: line {} of {} has no \"id\"",
+                n + 1,
+                path.display()
+            )
+        })?;
+        ids.insert(id.to_string());
+    }
+    Ok(ids)
+}
+
+/// Open `--output` (or stdout) for writing results: a new file, or with `--resume` the old one
+/// with its cut-off last line removed, appended to.
+pub fn open_sink(args: &IoArgs) -> anyhow::Result<Box<dyn Write>> {
+    let Some(path) = &args.output else {
+        return Ok(Box::new(std::io::stdout()));
+    };
+    if !args.resume {
+        let file = std::fs::File::create(path)
+            .with_context(|| format!("cannot create --output {}", path.display()))?;
+        return Ok(Box::new(std::io::BufWriter::new(file)));
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open --output {} to resume", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read --output {}", path.display()))?;
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < bytes.len() {
+        file.set_len(whole as u64)
+            .with_context(|| format!("cannot cut the torn last line of {}", path.display()))?;
+    }
+    Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
+fn read_all_inputs(args: &IoArgs) -> anyhow::Result<Vec<Item>> {
     if !args.texts.is_empty() {
         anyhow::ensure!(
             args.input.is_none(),
@@ -336,13 +438,7 @@ pub struct Output {
 impl Output {
     /// Open stdout or `--output`.
     pub fn open(args: &IoArgs) -> anyhow::Result<Self> {
-        let sink: Box<dyn Write> = match &args.output {
-            Some(p) => Box::new(
-                std::fs::File::create(p)
-                    .with_context(|| format!("cannot create --output {}", p.display()))?,
-            ),
-            None => Box::new(std::io::stdout()),
-        };
+        let sink = open_sink(args)?;
         Ok(Output {
             format: args.format,
             sink,
@@ -646,6 +742,7 @@ mod tests {
             input_format,
             format: Format::Text,
             output: None,
+            resume: false,
             documents: false,
             blocks: false,
         };
