@@ -17,6 +17,7 @@ pub use trident_m2m100 as m2m100;
 pub use trident_marian as marian;
 pub use trident_t5 as t5;
 
+pub mod explain;
 pub mod seq2seq;
 pub use seq2seq::{generator, load_seq2seq, summarizer, translator};
 
