@@ -3,7 +3,7 @@
 use crate::config::{EncoderConfig, Family};
 use crate::model::Encoder;
 use tch::{Device, Kind, Tensor};
-use trident_core::nn::Linear;
+use trident_core::nn::{dropout, Linear};
 use trident_core::text::Batch;
 use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
 
@@ -34,7 +34,8 @@ pub enum SequenceHead {
 }
 
 impl SequenceHead {
-    fn new(root: &WeightPath, c: &EncoderConfig, num_labels: i64) -> Result<Self> {
+    /// The head of `c`'s family with `num_labels` outputs, named under `root`.
+    pub(crate) fn new(root: &WeightPath, c: &EncoderConfig, num_labels: i64) -> Result<Self> {
         let h = c.hidden_size;
         Ok(match c.family {
             Family::Bert => SequenceHead::Bert {
@@ -54,17 +55,24 @@ impl SequenceHead {
 
     /// `[batch, seq, hidden]` → `[batch, labels]`, from the first token's hidden state.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.forward_with_dropout(hidden, 0.0)
+    }
+
+    /// [`forward`](Self::forward) of a model being trained: dropout `p` where each family's
+    /// head has it (before `classifier`; RoBERTa also before `dense`).
+    pub fn forward_with_dropout(&self, hidden: &Tensor, p: f64) -> Result<Tensor> {
         let first = hidden.f_select(1, 0)?; // [batch, hidden]
         match self {
             SequenceHead::Bert { pooler, classifier } => {
-                classifier.forward(&pooler.forward(&first)?.f_tanh()?)
+                classifier.forward(&dropout(&pooler.forward(&first)?.f_tanh()?, p)?)
             }
             SequenceHead::DistilBert {
                 pre_classifier,
                 classifier,
-            } => classifier.forward(&pre_classifier.forward(&first)?.f_relu()?),
+            } => classifier.forward(&dropout(&pre_classifier.forward(&first)?.f_relu()?, p)?),
             SequenceHead::Roberta { dense, out_proj } => {
-                out_proj.forward(&dense.forward(&first)?.f_tanh()?)
+                let h = dense.forward(&dropout(&first, p)?)?.f_tanh()?;
+                out_proj.forward(&dropout(&h, p)?)
             }
         }
     }

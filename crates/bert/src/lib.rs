@@ -17,6 +17,7 @@ pub mod config;
 pub mod heads;
 pub mod model;
 pub mod pipelines;
+pub mod train;
 
 pub use config::{EncoderConfig, Family};
 pub use pipelines::classify::{ClassifyOptions, Label, TextClassifier};

@@ -11,7 +11,7 @@ use trident_core::nn::mask::padding_mask;
 use trident_core::nn::probe;
 use trident_core::nn::{
     AttentionContext, Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm,
-    NormPosition, Projections, TransformerLayer,
+    NormPosition, Projections, SublayerDropout, TransformerLayer,
 };
 use trident_core::{Result, WeightPath};
 
@@ -207,7 +207,25 @@ impl Encoder {
         attention_mask: &Tensor,
         token_type_ids: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let mut x = self.embeddings.forward(input_ids, token_type_ids)?; // [batch, seq, hidden]
+        self.forward_with_dropout(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            &EncoderDropout::default(),
+        )
+    }
+
+    /// [`forward`](Self::forward) of a model being trained, with `dropout` after the
+    /// embeddings and on each sublayer's output (the same modules).
+    pub fn forward_with_dropout(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        dropout: &EncoderDropout,
+    ) -> Result<Tensor> {
+        let x = self.embeddings.forward(input_ids, token_type_ids)?; // [batch, seq, hidden]
+        let mut x = trident_core::nn::dropout(&x, dropout.embeddings)?;
         let mask = padding_mask(attention_mask, x.kind())?; // [batch, 1, 1, seq], built once for all layers
         let ctx = LayerContext {
             self_attention: AttentionContext {
@@ -217,8 +235,24 @@ impl Encoder {
             ..Default::default()
         };
         for layer in &self.layers {
-            x = layer.forward(&x, &ctx, None)?;
+            x = layer.forward_with_dropout(&x, &ctx, None, dropout.layers)?;
         }
         Ok(x)
     }
+}
+
+/// The dropout of a training forward pass, from config.json (all zero, the default, at
+/// inference). Attention-probability dropout (`attention_probs_dropout_prob`,
+/// `attention_dropout`) is not applied: core's attention runs libtorch's fused kernel without
+/// it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EncoderDropout {
+    /// After the embeddings' LayerNorm (`hidden_dropout_prob`; DistilBERT `dropout`).
+    pub embeddings: f64,
+    /// On the attention and feed-forward outputs (BERT, RoBERTa: `hidden_dropout_prob` on
+    /// both; DistilBERT: `dropout` on the feed-forward output only).
+    pub layers: SublayerDropout,
+    /// Before the classifier (`classifier_dropout`, else `hidden_dropout_prob`; DistilBERT
+    /// `seq_classif_dropout` for sequences and `dropout` for tokens).
+    pub classifier: f64,
 }

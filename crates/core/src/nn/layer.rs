@@ -5,6 +5,7 @@
 
 use super::attention::{AttentionContext, MultiHeadAttention};
 use super::cache::LayerCache;
+use super::dropout::{dropout, SublayerDropout};
 use super::feed_forward::FeedForward;
 use super::norm::Norm;
 use super::probe;
@@ -53,12 +54,16 @@ pub struct LayerContext<'a> {
 }
 
 impl TransformerLayer {
+    /// The sublayer `f` with its residual connection and norm; `p`: dropout on `f`'s output
+    /// (0 at inference: no operation).
     fn residual(
         &self,
         x: &Tensor,
         norm: &Norm,
+        p: f64,
         f: impl FnOnce(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
+        let f = move |h: &Tensor| dropout(&f(h)?, p);
         Ok(match self.norm_position {
             NormPosition::Pre => x.f_add(&f(&norm.forward(x)?)?)?,
             NormPosition::Post => norm.forward(&x.f_add(&f(x)?)?)?,
@@ -76,19 +81,33 @@ impl TransformerLayer {
         ctx: &LayerContext,
         cache: Option<&mut LayerCache>,
     ) -> Result<Tensor> {
+        self.forward_with_dropout(x, ctx, cache, SublayerDropout::default())
+    }
+
+    /// [`forward`](Self::forward) of a model being trained: `dropout` on each sublayer's
+    /// output before its residual connection (the same modules, the same wiring).
+    pub fn forward_with_dropout(
+        &self,
+        x: &Tensor,
+        ctx: &LayerContext,
+        cache: Option<&mut LayerCache>,
+        dropout: SublayerDropout,
+    ) -> Result<Tensor> {
         let input = x;
         let (self_cache, cross_cache) = match cache {
             Some(c) => (Some(&mut c.self_attn), Some(&mut c.cross_attn)),
             None => (None, None),
         };
-        let x = self.residual(x, &self.self_attention_norm, |h| {
+        let x = self.residual(x, &self.self_attention_norm, dropout.attention, |h| {
             self.self_attention
                 .forward(h, None, &ctx.self_attention, self_cache)
         })?;
         let x = match (&self.cross_attention, ctx.encoder_hidden) {
-            (Some((attention, norm)), Some(encoder)) => self.residual(&x, norm, |h| {
-                attention.forward(h, Some(encoder), &ctx.cross_attention, cross_cache)
-            })?,
+            (Some((attention, norm)), Some(encoder)) => {
+                self.residual(&x, norm, dropout.attention, |h| {
+                    attention.forward(h, Some(encoder), &ctx.cross_attention, cross_cache)
+                })?
+            }
             (Some(_), None) => {
                 return Err(crate::Error::Input(
                     "a decoder layer with cross-attention needs the encoder output".into(),
@@ -96,7 +115,7 @@ impl TransformerLayer {
             }
             (None, _) => x,
         };
-        let output = self.residual(&x, &self.feed_forward_norm, |h| {
+        let output = self.residual(&x, &self.feed_forward_norm, dropout.feed_forward, |h| {
             self.feed_forward.forward(h)
         })?;
         probe::layer(input, &output);

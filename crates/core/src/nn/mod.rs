@@ -3,10 +3,12 @@
 //! Reading order follows the data: [`linear`] projections (their CPU [`kernels`] chosen by
 //! measurement) and embeddings, [`position`]al encodings, [`mask`]s, multi-head
 //! [`attention`] with its KV [`cache`], the [`feed_forward`] network, [`norm`]alisation, and
-//! the [`layer`] that wires them together. A [`probe`] records what they compute, per call.
+//! the [`layer`] that wires them together. A [`probe`] records what they compute, per call;
+//! [`dropout`] serves models being trained.
 
 pub mod attention;
 pub mod cache;
+pub mod dropout;
 pub mod feed_forward;
 pub mod kernels;
 pub mod layer;
@@ -15,9 +17,11 @@ pub mod mask;
 pub mod norm;
 pub mod position;
 pub mod probe;
+pub mod streamed;
 
 pub use attention::{AttentionContext, MultiHeadAttention, Projections};
 pub use cache::{KvCache, LayerCache};
+pub use dropout::{dropout, SublayerDropout};
 pub use feed_forward::FeedForward;
 pub use layer::{forward_stack, LayerContext, NormPosition, TransformerLayer};
 pub use linear::{Embedding, Linear};

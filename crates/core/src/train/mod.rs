@@ -22,6 +22,6 @@ pub use data::{Example, LabelledText, TagScheme, TaggedSentence, IGNORE};
 pub use optim::{AdamW, AdamWConfig};
 pub use schedule::LinearSchedule;
 pub use trainer::{
-    train, EpochReport, EvalScores, Hooks, Outcome, StepReport, TaskKind, TrainConfig, TrainData,
-    Trainable,
+    train, EpochReport, EvalScores, Hooks, Optimization, Outcome, Step, StepReport, TaskKind,
+    TrainConfig, TrainData, Trainable,
 };

@@ -246,6 +246,70 @@ struct State {
     history: Vec<serde_json::Value>,
 }
 
+/// One optimizer step after another: the model's loss on a batch, its gradients clipped,
+/// AdamW at the schedule's learning rate. [`train`] runs it over epochs; a test can run it over
+/// given batches.
+#[derive(Debug)]
+pub struct Optimization {
+    /// The optimizer and its state.
+    pub optimizer: AdamW,
+    /// The learning-rate schedule.
+    pub schedule: LinearSchedule,
+    /// Gradients are scaled to at most this global norm.
+    pub max_grad_norm: f64,
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The batch's loss before the update.
+    pub loss: f64,
+    /// The learning rate used.
+    pub lr: f64,
+    /// The gradients' global norm before clipping.
+    pub grad_norm: f64,
+}
+
+impl Optimization {
+    /// AdamW over `model`'s parameters with `config`'s settings, for a run of `total` steps.
+    pub fn new(model: &dyn Trainable, config: &TrainConfig, total: u64) -> Result<Self> {
+        Ok(Optimization {
+            optimizer: AdamW::new(
+                model.parameters(),
+                AdamWConfig {
+                    weight_decay: config.weight_decay,
+                    ..Default::default()
+                },
+            )?,
+            schedule: LinearSchedule::with_ratio(config.learning_rate, total, config.warmup_ratio),
+            max_grad_norm: config.max_grad_norm,
+        })
+    }
+
+    /// One step on `examples` (padded with `pad_id` into one batch), with the model's dropout.
+    pub fn step(
+        &mut self,
+        model: &dyn Trainable,
+        examples: &[&Example],
+        kind: TaskKind,
+        pad_id: i64,
+    ) -> Result<Step> {
+        let batch = batch_of(examples, pad_id, model)?;
+        let logits = model.logits(&batch, true)?;
+        let loss = loss_of(&logits, &labels_of(examples, kind, &batch)?)?;
+        self.optimizer.zero_grad();
+        loss.f_backward()?;
+        let grad_norm = self.optimizer.clip_grad_norm(self.max_grad_norm)?;
+        let lr = self.schedule.lr(self.optimizer.steps());
+        self.optimizer.step(lr)?;
+        Ok(Step {
+            loss: loss.f_double_value(&[])?,
+            lr,
+            grad_norm,
+        })
+    }
+}
+
 /// The checkpoint directory inside the output directory.
 pub fn checkpoint_dir(output: &Path) -> PathBuf {
     output.join("checkpoint")
@@ -285,14 +349,7 @@ pub fn train(
     let n = data.train.len();
     let per_epoch = n.div_ceil(config.batch_size) as u64;
     let total = per_epoch * config.epochs;
-    let schedule = LinearSchedule::with_ratio(config.learning_rate, total, config.warmup_ratio);
-    let mut optimizer = AdamW::new(
-        model.parameters(),
-        AdamWConfig {
-            weight_decay: config.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut optimization = Optimization::new(model, config, total)?;
     let mut state = State {
         fingerprint: fingerprint.clone(),
         global_step: 0,
@@ -318,12 +375,13 @@ pub fn train(
         restore(model.parameters(), &load_tensors(&model_file)?, &model_file)?;
         let optimizer_file = dir.join("optimizer.safetensors");
         let moments = load_tensors(&optimizer_file)?;
-        optimizer.load_state(saved.global_step, |name| {
-            moments
-                .get(name)
-                .map(Tensor::shallow_clone)
-                .ok_or_else(|| Error::weights(&optimizer_file, format!("tensor {name} is missing")))
-        })?;
+        optimization
+            .optimizer
+            .load_state(saved.global_step, |name| {
+                moments.get(name).map(Tensor::shallow_clone).ok_or_else(|| {
+                    Error::weights(&optimizer_file, format!("tensor {name} is missing"))
+                })
+            })?;
         state = saved;
     } else if saved_checkpoint(output).is_some() {
         return Err(Error::Input(format!(
@@ -347,15 +405,11 @@ pub fn train(
             let start = Instant::now();
             tch::manual_seed(step_seed(config.seed, state.global_step));
             let examples: Vec<&Example> = rows.iter().map(|&i| &data.train[i]).collect();
-            let batch = batch_of(&examples, data.pad_id, model)?;
-            let logits = model.logits(&batch, true)?;
-            let loss = loss_of(&logits, &labels_of(&examples, data.kind, &batch)?)?;
-            optimizer.zero_grad();
-            loss.f_backward()?;
-            let grad_norm = optimizer.clip_grad_norm(config.max_grad_norm)?;
-            let lr = schedule.lr(state.global_step);
-            optimizer.step(lr)?;
-            let loss = loss.f_double_value(&[])?;
+            let Step {
+                loss,
+                lr,
+                grad_norm,
+            } = optimization.step(model, &examples, data.kind, data.pad_id)?;
             state.global_step += 1;
             state.step_in_epoch = b as u64 + 1;
             state.epoch_loss_sum += loss;
@@ -379,7 +433,7 @@ pub fn train(
                         .save_steps
                         .is_some_and(|s| state.global_step % s == 0))
             {
-                save_checkpoint(output, model, &optimizer, &state)?;
+                save_checkpoint(output, model, &optimization.optimizer, &state)?;
             }
             if stop && !last_of_epoch {
                 stopped = true;
@@ -418,7 +472,7 @@ pub fn train(
         let stop = stop_after_steps.is_some_and(|s| state.global_step >= s);
         if state.epoch < config.epochs {
             // The next epoch starts from here after an interruption.
-            save_checkpoint(output, model, &optimizer, &state)?;
+            save_checkpoint(output, model, &optimization.optimizer, &state)?;
             if stop {
                 stopped = true;
                 break;
