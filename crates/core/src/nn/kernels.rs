@@ -22,8 +22,8 @@
 //! model in it.
 //!
 //! `TRIDENT_KERNELS` overrides the measurement: `fixed` uses the library's product for every
-//! shape (the same kernel on every run, for reproducible numbers), `library`, `split` or
-//! `onednn` force one kernel wherever it applies, `auto` (the default) measures. [`report`]
+//! shape (the same kernel on every run, for reproducible numbers), `library`, `split`,
+//! `onednn` or `streamed` force one kernel wherever it applies, `auto` (the default) measures. [`report`]
 //! lists each class seen with its kernel and why; `trident doctor` prints it.
 
 use std::collections::HashMap;
@@ -62,6 +62,9 @@ pub enum Kernel {
     Split,
     /// oneDNN's GEMM (`mkldnn_linear`), f32 only.
     OneDnn,
+    /// Trident's own bf16 product for few rows ([`super::streamed`]): the weight read as
+    /// stored, widened in registers, on AVX-512 CPUs.
+    Streamed,
 }
 
 impl Kernel {
@@ -71,6 +74,7 @@ impl Kernel {
             Kernel::Library => "library",
             Kernel::Split => "split",
             Kernel::OneDnn => "onednn",
+            Kernel::Streamed => "streamed",
         }
     }
 }
@@ -102,8 +106,10 @@ impl Policy {
             "library" => Ok(Policy::Force(Kernel::Library)),
             "split" => Ok(Policy::Force(Kernel::Split)),
             "onednn" => Ok(Policy::Force(Kernel::OneDnn)),
+            "streamed" => Ok(Policy::Force(Kernel::Streamed)),
             other => Err(format!(
-                "TRIDENT_KERNELS={other:?} is not one of auto, fixed, library, split, onednn"
+                "TRIDENT_KERNELS={other:?} is not one of auto, fixed, library, split, onednn, \
+                 streamed"
             )),
         }
     }
@@ -158,7 +164,8 @@ impl ShapeClass {
     }
 
     /// The kernels that compete on this class: the library's product always, the split
-    /// product for few rows, oneDNN for f32 when libtorch has it.
+    /// product for few rows, oneDNN for f32 when libtorch has it, the streamed bf16 product
+    /// for few bf16 rows on CPUs that run it.
     pub fn candidates(&self, onednn: bool) -> Vec<Kernel> {
         let mut c = vec![Kernel::Library];
         if self.kind == Kind::Int8 {
@@ -169,6 +176,12 @@ impl ShapeClass {
         }
         if onednn && self.kind == Kind::Float {
             c.push(Kernel::OneDnn);
+        }
+        if self.kind == Kind::BFloat16
+            && self.rows <= super::streamed::MAX_ROWS
+            && super::streamed::available()
+        {
+            c.push(Kernel::Streamed);
         }
         c
     }
@@ -711,6 +724,12 @@ mod tests {
         assert_eq!(big.to_string(), "bf16 768x768 65+ rows");
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 64).rows, 64);
         assert_eq!(big.candidates(true), [Library]);
+        // Few bf16 rows: the streamed product too, where the CPU runs it.
+        let decoding = ShapeClass::new(Kind::BFloat16, 768, 768, 1).candidates(true);
+        assert_eq!(
+            decoding.contains(&Streamed),
+            crate::nn::streamed::available()
+        );
         assert_eq!(
             ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
             [Library]

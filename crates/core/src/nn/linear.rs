@@ -164,6 +164,12 @@ impl Linear {
                 .f_to_mkldnn(None::<Kind>)?
                 .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
                 .f_to_dense(None::<Kind>, false)?,
+            Kernel::Streamed
+                if self.weight.is_contiguous() && self.weight.kind() == Kind::BFloat16 =>
+            {
+                super::streamed::linear(x, &self.weight, self.bias.as_ref())?
+            }
+            Kernel::Streamed => x.f_linear(&self.weight, self.bias.as_ref())?,
         })
     }
 

@@ -1,0 +1,246 @@
+//! A bf16 projection for decoding that streams the weight as it is stored.
+//!
+//! Decoding one token multiplies a few rows by every weight matrix, so it reads each weight
+//! once and does two flops per element: its speed is the memory bandwidth, and a bf16 weight
+//! (2 bytes per element) should take half the time of an f32 one. libtorch's bf16 product
+//! does not get there on the CPUs we measured: oneDNN prepares (re-packs) the weight on every
+//! call, and the call costs about what the f32 one does. This kernel reads the weight rows
+//! straight from the tensor's memory, widens each bf16 to f32 in registers (a bf16 is the top
+//! half of an f32) and accumulates in f32, so each weight byte is read once:
+//!
+//! ```text
+//! y[r, j] = Σ_k x[r, k] · W[j, k]      W [out, in] bf16, x [rows, in], y [rows, out]
+//!           └ 16 k at a time: 16 bf16 of W[j] → 16 f32 (shift left by 16), one FMA per row r
+//! ```
+//!
+//! The output rows `j` are split into blocks that rayon's threads share. The products are
+//! exact in f32 (bf16 × bf16 fits an f32 mantissa) and the sums are f32, as libtorch's are;
+//! only the order of the additions differs, then the result is rounded to bf16 as libtorch
+//! rounds it. It needs AVX-512 (checked at run time); elsewhere [`available`] is false and
+//! the library's product runs.
+
+use crate::{Error, Result};
+use rayon::prelude::*;
+use tch::{Device, Kind, Tensor};
+
+/// Rows up to which the kernel is a candidate: it re-reads the weight once per block of
+/// [`ROWS_PER_PASS`] rows, which only pays while the product is bound by memory.
+pub const MAX_ROWS: i64 = 8;
+
+/// Input rows multiplied in one pass over the weight (one accumulator each).
+const ROWS_PER_PASS: usize = 4;
+
+/// Output rows per task given to rayon: large enough that a task reads ≥ 64 KB of weight.
+const BLOCK: usize = 64;
+
+/// Whether this CPU runs the kernel (x86-64 with AVX-512F).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x·Wᵀ + b` for a bf16 weight `[out, in]` (contiguous, on the CPU) and `x` `[rows, in]`
+/// (bf16); `bias` `[out]` bf16. Returns `[rows, out]` bf16.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let [out, in_dim] = weight.size()[..] else {
+        return Err(Error::Input("a projection weight must be 2-D".into()));
+    };
+    let rows = x.size().first().copied().unwrap_or(0);
+    if !available()
+        || weight.kind() != Kind::BFloat16
+        || weight.device() != Device::Cpu
+        || !weight.is_contiguous()
+        || x.size() != [rows, in_dim]
+    {
+        return Err(Error::Input(
+            "the streamed bf16 kernel takes a contiguous CPU bf16 weight [out, in] and x \
+             [rows, in] on a CPU with AVX-512"
+                .into(),
+        ));
+    }
+    let (out, in_dim, rows) = (out as usize, in_dim as usize, rows as usize);
+    // The few input rows, widened to f32 once: [rows, in].
+    let xs = Vec::<f32>::try_from(&x.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?)?;
+    let bias = match bias {
+        Some(b) => Some(Vec::<f32>::try_from(
+            &b.f_to_kind(Kind::Float)?.f_contiguous()?,
+        )?),
+        None => None,
+    };
+    let weight_ptr = WeightPtr(weight.data_ptr() as *const u16);
+    // [out, rows]: each task writes the outputs of its block of weight rows.
+    let mut yt = vec![0f32; out * rows];
+    yt.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            let first = block * BLOCK;
+            let n = chunk.len() / rows;
+            // SAFETY: the weight is a contiguous [out, in] bf16 tensor that outlives this call
+            // (borrowed by it); block rows first..first + n are inside it.
+            let w = unsafe {
+                std::slice::from_raw_parts(weight_ptr.get().add(first * in_dim), n * in_dim)
+            };
+            product_block(w, in_dim, &xs, rows, chunk);
+            if let Some(b) = &bias {
+                for (j, outputs) in chunk.chunks_mut(rows).enumerate() {
+                    outputs.iter_mut().for_each(|y| *y += b[first + j]);
+                }
+            }
+        });
+    Ok(Tensor::f_from_slice(&yt)?
+        .f_view([out as i64, rows as i64])?
+        .f_tr()?
+        .f_to_kind(Kind::BFloat16)?
+        .f_contiguous()?)
+}
+
+/// The weight's address, shared read-only by rayon's tasks.
+#[derive(Clone, Copy)]
+struct WeightPtr(*const u16);
+// SAFETY: the pointer is only read, while the tensor it points into is borrowed by `linear`.
+unsafe impl Send for WeightPtr {}
+unsafe impl Sync for WeightPtr {}
+
+impl WeightPtr {
+    fn get(self) -> *const u16 {
+        self.0
+    }
+}
+
+/// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]`.
+fn product_block(w: &[u16], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]) {
+    for r0 in (0..rows).step_by(ROWS_PER_PASS) {
+        let take = ROWS_PER_PASS.min(rows - r0);
+        for (j, w_row) in w.chunks_exact(in_dim).enumerate() {
+            let mut sums = [0f32; ROWS_PER_PASS];
+            #[cfg(target_arch = "x86_64")]
+            {
+                // SAFETY: `available()` (checked by `linear`) says AVX-512F is there.
+                unsafe { avx512::dot_rows(w_row, &x[r0 * in_dim..], in_dim, take, &mut sums) };
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                scalar_dot_rows(w_row, &x[r0 * in_dim..], in_dim, take, &mut sums);
+            }
+            for (r, s) in sums.iter().take(take).enumerate() {
+                y[j * rows + r0 + r] = *s;
+            }
+        }
+    }
+}
+
+/// The widened value of a bf16 (its bits are an f32's top half).
+fn widen(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
+}
+
+/// Portable reference of [`avx512::dot_rows`] (also its test oracle).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn scalar_dot_rows(w: &[u16], x: &[f32], in_dim: usize, rows: usize, sums: &mut [f32]) {
+    for (r, s) in sums.iter_mut().take(rows).enumerate() {
+        let xr = &x[r * in_dim..(r + 1) * in_dim];
+        *s = w.iter().zip(xr).map(|(&b, &v)| widen(b) * v).sum();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{widen, ROWS_PER_PASS};
+    use std::arch::x86_64::*;
+
+    /// `sums[r] = w · x[r]` for `rows` ≤ [`ROWS_PER_PASS`] rows of `x` (row stride `in_dim`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `w.len() == in_dim`, `x.len() ≥ rows · in_dim`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_rows(
+        w: &[u16],
+        x: &[f32],
+        in_dim: usize,
+        rows: usize,
+        sums: &mut [f32; ROWS_PER_PASS],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); ROWS_PER_PASS];
+        let lanes = in_dim / 16 * 16;
+        let mut k = 0;
+        while k < lanes {
+            // 16 bf16 → 16 f32: zero-extend to 32 bits, shift into the top half.
+            let packed = _mm256_loadu_si256(w.as_ptr().add(k) as *const __m256i);
+            let wide = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(packed)));
+            for (r, a) in acc.iter_mut().enumerate().take(rows) {
+                let xv = _mm512_loadu_ps(x.as_ptr().add(r * in_dim + k));
+                *a = _mm512_fmadd_ps(wide, xv, *a);
+            }
+            k += 16;
+        }
+        for r in 0..rows {
+            let mut s = _mm512_reduce_add_ps(acc[r]);
+            for kk in lanes..in_dim {
+                s += widen(w[kk]) * x[r * in_dim + kk];
+            }
+            sums[r] = s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_streamed_product_equals_libtorchs_to_bf16_rounding() {
+        if !available() {
+            return; // nothing to compare on this CPU: the library's product runs instead
+        }
+        tch::manual_seed(3);
+        // An input width that is not a multiple of 16 (the scalar tail) and an output count
+        // that is not a multiple of the block.
+        for (rows, out, in_dim) in [(1, 200, 77), (3, 130, 64), (8, 67, 300)] {
+            let w =
+                Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let b = Tensor::randn([out], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let x =
+                Tensor::randn([rows, in_dim], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
+            let ours = linear(&x, &w, Some(&b)).unwrap().to_kind(Kind::Float);
+            // The reference in f32 from the same bf16 values, then rounded as ours is.
+            let exact = x
+                .to_kind(Kind::Float)
+                .linear(&w.to_kind(Kind::Float), Some(&b.to_kind(Kind::Float)))
+                .to_kind(Kind::BFloat16)
+                .to_kind(Kind::Float);
+            let diff = (&ours - &exact).abs().max().double_value(&[]);
+            let scale = exact.abs().max().double_value(&[]);
+            // One bf16 step at most (2^-8 relative), from summing in another order.
+            assert!(
+                diff <= scale / 128.0,
+                "{rows}x{out}x{in_dim}: {diff} vs {scale}"
+            );
+            assert_eq!(ours.size(), [rows, out]);
+        }
+    }
+
+    #[test]
+    fn shapes_it_cannot_take_are_errors() {
+        let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
+        assert!(linear(&x, &w, None).is_err());
+    }
+
+    #[test]
+    fn the_scalar_reference_widens_bf16_exactly() {
+        let w: Vec<u16> = [1.5f32, -2.0, 0.25]
+            .iter()
+            .map(|v| (v.to_bits() >> 16) as u16)
+            .collect();
+        let x = [2.0f32, 1.0, 4.0];
+        let mut sums = [0f32; ROWS_PER_PASS];
+        scalar_dot_rows(&w, &x, 3, 1, &mut sums);
+        assert_eq!(sums[0], 2.0);
+    }
+}
