@@ -2014,3 +2014,19 @@ fn bad_settings_fail_at_start_with_a_clear_message() {
         &format!("trident serve --config bad.toml: the key list names flags: {err}"),
     );
 }
+
+#[test]
+fn openai_chat_renders_the_checkpoints_template_with_one_bos() {
+    // weights/chat/reference.json: transformers' text-generation pipeline on llama-tiny, given
+    // the chat, answers this (greedy, 10 new tokens); its prompt is 59 tokens, one BOS.
+    let reference = trident_testing::reference("chat").unwrap();
+    let case = &reference["answers"][0];
+    assert_eq!(case["max_new_tokens"], 10);
+    let server = Server::start(&[("llama", "llama-tiny")], &[]);
+    let chat = server.ok(
+        "/v1/chat/completions",
+        &json!({"messages": case["messages"], "max_tokens": 10, "temperature": 0}),
+    );
+    assert_eq!(chat["choices"][0]["message"]["content"], case["answer"]);
+    assert_eq!(chat["usage"]["prompt_tokens"], 59, "{chat}");
+}

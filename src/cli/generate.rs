@@ -3,14 +3,19 @@
 //! The text format streams each continuation to the output as its tokens are produced, one
 //! prompt at a time; json and jsonl print transformers' text-generation pipeline output
 //! (`[{"generated_text": …}]` per prompt), generating `--batch-size` prompts together.
+//!
+//! With `--chat`, the inputs are conversations (see `chat::conversations`), each rendered with
+//! the model's chat template and its generation prompt; the output is the assistant's answer
+//! alone, cut before a stop string.
 
 use super::common::ModelArgs;
 use super::generation_args::GenerationArgs;
-use super::io::{from_file, process, read_inputs, Format, IoArgs, Progress, Rendered};
+use super::io::{from_file, process_items, read_inputs, Format, IoArgs, Item, Progress, Rendered};
 use clap::Args;
 use serde_json::json;
 use std::io::Write;
 use std::process::ExitCode;
+use trident_core::chat::{before_stop, ChatTemplate, StopFilter};
 use trident_core::generation::GenerationConfig;
 use trident_gpt::{GenerateOptions, GeneratedText, Piece, StepProbs, TextGenerator};
 
@@ -28,6 +33,8 @@ const CHUNK: usize = 16;
   trident generate --max-new-tokens 40 --do-sample --seed 7 --num-return-sequences 3 \"Once upon a time\"
   trident generate --show-probs 5 --max-new-tokens 10 \"The capital of France is\"
   trident generate --format json --num-beams 4 --no-prompt --input prompts.txt
+  trident generate --chat --model HuggingFaceTB/SmolLM2-360M-Instruct '[{\"role\": \"user\", \"content\": \"Hi!\"}]'
+  trident generate --chat --format jsonl --input conversations.jsonl
 
 Search is greedy unless --do-sample is given (then the temperature is 0.7 unless set, as in
 transformers' text-generation pipeline); at most 256 new tokens (half the context for small
@@ -43,6 +50,13 @@ pub struct GenerateArgs {
     /// greedy search and sampling only.
     #[arg(long, value_name = "K")]
     show_probs: Option<usize>,
+    /// Inputs are conversations, rendered with the model's chat template (generation prompt
+    /// added): each argument a JSON array of messages ([{"role": …, "content": …}]) or
+    /// {"messages": [...]}; --input or stdin one such conversation, a JSON array of them, or
+    /// JSON Lines with one per line (an "id" beside "messages" is carried to jsonl output).
+    /// The output is the assistant's answer alone, cut before a --stop string.
+    #[arg(long)]
+    chat: bool,
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
@@ -54,6 +68,11 @@ pub struct GenerateArgs {
 /// Run `trident generate`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.files(GPT_MODEL)?;
+    // A model without a chat template is refused before it is loaded.
+    let template = args
+        .chat
+        .then(|| ChatTemplate::from_files(&files))
+        .transpose()?;
     let generation = args.generation.options();
     let text = args.io.format == Format::Text;
     let mut options = GenerateOptions {
@@ -64,7 +83,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             args.model.batch_size as usize
         },
         generation,
-        return_full_text: !args.no_prompt,
+        return_full_text: !args.no_prompt && !args.chat,
         show_probs: args.show_probs,
     };
     let generator = trident::generator(&files, &args.model.load_options())?;
@@ -86,10 +105,26 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     args.generation.warn_unused(&settings);
+    let items = match &template {
+        Some(template) => super::chat::conversations(&args.io, template, &generator)?,
+        None => read_inputs(&args.io)?,
+    };
+    // A chat's answer ends before its stop string.
+    let stops = match args.chat {
+        true => settings.stop_strings.clone().unwrap_or_default(),
+        false => Vec::new(),
+    };
     if text {
-        return stream(&args, &generator, &options, &settings);
+        return stream(&args, &generator, &options, &settings, items, &stops);
     }
     let render = |_: &str, texts: &Vec<GeneratedText>| -> Rendered {
+        let texts: Vec<GeneratedText> = texts
+            .iter()
+            .map(|t| GeneratedText {
+                generated_text: before_stop(&t.generated_text, 0, &stops),
+                ..t.clone()
+            })
+            .collect();
         Rendered {
             // transformers returns a list of `{generated_text}` per prompt, for a single
             // prompt as for each prompt of a list.
@@ -103,8 +138,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
             heading: false,
         }
     };
-    process(
+    process_items(
         &args.io,
+        items,
         CHUNK,
         |prompts| Ok(generator.run(prompts, &options)?),
         render,
@@ -114,13 +150,15 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<ExitCode> {
 
 /// The text format: each prompt's continuation written as it is generated. Several outputs
 /// per prompt (`--num-return-sequences`) are written one after the other once all are done.
+/// Text from a stop string in `stops` on is not written (chats).
 fn stream(
     args: &GenerateArgs,
     generator: &TextGenerator,
     options: &GenerateOptions,
     settings: &GenerationConfig,
+    items: Vec<Item>,
+    stops: &[String],
 ) -> anyhow::Result<ExitCode> {
-    let items = read_inputs(&args.io)?;
     let mut sink: Box<dyn Write> = super::io::open_sink(&args.io)?;
     let mut progress = Progress::new(items.len(), from_file(&args.io));
     let copies = settings.num_return_sequences();
@@ -140,7 +178,11 @@ fn stream(
                 continue;
             }
         };
-        let head = if args.no_prompt { "" } else { prompt.as_str() };
+        let head = if args.no_prompt || args.chat {
+            ""
+        } else {
+            prompt.as_str()
+        };
         if live {
             sink.write_all(head.as_bytes())?;
             if args.show_probs.is_some() {
@@ -148,6 +190,8 @@ fn stream(
             }
             sink.flush()?;
         }
+        let mut filter = StopFilter::default();
+        let mut shown = String::new();
         let mut on_piece = |piece: Piece| {
             if !live {
                 return Ok(());
@@ -155,7 +199,11 @@ fn stream(
             let written = match piece.step {
                 Some(step) => writeln!(sink, "{}", step_line(step)),
                 None if args.show_probs.is_some() => Ok(()),
-                None => write!(sink, "{}", piece.text),
+                None => {
+                    let text = filter.push(piece.text, stops);
+                    shown.push_str(&text);
+                    write!(sink, "{text}")
+                }
             };
             written
                 .and_then(|()| sink.flush())
@@ -169,11 +217,15 @@ fn stream(
                 succeeded += 1;
                 let texts = results.into_iter().next().unwrap_or_default();
                 for (n, t) in texts.iter().enumerate() {
+                    let text = before_stop(&t.generated_text, 0, stops);
                     if !live || args.show_probs.is_some() {
                         if n > 0 {
                             sink.write_all(b"\n")?;
                         }
-                        sink.write_all(t.generated_text.as_bytes())?;
+                        sink.write_all(text.as_bytes())?;
+                    } else if let Some(rest) = text.strip_prefix(shown.as_str()) {
+                        // What the stop filter still held back.
+                        sink.write_all(rest.as_bytes())?;
                     }
                 }
                 sink.write_all(b"\n")?;

@@ -628,11 +628,23 @@ impl Progress {
 pub fn process<T>(
     args: &IoArgs,
     chunk: usize,
-    mut run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
+    run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
     render: impl Fn(&str, &T) -> Rendered,
     tokens: impl Fn() -> usize,
 ) -> anyhow::Result<std::process::ExitCode> {
     let items = read_inputs(args)?;
+    process_items(args, items, chunk, run, render, tokens)
+}
+
+/// [`process`] over `items` already read (texts the command made from its own input format).
+pub fn process_items<T>(
+    args: &IoArgs,
+    items: Vec<Item>,
+    chunk: usize,
+    mut run: impl FnMut(&[&str]) -> anyhow::Result<Vec<T>>,
+    render: impl Fn(&str, &T) -> Rendered,
+    tokens: impl Fn() -> usize,
+) -> anyhow::Result<std::process::ExitCode> {
     let mut output = Output::open(args)?;
     let mut progress = Progress::new(items.len(), from_file(args));
     // With -v, one text at a time, so that each warning names its input.

@@ -1,5 +1,6 @@
 //! Subcommands of the `trident` binary.
 
+mod chat;
 mod common;
 mod doctor;
 mod encoders;
@@ -64,6 +65,9 @@ enum Command {
     /// Continue a prompt (GPT-2, Llama), streaming the text as it is generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
+    /// Chat with an instruction-tuned model (SmolLM2, Qwen2.5, Llama 3…) in the terminal,
+    /// through its chat template, with the answer streamed as it is generated.
+    Chat(chat::ChatArgs),
     /// Serve every task over HTTP: per-task routes, text-embeddings-inference's and OpenAI's
     /// APIs, with batching of concurrent requests.
     Serve(serve::ServeArgs),
@@ -103,6 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Summarize(args) => summarize::run(args),
         Command::Translate(args) => translate::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions { shell } => {

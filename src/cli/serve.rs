@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use trident_bert::{Embedder, TextClassifier, TokenClassifier};
 use trident_core::config::{read_json, CommonConfig};
-use trident_core::{DeviceChoice, Dtype, HubOptions, LoadOptions, ModelFiles, TextEncoder};
+use trident_core::{
+    ChatTemplate, DeviceChoice, Dtype, HubOptions, LoadOptions, ModelFiles, TextEncoder,
+};
 use trident_serve::{AppState, LoadedModel, ModelSpec, Pipeline, ServeConfig, Task};
 
 /// Options of `trident serve`.
@@ -214,28 +216,12 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
         }
         _ => Vec::new(),
     };
-    #[derive(serde::Deserialize, Default)]
-    struct Chat {
-        chat_template: Option<serde_json::Value>,
-        bos_token: Option<serde_json::Value>,
-        eos_token: Option<serde_json::Value>,
-    }
-    let chat = match files.get_optional("tokenizer_config.json")? {
-        Some(path) => read_json::<Chat>(&path)?,
-        None => Chat::default(),
+    // A generation model's chat template (/v1/chat/completions); one that does not compile is
+    // a load error naming its file.
+    let chat_template = match task {
+        Task::Generate => ChatTemplate::find(&files)?,
+        _ => None,
     };
-    // A special token is a string, or an object with its `content`.
-    let token = |v: &Option<serde_json::Value>| -> Option<String> {
-        match v {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(serde_json::Value::Object(o)) => o.get("content")?.as_str().map(String::from),
-            _ => None,
-        }
-    };
-    let special_tokens = (token(&chat.bos_token), token(&chat.eos_token));
-    let chat_template = chat
-        .chat_template
-        .and_then(|t| t.as_str().map(String::from));
     Ok(LoadedModel {
         name: spec.name.clone(),
         source: spec.source.clone(),
@@ -245,7 +231,6 @@ fn load(spec: &ModelSpec, options: &LoadOptions) -> anyhow::Result<LoadedModel> 
         tokenizer,
         labels,
         chat_template,
-        special_tokens,
     })
 }
 

@@ -9,6 +9,7 @@
 //!    into new tokens (generation).
 
 pub mod causal;
+pub mod chat;
 pub mod chunk;
 pub mod config;
 pub mod device;
@@ -23,6 +24,7 @@ pub mod text;
 pub mod weights;
 pub mod train;
 
+pub use chat::ChatTemplate;
 pub use device::{DeviceChoice, LoadOptions};
 pub use dtype::Dtype;
 pub use error::{Error, Result};

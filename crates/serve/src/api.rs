@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use trident_bert::pipelines::classify::ScoreFunction;
 use trident_bert::{Aggregation, ClassifyOptions, NerOptions};
+use trident_core::chat::{before_stop, StopFilter};
 use trident_core::generation::GenerationConfig;
 use trident_core::seq2seq::{SummarizeOptions, TranslateOptions};
 use trident_gpt::GenerateOptions;
@@ -977,38 +978,10 @@ fn chat_prompt(model: &LoadedModel, messages: &[Message]) -> Result<String, ApiE
         return Err(ApiError::validation("messages is empty"));
     }
     if let Some(template) = &model.chat_template {
-        let mut env = minijinja::Environment::new();
-        env.add_template("chat", template)
-            .map_err(|e| ApiError::internal(format!("the model's chat template: {e}")))?;
-        let (bos, eos) = &model.special_tokens;
-        let rendered = env
-            .get_template("chat")
-            .and_then(|t| {
-                t.render(minijinja::context! {
-                    messages => messages,
-                    add_generation_prompt => true,
-                    bos_token => bos.clone().unwrap_or_default(),
-                    eos_token => eos.clone().unwrap_or_default(),
-                })
-            })
-            .map_err(|e| ApiError::validation(format!("the chat template failed: {e}")))?;
-        // A template that writes the BOS token meets a tokenizer that adds it too (Llama 3):
-        // transformers then tokenizes without special tokens; here the template's copy goes.
-        let adds_bos = bos
-            .as_deref()
-            .and_then(|b| model.tokenizer.token_id(b))
-            .is_some_and(|id| {
-                model
-                    .tokenizer
-                    .encode("")
-                    .is_ok_and(|e| e.ids.first() == Some(&id))
-            });
-        return Ok(match bos.as_deref() {
-            Some(b) if adds_bos && !b.is_empty() => {
-                rendered.strip_prefix(b).unwrap_or(&rendered).to_string()
-            }
-            _ => rendered,
-        });
+        // One BOS: the template's goes when the tokenizer adds its own (Llama 3).
+        return template
+            .prompt(messages, &model.tokenizer)
+            .map_err(|e| ApiError::validation(e.to_string()));
     }
     let mut prompt = String::new();
     for m in messages {
@@ -1080,68 +1053,6 @@ struct Completion {
     chat: bool,
     /// The request's concurrency slot, kept by a stream until it ends.
     slot: Option<Slot>,
-}
-
-/// OpenAI's `stop`: the text ends before the first stop string (after `from`, the echoed
-/// prompt); the engine stops at the token that completes it, so it is cut here.
-fn before_stop(text: &str, from: usize, stops: &[String]) -> String {
-    let from = from.min(text.len());
-    let tail = text.get(from..).unwrap_or("");
-    match stops.iter().filter_map(|s| tail.find(s.as_str())).min() {
-        Some(at) => text[..from + at].to_string(),
-        None => text.to_string(),
-    }
-}
-
-/// Streamed text held back while it could still be the start of a stop string, so that a
-/// stop string is never sent.
-#[derive(Default)]
-struct StopFilter {
-    pending: String,
-    stopped: bool,
-}
-
-impl StopFilter {
-    /// The text that can be sent now.
-    fn push(&mut self, text: &str, stops: &[String]) -> String {
-        if self.stopped {
-            return String::new();
-        }
-        self.pending.push_str(text);
-        if let Some(at) = stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            self.stopped = true;
-            let out = self.pending[..at].to_string();
-            self.pending.clear();
-            return out;
-        }
-        // Keep the longest end of the pending text that begins some stop string.
-        let keep = stops
-            .iter()
-            .filter_map(|s| {
-                (1..s.len())
-                    .filter(|&n| s.is_char_boundary(n) && self.pending.ends_with(&s[..n]))
-                    .max()
-            })
-            .max()
-            .unwrap_or(0);
-        let split = self.pending.len() - keep;
-        let out = self.pending[..split].to_string();
-        self.pending.drain(..split);
-        out
-    }
-
-    /// What is left when the generation ends without a stop string.
-    fn flush(&mut self) -> String {
-        if self.stopped {
-            String::new()
-        } else {
-            std::mem::take(&mut self.pending)
-        }
-    }
 }
 
 /// Run a completion (or chat) request, whole or streamed.
@@ -1286,7 +1197,7 @@ async fn complete(
                             if !rest.is_empty() {
                                 events.push(chunk(index, Some(&rest), None, false));
                             }
-                            let reason = if filter.stopped { "stop" } else { finish_reason(g.generated_tokens, max) };
+                            let reason = if filter.stopped() { "stop" } else { finish_reason(g.generated_tokens, max) };
                             events.push(chunk(index, None, Some(reason), false));
                         }
                     }

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use trident_bert::{Embedder, TextClassifier, TokenClassifier};
 use trident_core::seq2seq::{Summarizer, Translator};
-use trident_core::TextEncoder;
+use trident_core::{ChatTemplate, TextEncoder};
 use trident_gpt::TextGenerator;
 
 /// What a model does.
@@ -107,11 +107,9 @@ pub struct LoadedModel {
     pub max_input_length: Option<usize>,
     /// Labels of a classifier, in id order.
     pub labels: Vec<String>,
-    /// A chat template (Jinja) from tokenizer_config.json, when the model has one.
-    pub chat_template: Option<String>,
-    /// The `bos_token` and `eos_token` strings of tokenizer_config.json (the chat template's
-    /// variables).
-    pub special_tokens: (Option<String>, Option<String>),
+    /// The checkpoint's chat template (chat_template.jinja or tokenizer_config.json), when
+    /// it has one.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl LoadedModel {
