@@ -11,6 +11,7 @@ pub mod report;
 mod serve;
 mod summarize;
 mod translate;
+mod train;
 
 pub use common::with_flags;
 
@@ -76,6 +77,10 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Print shell completions, e.g. `trident completions bash > ~/.local/share/bash-completion/completions/trident`.
     Completions {
+    /// Fine-tune a BERT, DistilBERT or RoBERTa checkpoint on your labelled data
+    /// (`train classify`, `train ner`) into a checkpoint the other commands use.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
         /// The shell: bash, zsh, fish, elvish or powershell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -115,5 +120,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut command, "trident", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train(command) => train::run(command),
     }
 }

@@ -295,21 +295,23 @@ impl Trainable for TrainableModel {
     fn logits(&self, batch: &Batch, train: bool) -> Result<Tensor> {
         let none = EncoderDropout::default();
         let p = if train { &self.dropout } else { &none };
-        let (encoder, logits): (&Encoder, &dyn Fn(&Tensor) -> Result<Tensor>) = match &self.model {
-            Model::Sequence(m) => (&m.encoder, &|h| {
-                m.head.forward_with_dropout(h, p.classifier)
-            }),
-            Model::Token(m) => (&m.encoder, &|h| {
-                m.classifier.forward(&dropout(h, p.classifier)?)
-            }),
+        let hidden = |encoder: &Encoder| {
+            encoder.forward_with_dropout(
+                &batch.input_ids,
+                &batch.attention_mask,
+                Some(&batch.token_type_ids),
+                p,
+            )
         };
-        let hidden = encoder.forward_with_dropout(
-            &batch.input_ids,
-            &batch.attention_mask,
-            Some(&batch.token_type_ids),
-            p,
-        )?;
-        Ok(logits(&hidden)?.f_to_kind(Kind::Float)?)
+        let logits = match &self.model {
+            Model::Sequence(m) => m
+                .head
+                .forward_with_dropout(&hidden(&m.encoder)?, p.classifier)?,
+            Model::Token(m) => m
+                .classifier
+                .forward(&dropout(&hidden(&m.encoder)?, p.classifier)?)?,
+        };
+        Ok(logits.f_to_kind(Kind::Float)?)
     }
 
     fn save_pretrained(&self, dir: &Path) -> Result<()> {

@@ -85,7 +85,7 @@ impl TagScheme {
     }
 
     /// Check one tag: `Ok((prefix, type))`, `prefix` `None` for `O`.
-    fn parse<'t>(self, tag: &'t str) -> std::result::Result<(Option<char>, &'t str), String> {
+    fn parse(self, tag: &str) -> std::result::Result<(Option<char>, &str), String> {
         if tag == "O" {
             return Ok((None, ""));
         }
@@ -393,12 +393,12 @@ fn json_lines(text: &str, file: &str) -> Result<Vec<(usize, serde_json::Map<Stri
     Ok(out)
 }
 
+/// CSV records, each with the line it starts on.
+type Records = Vec<(usize, Vec<String>)>;
+
 /// RFC 4180 records: fields split by `sep`, quoted fields with `""` for a quote and line
 /// breaks inside. Returns each record with the line it starts on; an error is `(line, why)`.
-fn parse_csv(
-    text: &str,
-    sep: u8,
-) -> std::result::Result<Vec<(usize, Vec<String>)>, (usize, String)> {
+fn parse_csv(text: &str, sep: u8) -> std::result::Result<Records, (usize, String)> {
     let sep = sep as char;
     let mut records = Vec::new();
     let mut record = Vec::new();

@@ -431,7 +431,7 @@ pub fn train(
                 && (stop
                     || config
                         .save_steps
-                        .is_some_and(|s| state.global_step % s == 0))
+                        .is_some_and(|s| state.global_step.is_multiple_of(s)))
             {
                 save_checkpoint(output, model, &optimization.optimizer, &state)?;
             }
@@ -519,6 +519,8 @@ fn check_fingerprint(saved: &serde_json::Value, now: &serde_json::Value) -> Resu
         (Some(a), Some(b)) => a
             .keys()
             .chain(b.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .filter(|k| a.get(*k) != b.get(*k))
             .map(|k| format!("{k} was {} and is now {}", show(a.get(k)), show(b.get(k))))
             .collect::<Vec<_>>(),
