@@ -36,6 +36,9 @@ Nothing here uses Trident code.  Deterministic: CPU, float32, one thread; a reru
 Run through scripts/fixtures.sh, or directly:
 
     .venv-fixtures/bin/python scripts/fixtures_train.py [--out weights/train/reference.json] [--data weights/train]
+        [--weights weights]
+
+It runs after make_fixtures.py (it reads the bert-tiny-sentiment and bert-tiny-ner fixtures).
 """
 
 import argparse
@@ -253,8 +256,8 @@ def run_steps(model, batches):
     return steps, decay
 
 
-def make_task(task, data_dir):
-    model_dir = os.path.join(ROOT, "weights", task["model"])
+def make_task(task, weights_dir, data_dir):
+    model_dir = os.path.join(weights_dir, task["model"])
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = task["class"].from_pretrained(model_dir, dtype=torch.float32)
     label2id = model.config.label2id
@@ -314,7 +317,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(ROOT, "weights", "train", "reference.json"))
     ap.add_argument("--data", default=os.path.join(ROOT, "weights", "train"),
-                    help="the directory of sentiment.csv and ner.conll")
+                    help="the directory of sentiment.csv and ner.conll (committed inputs)")
+    ap.add_argument("--weights", default=os.path.join(ROOT, "weights"),
+                    help="the directory of the bert-tiny-sentiment and bert-tiny-ner fixtures")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     data_dir = os.path.abspath(args.data)
@@ -337,7 +342,7 @@ def main():
         },
     }
     for task in TASKS:
-        reference[task["name"]] = make_task(task, data_dir)
+        reference[task["name"]] = make_task(task, os.path.abspath(args.weights), data_dir)
     write_json(out, reference)
     log(f"wrote {os.path.relpath(out, ROOT)}")
 
