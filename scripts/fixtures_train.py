@@ -343,6 +343,7 @@ def main():
     }
     for task in TASKS:
         reference[task["name"]] = make_task(task, os.path.abspath(args.weights), data_dir)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     write_json(out, reference)
     log(f"wrote {os.path.relpath(out, ROOT)}")
 
