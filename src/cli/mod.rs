@@ -4,6 +4,7 @@ mod chat;
 mod common;
 mod doctor;
 mod encoders;
+mod explain;
 mod generate;
 mod generation_args;
 pub mod io;
@@ -69,6 +70,10 @@ enum Command {
     /// Chat with an instruction-tuned model (SmolLM2, Qwen2.5, Llama 3…) in the terminal,
     /// through its chat template, with the answer streamed as it is generated.
     Chat(chat::ChatArgs),
+    /// Show what the model does with one text, step by step: tokens, embeddings and positions,
+    /// attention per layer and head, the residual stream, and the output, as one
+    /// self-contained HTML page (or JSON, or a terminal summary).
+    Explain(explain::ExplainArgs),
     /// Serve every task over HTTP: per-task routes, text-embeddings-inference's and OpenAI's
     /// APIs, with batching of concurrent requests.
     Serve(serve::ServeArgs),
@@ -113,6 +118,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Translate(args) => translate::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions { shell } => {

@@ -95,6 +95,11 @@ impl TextClassifier {
         &self.labels
     }
 
+    /// How logits become scores when a call does not say.
+    pub fn score_function(&self) -> ScoreFunction {
+        self.function
+    }
+
     /// Tokenize one text; a text longer than the model takes is cut to its first
     /// `max_len` tokens, with a warning on stderr (a classifier sees one window).
     pub fn encode(&self, text: &str) -> Result<Encoded> {

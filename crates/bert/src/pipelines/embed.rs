@@ -121,6 +121,16 @@ impl Embedder {
         })
     }
 
+    /// How token vectors become one vector.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Whether the pooled vector is scaled to length 1.
+    pub fn normalizes(&self) -> bool {
+        self.normalize
+    }
+
     /// Tokens embedded so far (for throughput summaries).
     pub fn tokens_processed(&self) -> usize {
         self.tokens.load(std::sync::atomic::Ordering::Relaxed)

@@ -242,6 +242,16 @@ impl TokenClassifier {
             .collect())
     }
 
+    /// The model underneath (encoder and classifier).
+    pub fn model(&self) -> &TokenClassificationModel {
+        &self.model
+    }
+
+    /// The label names (`O`, `B-PER`, …), in index order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
     /// Tokens run through the model so far (for throughput summaries).
     pub fn tokens_processed(&self) -> usize {
         self.tokens.load(std::sync::atomic::Ordering::Relaxed)

@@ -202,8 +202,6 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<TextResult>> {
         let config = self.settings(request)?;
-        let prefix = config.prefix.clone().unwrap_or_default();
-        let max_input_tokens = self.max_input_tokens(request.max_input_tokens);
         if request.batch_size == 0 {
             return Err(Error::Input("batch_size must be at least 1".into()));
         }
@@ -222,20 +220,9 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
                     request.what
                 )));
             }
-            // A language token that the tokenizer does not put there takes one position.
-            let limit = match request.source_language {
-                Some(_) => max_input_tokens.saturating_sub(1).max(1),
-                None => max_input_tokens,
-            };
-            let pieces = chunk::split_to_fit(&self.tokenizer, &prefix, text, limit)?;
+            let pieces = self.pieces(text, &config, request)?;
             chunks.push(pieces.len());
-            jobs.extend(pieces.into_iter().map(|p| {
-                let encoded = match request.source_language {
-                    Some(language) => with_language(p.encoded, language),
-                    None => p.encoded,
-                };
-                (i, encoded)
-            }));
+            jobs.extend(pieces.into_iter().map(|encoded| (i, encoded)));
         }
         let copies = config.num_return_sequences();
         let mut results: Vec<TextResult> = chunks
@@ -284,6 +271,39 @@ impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
             on_progress(done, jobs.len());
         }
         Ok(results)
+    }
+}
+
+impl<M: Seq2SeqLm> Seq2SeqPipeline<M> {
+    /// The encoder inputs of one `text` as [`run`](Self::run) builds them: the prefix of the
+    /// request's settings, the source-language token, and the split into pieces that fit the
+    /// encoder (one piece for a text that fits).
+    pub fn inputs(&self, text: &str, request: &Seq2SeqRequest) -> Result<Vec<Encoded>> {
+        self.pieces(text, &self.settings(request)?, request)
+    }
+
+    /// [`inputs`](Self::inputs) under the settings `config` already merged for `request`.
+    fn pieces(
+        &self,
+        text: &str,
+        config: &GenerationConfig,
+        request: &Seq2SeqRequest,
+    ) -> Result<Vec<Encoded>> {
+        let prefix = config.prefix.clone().unwrap_or_default();
+        let max_input_tokens = self.max_input_tokens(request.max_input_tokens);
+        // A language token that the tokenizer does not put there takes one position.
+        let limit = match request.source_language {
+            Some(_) => max_input_tokens.saturating_sub(1).max(1),
+            None => max_input_tokens,
+        };
+        let pieces = chunk::split_to_fit(&self.tokenizer, &prefix, text, limit)?;
+        Ok(pieces
+            .into_iter()
+            .map(|p| match request.source_language {
+                Some(language) => with_language(p.encoded, language),
+                None => p.encoded,
+            })
+            .collect())
     }
 }
 

@@ -128,4 +128,15 @@ impl Summarizer {
     pub fn max_input_tokens(&self, options: &SummarizeOptions) -> usize {
         self.inner.max_input_tokens(options.max_input_tokens)
     }
+
+    /// The encoder inputs of `text` for a call with `options` (prefix included; one per
+    /// piece of a long document), as [`run`](Self::run) tokenizes them.
+    pub fn inputs(&self, text: &str, options: &SummarizeOptions) -> Result<Vec<crate::Encoded>> {
+        self.inner.inputs(text, &self.request(options))
+    }
+
+    /// The model, tokenizer and checkpoint settings underneath.
+    pub fn pipeline(&self) -> &Seq2SeqPipeline<AnySeq2SeqLm> {
+        &self.inner
+    }
 }

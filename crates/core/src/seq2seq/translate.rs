@@ -387,6 +387,19 @@ impl Translator {
         self.inner.max_input_tokens(options.max_input_tokens)
     }
 
+    /// The encoder inputs of `text` for a call with `options` (prefix or source-language
+    /// token included; one per piece of a long document), as [`run`](Self::run) tokenizes
+    /// them.
+    pub fn inputs(&self, text: &str, options: &TranslateOptions) -> Result<Vec<crate::Encoded>> {
+        let pair = self.pair(options)?;
+        self.inner.inputs(text, &self.request(&pair, options))
+    }
+
+    /// The model, tokenizer and checkpoint settings underneath.
+    pub fn pipeline(&self) -> &Seq2SeqPipeline<AnySeq2SeqLm> {
+        &self.inner
+    }
+
     /// The language codes the model takes (`fr`, `fra_Latn`, …), or its one pair.
     pub fn language_codes(&self) -> Vec<String> {
         match &self.languages {
