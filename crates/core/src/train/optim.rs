@@ -60,6 +60,10 @@ pub struct AdamW {
     slots: Vec<Slot>,
     config: AdamWConfig,
     step: u64,
+    /// Room for the largest parameter's temporaries, reused by every parameter and step:
+    /// a fresh tensor per update would be fresh, kernel-zeroed memory each time (for a token
+    /// table, tens of MB per step).
+    scratch: Tensor,
 }
 
 impl AdamW {
@@ -77,10 +81,17 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let largest = parameters.iter().map(|(_, p)| p.numel()).max().unwrap_or(0);
+        let (kind, device) = parameters
+            .first()
+            .map_or((tch::Kind::Float, tch::Device::Cpu), |(_, p)| {
+                (p.kind(), p.device())
+            });
         Ok(AdamW {
             slots,
             config,
             step: 0,
+            scratch: Tensor::f_empty([largest as i64], (kind, device))?,
         })
     }
 
@@ -93,9 +104,13 @@ impl AdamW {
     /// without a gradient is left alone, as PyTorch does):
     ///
     /// ```text
-    /// p ← p·(1 − lr·λ);  m ← lerp(m, g, 1 − β₁);  v ← β₂·v + (1 − β₂)·g²
+    /// p ← p·(1 − lr·λ);  m ← lerp(m, g, 1 − β₁);  v ← lerp(v, g², 1 − β₂)
     /// p ← p − lr/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
     /// ```
+    ///
+    /// The last line is computed as PyTorch's capturable path writes it, with the step size
+    /// folded into the denominator; every operation is in place, on the parameter, the
+    /// moments and one reused scratch tensor.
     pub fn step(&mut self, lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
@@ -110,20 +125,25 @@ impl AdamW {
                     continue;
                 }
                 let mut p = slot.param.shallow_clone();
+                let mut tmp = self
+                    .scratch
+                    .f_narrow(0, 0, p.numel() as i64)?
+                    .f_view(p.size().as_slice())?;
                 if slot.decay && c.weight_decay != 0.0 {
                     let _ = p.f_mul_scalar_(1.0 - lr * c.weight_decay)?;
                 }
                 let _ = slot.exp_avg.f_lerp_(&grad, 1.0 - c.beta1)?;
-                let _ = slot
-                    .exp_avg_sq
-                    .f_mul_scalar_(c.beta2)?
-                    .f_addcmul_(&grad.f_mul_scalar(1.0 - c.beta2)?, &grad)?;
-                let denom = slot
-                    .exp_avg_sq
-                    .f_sqrt()?
-                    .f_div_scalar(bias_correction2_sqrt)?
-                    .f_add_scalar(c.eps)?;
-                let _ = p.f_addcdiv_(&slot.exp_avg.f_mul_scalar(-step_size)?, &denom)?;
+                let _ = grad.f_mul_out(&tmp, &grad)?; // g²
+                let _ = slot.exp_avg_sq.f_lerp_(&tmp, 1.0 - c.beta2)?;
+                if step_size == 0.0 {
+                    continue; // warm-up's first step: the moments move, the weights do not
+                }
+                // denom = (√v / √(1 − β₂ᵗ) + ε) / (−step_size), so that p + m / denom is
+                // p − step_size · m / (√v / √(1 − β₂ᵗ) + ε).
+                let _ = slot.exp_avg_sq.f_sqrt_out(&tmp)?;
+                let _ = tmp.f_div_scalar_(-bias_correction2_sqrt * step_size)?;
+                let _ = tmp.f_add_scalar_(-c.eps / step_size)?;
+                let _ = p.f_addcdiv_(&slot.exp_avg, &tmp)?;
             }
             Ok(())
         })
