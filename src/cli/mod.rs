@@ -11,8 +11,8 @@ pub mod io;
 pub mod report;
 mod serve;
 mod summarize;
-mod translate;
 mod train;
+mod translate;
 
 pub use common::with_flags;
 
@@ -64,7 +64,8 @@ enum Command {
     /// Translate documents (OPUS-MT, NLLB, M2M100, T5), e.g. `translate --from fr --to en "Le chat dort."`.
     #[command(after_help = translate::DEFAULT_MODEL_HELP)]
     Translate(translate::TranslateArgs),
-    /// Continue a prompt (GPT-2, Llama), streaming the text as it is generated.
+    /// Continue a prompt (GPT-2, Llama, Mistral, Qwen2, BLOOM), streaming the text as it is
+    /// generated.
     #[command(after_help = default_model(generate::GPT_MODEL))]
     Generate(generate::GenerateArgs),
     /// Chat with an instruction-tuned model (SmolLM2, Qwen2.5, Llama 3…) in the terminal,
@@ -77,15 +78,15 @@ enum Command {
     /// Serve every task over HTTP: per-task routes, text-embeddings-inference's and OpenAI's
     /// APIs, with batching of concurrent requests.
     Serve(serve::ServeArgs),
+    /// Fine-tune a BERT, DistilBERT or RoBERTa checkpoint on your labelled data
+    /// (`train classify`, `train ner`) into a checkpoint the other commands use.
+    #[command(subcommand)]
+    Train(train::TrainCommand),
     /// Check the installation: libtorch version, threads, CPU kernels, CUDA/MPS, model
     /// cache, hub access.
     Doctor(doctor::DoctorArgs),
     /// Print shell completions, e.g. `trident completions bash > ~/.local/share/bash-completion/completions/trident`.
     Completions {
-    /// Fine-tune a BERT, DistilBERT or RoBERTa checkpoint on your labelled data
-    /// (`train classify`, `train ner`) into a checkpoint the other commands use.
-    #[command(subcommand)]
-    Train(train::TrainCommand),
         /// The shell: bash, zsh, fish, elvish or powershell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
@@ -120,12 +121,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(args) => chat::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Train(command) => train::run(command),
         Command::Doctor(args) => doctor::run(args),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "trident", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Train(command) => train::run(command),
     }
 }
