@@ -21,8 +21,8 @@ pub mod nn;
 pub mod sentencepiece;
 pub mod seq2seq;
 pub mod text;
-pub mod weights;
 pub mod train;
+pub mod weights;
 
 pub use chat::ChatTemplate;
 pub use device::{DeviceChoice, LoadOptions};
