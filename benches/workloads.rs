@@ -7,9 +7,13 @@
 //! cargo bench --bench workloads -- WORKLOAD MODEL_DIR INPUTS.json [DTYPE]
 //! ```
 //! WORKLOAD: ner | classify | embed | t5-greedy | t5-beam4 | gpt2-greedy-b1 | gpt2-greedy-b8 |
-//! gpt2-topp-b1 | marian-greedy | marian-beam4 | bart-beam4; DTYPE: f32 (default) | bf16 |
-//! int8. With `TRIDENT_BENCH_OUTPUT=FILE` the pipeline's results are also written to FILE as
-//! JSON, for run.py to measure what bf16 and int8 change against f32.
+//! gpt2-topp-b1 | marian-greedy | marian-beam4 | bart-beam4 | M-prefill512 | M-greedy-b1 |
+//! M-greedy-b8 | M-topp-b1 with M = smollm2-360m | tinyllama-1.1b (the Llama-architecture
+//! decoders of issue 12; `trident::generator` picks the family from config.json); DTYPE: f32
+//! (default) | bf16 | int8. With `TRIDENT_BENCH_OUTPUT=FILE` the pipeline's results are also
+//! written to FILE as JSON, for run.py to measure what bf16 and int8 change against f32.
+//! `BENCH_SCALE=N` divides the number of new tokens by N (run.py --smoke: a check that a
+//! workload runs, not a measurement).
 //!
 //! Without arguments (as `cargo test --all-targets` runs it), every workload but Marian and BART
 //! (no tiny fixtures of them yet) runs once on the tiny fixtures in weights/ with a few new
@@ -61,7 +65,13 @@ fn main() -> anyhow::Result<()> {
                 Some(d) => d.parse()?,
                 None => Dtype::F32,
             };
-            let (line, outputs) = run(workload, &ModelFiles::local(model)?, &texts, 1, dtype)?;
+            // BENCH_SCALE=N divides the new tokens (a smoke check: run.py --smoke; never for
+            // measurements).
+            let scale = match std::env::var("BENCH_SCALE") {
+                Ok(s) => s.parse()?,
+                Err(_) => 1,
+            };
+            let (line, outputs) = run(workload, &ModelFiles::local(model)?, &texts, scale, dtype)?;
             if let Ok(path) = std::env::var("TRIDENT_BENCH_OUTPUT") {
                 std::fs::write(path, outputs.to_string())?;
             }
@@ -104,6 +114,10 @@ fn smoke() -> anyhow::Result<()> {
         ("gpt2-greedy-b1", "gpt2-tiny"),
         ("gpt2-greedy-b8", "gpt2-tiny"),
         ("gpt2-topp-b1", "gpt2-tiny"),
+        ("smollm2-360m-prefill512", "llama-tiny"),
+        ("smollm2-360m-greedy-b1", "llama-tiny"),
+        ("tinyllama-1.1b-greedy-b8", "llama-tiny"),
+        ("tinyllama-1.1b-topp-b1", "llama-tiny"),
     ] {
         let files = ModelFiles::local(trident_testing::fixture_dir(fixture))?;
         for dtype in [Dtype::F32, Dtype::Int8] {
@@ -116,6 +130,19 @@ fn smoke() -> anyhow::Result<()> {
     }
     println!("benchmark smoke check: every workload ran");
     Ok(())
+}
+
+/// The Llama-architecture models of issue 12's decoding benchmark (random weights of these
+/// checkpoints' shapes, made by scripts/bench/make_models.py).
+const LLAMA_MODELS: [&str; 2] = ["smollm2-360m", "tinyllama-1.1b"];
+
+/// The kind of a Llama workload (`prefill512`, `greedy-b1`, `greedy-b8`, `topp-b1`), from its
+/// name `<model>-<kind>`; None for any other workload.
+fn llama_workload(workload: &str) -> Option<&str> {
+    LLAMA_MODELS
+        .iter()
+        .find_map(|m| workload.strip_prefix(m)?.strip_prefix('-'))
+        .filter(|kind| ["prefill512", "greedy-b1", "greedy-b8", "topp-b1"].contains(kind))
 }
 
 /// `f`'s result and how long it took, in seconds.
@@ -233,6 +260,45 @@ fn run(
                 "new tokens",
                 serde_json::to_value(out)?,
             )
+        }
+        w if llama_workload(w).is_some() => {
+            // As GPT-2's workloads: a 32-token prompt (BOS included), exactly 128 new tokens
+            // (min = max), greedy at batch 1 and 8 or top-p 0.9 (top-k off, temperature 1) at
+            // batch 1. Prefill: one 512-token prompt and 1 new token, measured in prompt tokens.
+            let kind = llama_workload(w).unwrap_or_default();
+            let prefill = kind == "prefill512";
+            let batch = if kind == "greedy-b8" { 8 } else { 1 };
+            let new_tokens = if prefill { 1 } else { gpt_new };
+            let mut generation = exact(new_tokens, 1);
+            if kind == "topp-b1" {
+                generation.do_sample = Some(true);
+                generation.top_p = Some(0.9);
+                generation.top_k = Some(0);
+                generation.temperature = Some(1.0);
+                generation.seed = Some(0);
+            }
+            let p = trident::generator(files, &load_options)?;
+            let load = start.elapsed().as_secs_f64();
+            let options = GenerateOptions {
+                batch_size: batch,
+                generation,
+                ..Default::default()
+            };
+            let (out, run) = timed(|| p.run(&refs[..batch], &options))?;
+            for (i, s) in out.iter().enumerate() {
+                anyhow::ensure!(
+                    s[0].generated_tokens == new_tokens,
+                    "{workload}: prompt {i} got {} new tokens, not {new_tokens}",
+                    s[0].generated_tokens
+                );
+            }
+            let (units, unit) = if prefill {
+                // The prompt as the model reads it (BOS included), counted outside the timing.
+                (p.tokenizer().encode(refs[0])?.len(), "prompt tokens")
+            } else {
+                (batch * new_tokens, "new tokens")
+            };
+            (load, run, units, unit, serde_json::to_value(out)?)
         }
         "marian-greedy" | "marian-beam4" => {
             let beams = if workload == "marian-beam4" { 4 } else { 1 };

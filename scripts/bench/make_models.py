@@ -3,7 +3,11 @@
 Random weights cost exactly what trained ones cost to run. Everything is deterministic
 (fixed seeds); nothing here is committed: it is written under .bench/ on demand.
 
-    .venv-fixtures/bin/python scripts/bench/make_models.py [--out .bench]
+    .venv-fixtures/bin/python scripts/bench/make_models.py [--out .bench] [--llama all|smollm2-360m,tinyllama-1.1b]
+
+The Llama-architecture decoders of issue 12 (LLAMA below: 0.7 and 2.2 GB in bf16) are made
+only when --llama names them (run.py passes the ones its workloads need); their inputs are
+always written.
 """
 
 import argparse
@@ -18,6 +22,7 @@ import sentencepiece as spm
 import torch
 from sentencepiece import sentencepiece_model_pb2
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     BartConfig,
     BartForConditionalGeneration,
@@ -28,12 +33,15 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     GPT2TokenizerFast,
+    LlamaConfig,
     MarianConfig,
     MarianMTModel,
     MarianTokenizer,
     T5Config,
     T5ForConditionalGeneration,
 )
+
+from llama_shapes import LLAMA
 
 ROOT = Path(__file__).resolve().parents[2]
 CONLL = ["O", "B-MISC", "I-MISC", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC"]
@@ -241,13 +249,68 @@ def make_bart(out, bpe, gpt2_vocab):
     return tok
 
 
+# ---------------------------------------------------------------------------------------------
+# Llama-architecture decoders (issue 12, item 5): the shapes of two published checkpoints
+# (llama_shapes.LLAMA: SmolLM2-360M, TinyLlama-1.1B),
+# random weights, saved as transformers saves them in bfloat16 (the published checkpoints'
+# dtype; config.json says "dtype": "bfloat16"), with weights/llama-tiny's tokenizer (byte-level
+# BPE, 1,006 ids, below both vocabularies; <|begin_of_text|> 1000 is BOS, <|end_of_text|> 1001
+# EOS). Ids the tokenizer lacks decode to nothing; random weights mostly generate them.
+
+LLAMA_BOS, LLAMA_EOS = 1000, 1001
+
+
+def llama_tokenizer():
+    tok = AutoTokenizer.from_pretrained(ROOT / "weights" / "llama-tiny")
+    tok.model_max_length = 1 << 20  # the fixture's 128 would warn at the 512-token prompt
+    return tok
+
+
+def make_llama(name, out):
+    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
+        return
+    torch.manual_seed(12)
+    shape = LLAMA[name]
+    cfg = LlamaConfig(**shape, hidden_act="silu", bos_token_id=LLAMA_BOS, eos_token_id=LLAMA_EOS,
+                      attention_bias=False, mlp_bias=False, initializer_range=0.02)
+    # Built in bfloat16 (normal(0, 0.02) drawn in bf16; norms 1), so the 1.1B never exists in f32.
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    tok = llama_tokenizer()
+    tok.model_max_length = shape["max_position_embeddings"]
+    save(model, tok, out)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "bfloat16", saved
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {n / 1e6:.0f}M parameters in bfloat16 in {out}")
+
+
+def exact_prompt(tok, rng, n):
+    """A news-like prompt of exactly n tokens as the model sees them (the tokenizer's BOS
+    included): words while they fit, then " the" (one token after a word) to fill up."""
+    count = lambda t: len(tok(t)["input_ids"])
+    prompt = ""
+    for word in " ".join(sentence(rng, rng.randint(8, 20)) for _ in range(n)).split():
+        if count(f"{prompt} {word}".strip()) > n:
+            break
+        prompt = f"{prompt} {word}".strip()
+    while count(prompt) < n:
+        prompt += " the"
+    assert count(prompt) == n, (count(prompt), n)
+    return prompt
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / ".bench"))
+    ap.add_argument("--llama", default="", help="Llama-architecture models to make: all, or names from LLAMA")
     args = ap.parse_args()
     out = Path(args.out)
     models, inputs = out / "models", out / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
+    llama = list(LLAMA) if args.llama == "all" else [m for m in args.llama.split(",") if m]
+    unknown = [m for m in llama if m not in LLAMA]
+    if unknown:
+        raise SystemExit(f"unknown Llama model: {', '.join(unknown)} (known: {', '.join(LLAMA)})")
     torch.manual_seed(0)
 
     # BERT-base NER (9 CoNLL labels) and a 6x768 classifier, with bert-base-uncased's
@@ -313,6 +376,14 @@ def main():
     rng = random.Random(4321)
     workloads["marian"] = [sized_sentence(marian_tok, rng, 15, 40, FRENCH_WORDS) for _ in range(64)]
     workloads["bart"] = [paragraph(bart_tok, rng, 580, 620) for _ in range(8)]
+    # The Llama workloads (issue 12), from their own generator: a 32-token prompt (8 copies, for
+    # batch 8 without padding, as GPT-2's) and one 512-token prompt for prefill.
+    rng = random.Random(2468)
+    llama_tok = llama_tokenizer()
+    workloads["llama-prompt32"] = [exact_prompt(llama_tok, rng, 32)] * 8
+    workloads["llama-prompt512"] = [exact_prompt(llama_tok, rng, 512)]
+    for name in llama:
+        make_llama(name, models / name)
     for name, texts in workloads.items():
         (inputs / f"{name}.json").write_text(json.dumps(texts, ensure_ascii=False, indent=0))
     print(f"models in {models}, inputs in {inputs}")

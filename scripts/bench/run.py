@@ -1,9 +1,21 @@
-"""Run the benchmark: every workload on Trident, transformers, CTranslate2 (float32, int8) and,
-for the encoder workloads, ONNX Runtime (float32, int8), alternating systems run by run, and
-write this machine's section of BENCHMARKS.md.
+"""Run the benchmark: every workload on Trident, transformers, CTranslate2 (float32, int8),
+for the encoder workloads ONNX Runtime (float32, int8), and for the Llama workloads llama.cpp
+(GGUF F16, Q8_0), alternating systems run by run, and write this machine's section of
+BENCHMARKS.md.
 
     make bench            # or: .venv-fixtures/bin/python scripts/bench/run.py [--runs 5] [--only ner,classify]
                           #     [--systems trident,ort-int8] [--out FILE] [--base FILE]
+
+The Llama workloads (issue 12: smollm2-360m-*, tinyllama-1.1b-*) run only when --only names
+them (`--only llama` all eight, `--only smollm2-360m` one model's four); they make their
+checkpoints on demand (make_models.py --llama) and need llama.cpp for their llamacpp-* systems:
+scripts/bench/setup_llamacpp.sh. Rendering replaces this machine's whole section with the
+workloads of the run: to add them to a section, render from the logs of both runs
+(`--from-log OLD.log ... NEW.log`).
+
+`--smoke` runs each system once with 8 instead of 128 new tokens (BENCH_SCALE=16; the bench
+binary scales every workload, peers.py the Llama ones) and checks the Llama workloads' work
+done, writing nothing: a check that everything runs, not a measurement.
 
 Each measurement is a fresh process (load time and peak RSS are per process); timings are
 medians over --runs runs. Nothing else should run on the machine meanwhile.
@@ -41,8 +53,16 @@ PY = sys.executable
 OUTPUTS = BENCH / "outputs"  # the first run's results, for the accuracy table
 RESULTS = ROOT / "scripts/bench/results"
 
+from llama_shapes import LLAMA, prefill_flops_per_token, weights_per_token
+
 SYSTEMS = ["trident", "trident-bf16", "trident-int8", "transformers", "ct2-float32", "ct2-int8"]
 ENCODER_SYSTEMS = SYSTEMS + ["ort-float32", "ort-int8"]
+LLAMA_SYSTEMS = SYSTEMS + ["llamacpp-f16", "llamacpp-q8_0"]
+ALL_SYSTEMS = ENCODER_SYSTEMS + ["llamacpp-f16", "llamacpp-q8_0"]
+# The Llama workloads of issue 12, per model: kind -> (inputs, batch, new tokens).
+LLAMA_KINDS = {"prefill512": ("llama-prompt512", 1, 1), "greedy-b1": ("llama-prompt32", 1, 128),
+               "greedy-b8": ("llama-prompt32", 8, 128), "topp-b1": ("llama-prompt32", 1, 128)}
+LLAMA_WORKLOADS = {f"{m}-{k}": (m, k) for m in LLAMA for k in LLAMA_KINDS}
 # workload -> (model directory under .bench/models, inputs file, systems)
 WORKLOADS = {
     "ner": ("bert-base-ner", "ner", ENCODER_SYSTEMS),
@@ -56,6 +76,7 @@ WORKLOADS = {
     "marian-greedy": ("opus-mt-fr-en", "marian", SYSTEMS),
     "marian-beam4": ("opus-mt-fr-en", "marian", SYSTEMS),
     "bart-beam4": ("distilbart-cnn-12-6", "bart", SYSTEMS),
+    **{w: (m, LLAMA_KINDS[k][0], LLAMA_SYSTEMS) for w, (m, k) in LLAMA_WORKLOADS.items()},
 }
 ENCODERS = ("ner", "classify", "embed")
 # Workloads whose peers (transformers, CTranslate2) also keep their generated ids, compared with
@@ -78,6 +99,22 @@ DESCRIPTION = {
                   "tokens in one batch, exactly 64 new tokens (min = max, so every system does the same work), "
                   "beam 4 with distilbart-cnn's no_repeat_ngram_size 3 and length_penalty 2.0",
 }
+LLAMA_NAMES = {"smollm2-360m": "SmolLM2-360M-shaped Llama (362M; 32 layers, d 960, 15 heads / 5 KV heads, "
+                               "ffn 2560, vocab 49152, tied head; random bf16 weights)",
+               "tinyllama-1.1b": "TinyLlama-1.1B-shaped Llama (1.10B; 22 layers, d 2048, 32 heads / 4 KV heads, "
+                                 "ffn 5632, vocab 32000, untied head; random bf16 weights)"}
+for _w, (_m, _k) in LLAMA_WORKLOADS.items():
+    DESCRIPTION[_w] = LLAMA_NAMES[_m] + ", " + {
+        "prefill512": "prefill: one 512-token prompt (BOS included), 1 new token; unit: prompt tokens",
+        "greedy-b1": "32-token prompt (BOS included), exactly 128 new tokens, greedy, batch 1",
+        "greedy-b8": "32-token prompt (BOS included), exactly 128 new tokens, greedy, batch 8",
+        "topp-b1": "32-token prompt (BOS included), exactly 128 new tokens, top-p 0.9 sampling (top-k off, "
+                   "temperature 1), batch 1"}[_k]
+# Bytes a system reads per weight of a projection (int8: one per weight, plus a scale per row;
+# llama.cpp Q8_0: a 2-byte scale per block of 32).
+BYTES_PER_WEIGHT = {"trident": 4, "transformers": 4, "ct2-float32": 4, "trident-bf16": 2, "llamacpp-f16": 2,
+                    "trident-int8": 1, "ct2-int8": 1, "llamacpp-q8_0": 34 / 32}
+F32_SYSTEMS = ("trident", "transformers", "ct2-float32")
 # Systems whose first run keeps its results, compared with Trident's f32 results: the system
 # and the dtype its row in the accuracy table names.
 COMPARED = {
@@ -97,7 +134,10 @@ MACHINE_MARK = re.compile(r"^<!-- machine: (\S+) -->$", re.M)
 def keeps_outputs(system, workload):
     """Whether `system`'s first run on `workload` writes its results (peers: the encoder and the
     SEQ2SEQ workloads)."""
-    return system in KEEPS_OUTPUTS and (system.startswith("trident") or workload in ENCODERS + SEQ2SEQ)
+    # (The Llama workloads keep none: random weights mostly generate ids their 1,006-id tokenizer
+    # lacks, which decode to nothing, so their texts say nothing about agreement.)
+    return (system in KEEPS_OUTPUTS and workload not in LLAMA_WORKLOADS
+            and (system.startswith("trident") or workload in ENCODERS + SEQ2SEQ))
 
 
 def trident_bench_binary():
@@ -115,7 +155,7 @@ def peer_cmd(system, workload, model, inputs):
             "--model", str(model), "--inputs", str(inputs)]
 
 
-def measure(system, workload, model, inputs, threads, binary, keep_outputs=False):
+def measure(system, workload, model, inputs, threads, binary, keep_outputs=False, extra_env=None):
     output = OUTPUTS / f"{workload}-{system}.json"
     keep = keep_outputs and keeps_outputs(system, workload)
     if keep:
@@ -132,6 +172,7 @@ def measure(system, workload, model, inputs, threads, binary, keep_outputs=False
         if keep:
             cmd += ["--output", str(output)]
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
+    env.update(extra_env or {})
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200]}
@@ -216,7 +257,8 @@ def versions():
     trident = open(ROOT / "Cargo.toml").read().split('version = "')[1].split('"')[0]
     return {"trident": trident, "tch": "0.26", "libtorch": torch.__version__, "torch": torch.__version__,
             "transformers": transformers.__version__, "ctranslate2": version("ctranslate2"),
-            "onnxruntime": version("onnxruntime"), "python": platform.python_version()}
+            "onnxruntime": version("onnxruntime"), "llama_cpp": version("llama_cpp"),
+            "python": platform.python_version()}
 
 
 def this_machine(threads):
@@ -286,13 +328,13 @@ def log_path(tag):
 
 
 def prepare(system, workload, model, inputs, log):
-    """Convert the model for a peer once (CTranslate2, ONNX), outside the timed runs."""
-    if not system.startswith(("ct2", "ort")):
+    """Convert the model for a peer once (CTranslate2, ONNX, GGUF), outside the timed runs."""
+    if not system.startswith(("ct2", "ort", "llamacpp")):
         return
     out = subprocess.run(peer_cmd(system, workload, model, inputs) + ["--prepare"], capture_output=True, text=True,
                          env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
     for line in out.stdout.splitlines():
-        if line.startswith("onnx ") and line not in log.seen:
+        if line.startswith(("onnx ", "llamacpp ")) and line not in log.seen:
             log(line)
     if out.returncode != 0:
         log(f"prepare {system} {workload} failed:", (out.stderr.strip().splitlines() or ["?"])[-1][:300])
@@ -311,20 +353,32 @@ def main():
                     help="re-render from the lines previous runs printed (later files replace earlier runs)")
     ap.add_argument("--machine-json", help="the machine's facts (JSON) for --from-log, over the log's machine line")
     ap.add_argument("--no-log-file", action="store_true", help="do not keep the printed lines in scripts/bench/results/")
+    ap.add_argument("--smoke", action="store_true",
+                    help="each system once with 8 new tokens instead of 128 (BENCH_SCALE=16), checking the work "
+                         "done; writes nothing (a check that it runs, not a measurement)")
     a = ap.parse_args()
     if a.from_log:
         return from_log(a)
-    only = [w for w in a.only.split(",") if w] or list(WORKLOADS)
+    # `llama` stands for the eight Llama workloads, `smollm2-360m` / `tinyllama-1.1b` for one model's four.
+    aliases = {"llama": list(LLAMA_WORKLOADS), **{m: [w for w, (m_, _) in LLAMA_WORKLOADS.items() if m_ == m]
+                                                  for m in LLAMA}}
+    # Without --only: every workload but the Llama ones, which are asked for by name (they take
+    # long on 2 cores and need llama.cpp; see the top).
+    only = ([x for w in a.only.split(",") if w for x in aliases.get(w, [w])]
+            or [w for w in WORKLOADS if w not in LLAMA_WORKLOADS])
     keep = [s for s in a.systems.split(",") if s]
-    unknown = [w for w in only if w not in WORKLOADS] + [s for s in keep if s not in ENCODER_SYSTEMS]
+    unknown = [w for w in only if w not in WORKLOADS] + [s for s in keep if s not in ALL_SYSTEMS]
     if unknown:
         raise SystemExit(f"unknown workload or system: {', '.join(unknown)}")
+    if a.smoke:
+        a.runs, a.no_log_file = 1, True
     m = this_machine(a.threads)
     log = Log(None if a.no_log_file else log_path(m["tag"]))
     log("machine", json.dumps(m))  # read by --from-log
     log("bounds", json.dumps({"flops": m["flops"], "bandwidth": m["bandwidth"]}))
-    made = subprocess.run([PY, str(ROOT / "scripts/bench/make_models.py"), "--out", str(BENCH)], check=True,
-                          capture_output=True, text=True)
+    llama = sorted({WORKLOADS[w][0] for w in only if w in LLAMA_WORKLOADS})
+    made = subprocess.run([PY, str(ROOT / "scripts/bench/make_models.py"), "--out", str(BENCH)]
+                          + (["--llama", ",".join(llama)] if llama else []), check=True, capture_output=True, text=True)
     for line in made.stdout.splitlines():
         log(line)
     plan = {w: [s for s in WORKLOADS[w][2] if not keep or s in keep] for w in only}
@@ -339,9 +393,12 @@ def main():
             # Alternate the order run by run so that drift affects every system alike.
             order = systems if r % 2 == 0 else list(reversed(systems))
             for s in order:
-                m_ = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0)
+                m_ = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0 and not a.smoke,
+                             extra_env={"BENCH_SCALE": "16"} if a.smoke else None)
                 results.setdefault(w, {}).setdefault(s, []).append(m_)
                 log(w, s, r, json.dumps(m_))  # the format --from-log reads
+    if a.smoke:
+        return smoke_verdict(results)
     acc = []
     for w, systems in results.items():
         for s in systems:
@@ -352,6 +409,29 @@ def main():
                     log("accuracy", json.dumps(acc[-1], ensure_ascii=False))  # read by --from-log
     logs = [str(log.path.relative_to(ROOT))] if log.path else []
     write(a, m, results, acc, logs, runs=a.runs, log=log)
+
+
+def smoke_verdict(results):
+    """--smoke: which workload and system ran, and whether the Llama workloads did the expected
+    work (512 prompt tokens; batch × 8 new tokens)."""
+    bad = 0
+    for w, systems in results.items():
+        for s, ms in systems.items():
+            m_ = ms[0]
+            expect = None
+            if w in LLAMA_WORKLOADS:
+                _, batch, new = LLAMA_KINDS[LLAMA_WORKLOADS[w][1]]
+                expect = 512 if new == 1 else batch * new // 16
+            if "error" in m_:
+                verdict = f"FAILED: {m_['error']}"
+            elif expect is not None and m_.get("units") != expect:
+                verdict = f"WRONG WORK: {m_.get('units')} {m_.get('unit')}, expected {expect}"
+            else:
+                verdict = f"ok ({m_.get('units')} {m_.get('unit')})"
+            bad += not verdict.startswith("ok")
+            print(f"smoke {w} {s}: {verdict}", flush=True)
+    print(f"smoke: {sum(len(ss) for ss in results.values()) - bad} ok, {bad} failed", flush=True)
+    return 1 if bad else 0
 
 
 def from_log(a):
@@ -483,7 +563,46 @@ ratios to those systems on the same machine. Each measurement is a fresh process
 is the median of the runs, systems alternating run by run. Systems: `trident` (f32),
 `trident-bf16`, `trident-int8`; `transformers` (pipelines / sentence-transformers on torch);
 `ct2-float32`, `ct2-int8` (CTranslate2); `ort-float32`, `ort-int8` (ONNX Runtime: the torch
-export optimised with onnxruntime's transformer optimizer, int8 by dynamic quantization)."""
+export optimised with onnxruntime's transformer optimizer, int8 by dynamic quantization);
+`llamacpp-f16`, `llamacpp-q8_0` (llama.cpp through llama-cpp-python, built from source by
+`scripts/bench/setup_llamacpp.sh`; GGUF files made from the same checkpoint by llama.cpp's own
+converter, F16, and quantizer, Q8_0; Llama workloads only).
+
+**The Llama workloads** (issue 12; `run.py --only llama`): a SmolLM2-360M-shaped and a
+TinyLlama-1.1B-shaped `LlamaForCausalLM` (full size, random weights, saved by transformers in
+bf16 as the published checkpoints are; weights/llama-tiny's tokenizer, whose 1,006 ids lie below
+both vocabularies). Every system gets the same token ids and does the same work: prefill of one
+512-token prompt (1 new token; throughput in prompt tokens/s), and 32-token prompts with exactly
+128 new tokens (EOS suppressed: min_new_tokens = max_new_tokens, CTranslate2's min_length,
+llama.cpp a −∞ logit bias on EOS), greedy at batch 1 and 8, top-p 0.9 (top-k off, temperature
+1) at batch 1. transformers loads the bf16 checkpoint with dtype float32; CTranslate2 converts
+it once per quantization; llama.cpp runs through its C API (one `llama_decode` per step for all
+rows, `n_threads` = `n_threads_batch` = the benchmark's threads, its default flash-attention
+setting and mmap), with its extra weight buffer types (AMX on x86) unless a probe at
+preparation finds that they crash on the machine (the `llamacpp … probe` line of the log; each
+result line carries `extra_bufts`, and llama.cpp's own prompt and eval times). They do on the
+Intel Xeon (AMX) machine with Debian's GCC 12.2: llama.cpp's AMX matrix product dies of SIGSEGV
+at its first Q8_0 product, because the compiler dropped the stores that fill its tile
+configuration before `ldtilecfg` (the instruction then loads garbage and faults); Q8_0 runs
+without AMX there; F16, which that product computes with AVX-512 and no tiles, keeps them.
+
+**Bounds of the Llama workloads.** Decoding reads every weight once per step, so a step takes
+at least the bytes of the weights over the memory bandwidth. Weights read per step: every
+projection of every block (q, k, v, o, gate, up, down) and the output head (the token table
+itself when tied), at the system's bytes per weight: 4 (`trident`, `transformers`,
+`ct2-float32`), 2 (`trident-bf16`, `llamacpp-f16`), 1 (`trident-int8`, `ct2-int8`), 34/32
+(`llamacpp-q8_0`: int8 plus a 2-byte scale per block of 32). SmolLM2-360M: 361.8 M weights per
+step, 1,447 MB in f32, 724 in bf16/f16, 362 in int8, 384 in Q8_0; TinyLlama-1.1B: 1,034.4 M,
+4,138 / 2,069 / 1,034 / 1,099 MB. Left out: the norms, the one row of the token table a token
+looks up, int8 scales, and the KV cache (0.1–0.5 % of the f32 weights at the workloads' 96
+positions on average, up to 2.2 % of the int8 ones). The bound in tokens/s is the measured
+bandwidth (the machine line's: a sum over a 256 MB f32 matrix on the benchmark's threads, median
+of 24, as for GPT-2) over those bytes; at batch 8 one step serves 8 tokens, so its bound is 8
+times that (compute may bind first). Prefill is compute-bound: 2 FLOPs per projection weight
+per prompt token plus causal attention (2 · 512 · hidden per layer; the head runs for the last
+position only), 0.66 GFLOP per token for SmolLM2-360M and 1.98 for TinyLlama-1.1B, over the
+measured f32 matmul rate (f32 systems only). `scripts/bench/llama_shapes.py` computes both; the
+section's bounds table lists each Llama row against its bound."""
 
 
 def version_line(v):
@@ -492,7 +611,8 @@ def version_line(v):
     parts = [f"Trident {v.get('trident', '?')} (tch {v.get('tch', '?')}, libtorch {v.get('libtorch', '?')})",
              f"transformers {v.get('transformers', '?')} on torch {v.get('torch', '?')}"]
     parts += [f"{name} {v[key]}" for key, name in (("ctranslate2", "CTranslate2"), ("onnxruntime", "ONNX Runtime"),
-                                                   ("python", "Python")) if v.get(key)]
+                                                   ("llama_cpp", "llama-cpp-python"), ("python", "Python"))
+              if v.get(key) and not (key == "llama_cpp" and v[key] == "not installed")]
     return "Versions: " + ", ".join(parts) + "."
 
 
@@ -516,7 +636,7 @@ def section(m, results, acc, logs, runs):
         "| workload | system | throughput | unit/s | ms per unit | load s | peak RSS MB | vs transformers | vs CT2 f32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    rank = lambda s: ENCODER_SYSTEMS.index(s) if s in ENCODER_SYSTEMS else len(ENCODER_SYSTEMS)
+    rank = lambda s: ALL_SYSTEMS.index(s) if s in ALL_SYSTEMS else len(ALL_SYSTEMS)
     results = {w: {s: results[w][s] for s in sorted(results[w], key=rank)}
                for w in sorted(results, key=lambda w: list(WORKLOADS).index(w))}
     for w, systems in results.items():
@@ -535,6 +655,7 @@ def section(m, results, acc, logs, runs):
             rel = lambda other: f"{tput / base[other]:.2f}×" if base.get(other) else "–"
             lines.append(f"| {w} | {s} | {tput:.1f} | {unit}/s | {1000 / tput:.2f} | {load:.2f} | {rss / 1024:.0f} | "
                          f"{rel('transformers')} | {rel('ct2-float32')} |")
+    lines += bounds_table(m, results)
     kernels = [(w, ss["trident"][0]["kernels"]) for w, ss in results.items()
                if ss.get("trident") and ss["trident"][0].get("kernels")]
     if kernels:
@@ -551,6 +672,47 @@ def section(m, results, acc, logs, runs):
                   "| workload | system | dtype | difference from Trident f32 |", "|---|---|---|---|"]
         lines += [f"| {r['workload']} | {r['system']} | {r['dtype']} | {r['text']} |" for r in acc]
     return "\n".join(lines)
+
+
+def llama_bound(m, workload, system):
+    """(basis, bound in the workload's unit/s) of a Llama workload on a system: decoding, the
+    weights one step reads (weights_per_token × bytes per weight) over the measured bandwidth,
+    times the batch; prefill (f32 systems only), the FLOPs per prompt token over the measured
+    f32 matmul rate. None where there is no such bound."""
+    model, kind = LLAMA_WORKLOADS[workload]
+    shape = LLAMA[model]
+    _, batch, new = LLAMA_KINDS[kind]
+    if new == 1:
+        if system not in F32_SYSTEMS:
+            return None
+        flops = prefill_flops_per_token(shape, 512)
+        return f"{flops / 1e9:.2f} GFLOP per prompt token at {m['flops'] / 1e9:.0f} GFLOP/s", m["flops"] / flops
+    if system not in BYTES_PER_WEIGHT:
+        return None
+    nbytes = weights_per_token(shape) * BYTES_PER_WEIGHT[system]
+    per = f", {batch} tokens per step" if batch > 1 else ""
+    return f"{nbytes / 1e6:.0f} MB per step at {m['bandwidth'] / 1e9:.1f} GB/s{per}", batch * m["bandwidth"] / nbytes
+
+
+def bounds_table(m, results):
+    """The Llama workloads' rows against their physical bounds (see the method above)."""
+    rows = []
+    for w, systems in results.items():
+        if w not in LLAMA_WORKLOADS:
+            continue
+        for s, ms in systems.items():
+            run, units = median(ms, "run_s"), median(ms, "units")
+            bound = llama_bound(m, w, s)
+            if run is None or bound is None:
+                continue
+            basis, limit = bound
+            rows.append(f"| {w} | {s} | {basis} | {limit:.1f} | {units / run:.1f} | {100 * units / run / limit:.0f} % |")
+    if not rows:
+        return []
+    return ["", "Llama workloads against their bounds (decoding: weight bytes per step over the measured "
+                "bandwidth; prefill, f32 only: FLOPs per prompt token over the measured f32 matmul rate):", "",
+            "| workload | system | bound from | bound unit/s | measured unit/s | measured / bound |",
+            "|---|---|---|---|---|---|"] + rows
 
 
 def sections_of(page):
@@ -584,4 +746,4 @@ def write(a, m, results, acc, logs, runs, log=print):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
