@@ -332,6 +332,60 @@ fn generate_shows_each_step_and_the_prompt_attention() {
     );
 }
 
+/// Standard base64 (with padding) to bytes.
+fn unbase64(s: &str) -> Vec<u8> {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let digits: Vec<u32> = s
+        .bytes()
+        .filter(|&c| c != b'=')
+        .map(|c| ABC.iter().position(|&a| a == c).expect("a base64 digit") as u32)
+        .collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .chain(std::iter::repeat(&0))
+            .take(4)
+            .fold(0u32, |a, &d| a << 6 | d);
+        out.extend(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
+}
+
+/// The page's packed maps (`{"encoding": "u8-base64", "max": [layer][head], "maps":
+/// [layer][head]}`, each map's bytes row by row, weight = byte / 255 × max) against the JSON
+/// format's `[layer][head][query][key]`: every weight within max / 510.
+fn check_packed(packed: &Value, maps: &Value, what: &str) {
+    assert_eq!(packed["encoding"], "u8-base64", "{what}");
+    assert_eq!(len(&packed["maps"]), len(maps), "{what}: layers");
+    for (l, layer) in maps.as_array().unwrap().iter().enumerate() {
+        assert_eq!(len(&packed["maps"][l]), len(layer), "{what}: heads");
+        for (h, head) in layer.as_array().unwrap().iter().enumerate() {
+            let max = packed["max"][l][h].as_f64().unwrap();
+            let bytes = unbase64(packed["maps"][l][h].as_str().unwrap());
+            let want: Vec<f64> = head
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect();
+            assert_eq!(bytes.len(), want.len(), "{what} {l}/{h}: cells");
+            let top = want.iter().cloned().fold(0.0, f64::max);
+            assert!(
+                (max - top).abs() <= 1e-6,
+                "{what} {l}/{h}: max {max} vs {top}"
+            );
+            for (b, w) in bytes.iter().zip(&want) {
+                let got = *b as f64 / 255.0 * max;
+                assert!(
+                    (got - w).abs() <= max / 510.0 + 1e-6,
+                    "{what} {l}/{h}: {got} for {w}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn html_is_one_page_with_the_json_data_and_nothing_fetched() {
     let dir = std::env::temp_dir().join(format!("trident-explain-{}", std::process::id()));
@@ -354,9 +408,20 @@ fn html_is_one_page_with_the_json_data_and_nothing_fetched() {
         let open = r#"<script id="explain-data" type="application/json">"#;
         let start = html.find(open).expect("the data is embedded") + open.len();
         let end = start + html[start..].find("</script>").unwrap();
-        let embedded: Value =
+        let mut embedded: Value =
             serde_json::from_str(&html[start..end].replace("<\\/", "</")).unwrap();
         let json = explain_json(task, name, &extra, text);
+        // The attention maps are packed: 8 bits each, within half a step of the JSON's; the
+        // rest is the JSON format's data as it is.
+        for (i, s) in json["stacks"].as_array().unwrap().iter().enumerate() {
+            for key in ["attention", "cross_attention"] {
+                if let Some(maps) = s.get(key) {
+                    let page = &mut embedded["stacks"][i][key];
+                    check_packed(page, maps, &format!("{task} {key}"));
+                    *page = maps.clone();
+                }
+            }
+        }
         json_close(&embedded, &json, 1e-5)
             .unwrap_or_else(|e| panic!("{task}: the page holds the JSON format's data: {e}"));
         for fetch in ["src=", "href=", "http://", "https://", "@import", "fetch("] {

@@ -46,7 +46,8 @@ pub struct ExplainArgs {
     #[arg(short, long, value_enum, default_value = "html")]
     format: ExplainFormat,
 
-    /// Cut the text after this many tokens (the maps grow with its square).
+    /// Cut the text after this many tokens (the maps grow with its square; a 512-token page
+    /// is still usable).
     #[arg(long, default_value_t = 64, value_name = "N")]
     max_tokens: usize,
 

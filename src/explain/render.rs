@@ -1,8 +1,11 @@
 //! An [`Explanation`] as one self-contained HTML page (inline CSS and JavaScript, the data
 //! embedded as JSON, nothing fetched) or as a plain-terminal summary. The JSON format is the
-//! explanation serialized as it is.
+//! explanation serialized as it is; the page embeds the same JSON except for the attention
+//! maps, which it packs (see [`pack_maps`]) so that a 512-token text stays a page a browser
+//! opens in seconds.
 
-use super::{Explanation, Output};
+use super::{Explanation, Output, StackView};
+use serde_json::{json, Value};
 use std::fmt::Write;
 use trident_core::{Error, Result};
 
@@ -12,7 +15,7 @@ const PAGE: &str = include_str!("page.html");
 
 /// The explanation as one HTML page that needs no network to view.
 pub fn html(explanation: &Explanation) -> Result<String> {
-    let data = serde_json::to_string(explanation)
+    let data = serde_json::to_string(&page_data(explanation)?)
         .map_err(|e| Error::Input(format!("cannot serialize the explanation: {e}")))?
         // Inside <script>, "</" could end the element early.
         .replace("</", "<\\/");
@@ -23,6 +26,105 @@ pub fn html(explanation: &Explanation) -> Result<String> {
     Ok(PAGE
         .replace("{{TITLE}}", &escape(&title))
         .replace("{{DATA}}", &data))
+}
+
+/// The explanation as the page embeds it: the JSON format's data with each stack's
+/// `attention` and `cross_attention` packed by [`pack_maps`].
+fn page_data(e: &Explanation) -> Result<Value> {
+    let mut stacks = Vec::with_capacity(e.stacks.len());
+    for s in &e.stacks {
+        // Everything but the maps (a struct literal: a field added to StackView must be
+        // placed here).
+        let light = StackView {
+            name: s.name.clone(),
+            tokens: s.tokens.clone(),
+            layers: s.layers,
+            heads: s.heads,
+            embeddings: s.embeddings.clone(),
+            attention: Vec::new(),
+            cross_attention: None,
+            source_tokens: s.source_tokens.clone(),
+            residual_norms: s.residual_norms.clone(),
+            layer_changes: s.layer_changes.clone(),
+        };
+        let mut v = to_value(&light)?;
+        v["attention"] = pack_maps(&s.attention);
+        if let Some(c) = &s.cross_attention {
+            v["cross_attention"] = pack_maps(c);
+        }
+        stacks.push(v);
+    }
+    let mut v = to_value(&Explanation {
+        trident_explain: e.trident_explain,
+        task: e.task.clone(),
+        model: e.model.clone(),
+        model_type: e.model_type.clone(),
+        text: e.text.clone(),
+        truncated: e.truncated,
+        input: e.input.clone(),
+        stacks: Vec::new(),
+        output: e.output.clone(),
+    })?;
+    v["stacks"] = Value::Array(stacks);
+    Ok(v)
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| Error::Input(format!("cannot serialize the explanation: {e}")))
+}
+
+/// Attention maps `[layer][head][query][key]` as the page embeds them: each map (one layer,
+/// one head) scaled by its largest weight to 8 bits (`round(w / max × 255)`), the bytes
+/// row by row in one base64 string, so a weight reads back as `byte / 255 × max`, within
+/// `max / 510` of the JSON format's value; the page decodes a map only when it is shown.
+/// `{"encoding": "u8-base64", "max": [layer][head], "maps": [layer][head]}`.
+pub fn pack_maps(maps: &[Vec<Vec<Vec<f32>>>]) -> Value {
+    let mut max = Vec::with_capacity(maps.len());
+    let mut packed = Vec::with_capacity(maps.len());
+    for layer in maps {
+        let (mut ms, mut ps) = (Vec::new(), Vec::new());
+        for head in layer {
+            let m = head
+                .iter()
+                .flatten()
+                .fold(0f32, |a, &w| if w.is_finite() { a.max(w) } else { a });
+            let bytes: Vec<u8> = head
+                .iter()
+                .flatten()
+                .map(|&w| match m > 0.0 && w.is_finite() {
+                    true => (w.clamp(0.0, m) / m * 255.0).round() as u8,
+                    false => 0,
+                })
+                .collect();
+            ms.push(m);
+            ps.push(base64(&bytes));
+        }
+        max.push(ms);
+        packed.push(ps);
+    }
+    json!({ "encoding": "u8-base64", "max": max, "maps": packed })
+}
+
+/// Standard base64 with padding (what the page's `atob` reads).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            out.push(match i <= chunk.len() {
+                true => ABC[(n >> shift & 63) as usize] as char,
+                false => '=',
+            });
+        }
+    }
+    out
 }
 
 /// Text for HTML element content.
