@@ -29,6 +29,8 @@ cleanup() {
     "$ROOT/examples/ray/cluster.sh" stop > /dev/null 2>&1
     "$ROOT/examples/spark/cluster.sh" stop > /dev/null 2>&1
     netns_down
+    # A pipe killed with its trident (the kill runs) leaves its temporary folder behind.
+    rm -rf "${TMPDIR:-/tmp}"/trident-pipe.*
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
