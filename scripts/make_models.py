@@ -160,7 +160,13 @@ def score_sentiment(binary, model, test):
     rows = [{"id": i, "text": t} for i, (t, _) in enumerate(test)]
     results = trident_lines(binary, ["classify", "--model", model], rows)
     gold = [l for _, l in test]
-    pred = [(results.get(i) or [{"label": None}])[0]["label"] for i in range(len(test))]
+    def label(result):
+        # One {label, score} per text (a list of them with top_k).
+        if isinstance(result, list):
+            result = result[0] if result else None
+        return result.get("label") if isinstance(result, dict) else None
+
+    pred = [label(results.get(i)) for i in range(len(test))]
     labels = sorted(set(gold))
     f1s = []
     for l in labels:
