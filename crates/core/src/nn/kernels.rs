@@ -399,12 +399,7 @@ pub fn plan(class: ShapeClass) -> Plan {
         }
     });
     entry.calls += 1;
-    let own = ShapeTimings {
-        calls: 1.0,
-        size: 1.0,
-        timings: &entry.timings,
-    };
-    match (entry.chosen, choose(&[own])) {
+    match (entry.chosen, own_choice(&entry.timings)) {
         (Some((k, _)), _) => Plan::Use(k),
         // Measured, but its group is not decided yet: its own fastest meanwhile.
         (None, Some(k)) => Plan::Use(k),
@@ -413,6 +408,16 @@ pub fn plan(class: ShapeClass) -> Plan {
             next_to_measure(&entry.timings).map_or(Plan::Use(Kernel::Library), Plan::Measure)
         }
     }
+}
+
+/// The kernel a measured class runs while its row group is not decided: its own fastest,
+/// or `None` while its own candidates are still being measured.
+fn own_choice(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
+    choose(&[ShapeTimings {
+        calls: 1.0,
+        size: 1.0,
+        timings,
+    }])
 }
 
 /// Note a call of a class with a single candidate (int8), so that [`report`] lists it.
@@ -546,6 +551,22 @@ pub fn report() -> Vec<Decision> {
                     }
                     Policy::Force(k) => format!("TRIDENT_KERNELS={k}, which does not apply here"),
                 },
+                // Measured itself, but its row group waits for other shapes: `plan` runs
+                // the shape's own fastest meanwhile.
+                None if own_choice(&entry.timings).is_some() => format!(
+                    "measured on its own (its row group waits for other shapes); this \
+                     shape's medians, time per {}: {}",
+                    if per == 1 {
+                        "row".to_string()
+                    } else {
+                        format!("{per} rows")
+                    },
+                    medians_ms
+                        .iter()
+                        .map(|(k, ms)| format!("{k} {ms:.3} ms"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 None => format!(
                     "still measuring: {}",
                     entry
@@ -558,7 +579,10 @@ pub fn report() -> Vec<Decision> {
             };
             Decision {
                 class: *class,
-                kernel: entry.chosen.map(|(k, _)| k),
+                kernel: entry
+                    .chosen
+                    .map(|(k, _)| k)
+                    .or_else(|| own_choice(&entry.timings)),
                 medians_ms,
                 why,
             }
@@ -708,6 +732,33 @@ mod tests {
         // It is 1 % of the work (a classifier head): decide without it.
         let group = [shape(10.0, 100.0, &settled), shape(1.0, 10.0, &unsettled)];
         assert_eq!(choose(&group), Some(OneDnn));
+    }
+
+    /// A shape measured to the end runs (and reports) its own fastest while a larger shape
+    /// of its row group is still unmeasured: not "still measuring".
+    #[test]
+    fn a_measured_shape_runs_its_own_fastest_while_its_group_waits() {
+        if policy() != Policy::Measure {
+            return;
+        }
+        // f16 at 4 rows: a row group no other test uses.
+        let small = ShapeClass::new(Kind::Half, 3, 5, 4);
+        let large = ShapeClass::new(Kind::Half, 900, 700, 3);
+        assert_eq!(plan(large), Plan::Measure(Kernel::Library));
+        for _ in 0..WARMUP + SAMPLES {
+            for (kernel, t) in [(Kernel::Library, 2.0), (Kernel::Split, 1.0)] {
+                assert_eq!(plan(small), Plan::Measure(kernel));
+                record(small, kernel, t);
+            }
+        }
+        assert_eq!(plan(small), Plan::Use(Kernel::Split));
+        let report = report();
+        let d = report.iter().find(|d| d.class == small).unwrap();
+        assert_eq!(d.kernel, Some(Kernel::Split), "{d}");
+        assert!(d.why.starts_with("measured on its own"), "{d}");
+        let d = report.iter().find(|d| d.class == large).unwrap();
+        assert_eq!(d.kernel, None, "{d}");
+        assert!(d.why.starts_with("still measuring"), "{d}");
     }
 
     #[test]
