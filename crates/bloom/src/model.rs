@@ -182,16 +182,14 @@ impl BloomForCausalLM {
         let weights = Weights::open(files, device, dtype)?;
         let root = weights.root();
         let transformer = BloomModel::new(&(&root / "transformer"), &config)?;
-        let lm_head = if config.tie_word_embeddings {
-            Linear::tied(&transformer.word_embeddings, dtype)?
-        } else {
-            Linear::new(
-                &(&root / "lm_head"),
-                config.hidden_size,
-                config.vocab_size,
-                false,
-            )?
-        };
+        let lm_head = Linear::lm_head(
+            &(&root / "lm_head"),
+            &transformer.word_embeddings,
+            config.tie_word_embeddings,
+            config.hidden_size,
+            config.vocab_size,
+            dtype,
+        )?;
         weights.finish()?;
         Ok(BloomForCausalLM {
             transformer,

@@ -161,18 +161,15 @@ impl GPT2LMHeadModel {
         let weights = Weights::open(files, device, dtype)?;
         let root = weights.root();
         let transformer = GPT2Model::new(&(&root / "transformer"), config)?;
-        // Every released GPT-2 ties the head to the token embeddings: one tensor, stored once
-        // (checkpoints omit `lm_head.weight` or repeat wte in it).
-        let lm_head = if config.tie_word_embeddings {
-            Linear::tied(&transformer.wte, dtype)?
-        } else {
-            Linear::new(
-                &(&root / "lm_head"),
-                config.n_embd,
-                config.vocab_size,
-                false,
-            )?
-        };
+        // Every released GPT-2 ties the head to the token embeddings: one tensor, stored once.
+        let lm_head = Linear::lm_head(
+            &(&root / "lm_head"),
+            &transformer.wte,
+            config.tie_word_embeddings,
+            config.n_embd,
+            config.vocab_size,
+            dtype,
+        )?;
         weights.finish()?;
         Ok(GPT2LMHeadModel {
             transformer,

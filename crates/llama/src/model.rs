@@ -184,16 +184,14 @@ impl LlamaForCausalLM {
         let weights = Weights::open(files, device, dtype)?;
         let root = weights.root();
         let model = LlamaModel::new(&(&root / "model"), &config)?;
-        let lm_head = if config.tie_word_embeddings {
-            Linear::tied(&model.embed_tokens, dtype)?
-        } else {
-            Linear::new(
-                &(&root / "lm_head"),
-                config.hidden_size,
-                config.vocab_size,
-                false,
-            )?
-        };
+        let lm_head = Linear::lm_head(
+            &(&root / "lm_head"),
+            &model.embed_tokens,
+            config.tie_word_embeddings,
+            config.hidden_size,
+            config.vocab_size,
+            dtype,
+        )?;
         weights.finish()?;
         Ok(LlamaForCausalLM {
             model,

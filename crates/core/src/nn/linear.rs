@@ -75,6 +75,24 @@ impl Linear {
         })
     }
 
+    /// A causal LM's output head `[vocab, hidden]`, without bias: the token table itself
+    /// when `tied` ([`Linear::tied`]; checkpoints then omit `lm_head.weight` or repeat the
+    /// table in it), else its own weight at `p` (`lm_head`).
+    pub fn lm_head(
+        p: &WeightPath,
+        table: &Embedding,
+        tied: bool,
+        hidden: i64,
+        vocab: i64,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        if tied {
+            Linear::tied(table, dtype)
+        } else {
+            Linear::new(p, hidden, vocab, false)
+        }
+    }
+
     /// A projection over given tensors (`weight` `[out, in]`), not quantized.
     pub fn from_tensors(weight: Tensor, bias: Option<Tensor>) -> Self {
         Linear {
