@@ -191,7 +191,8 @@ fn stream(
             sink.flush()?;
         }
         let mut filter = StopFilter::default();
-        let mut shown = String::new();
+        // What is on screen so far, prompt included, which the final text starts with.
+        let mut shown = head.to_string();
         let mut on_piece = |piece: Piece| {
             if !live {
                 return Ok(());
