@@ -9,7 +9,7 @@
 use super::checkpoint::{load_tensors, replace_dir, restore, save_tensors, write_error};
 use super::data::{Example, SplitMix64, IGNORE};
 use super::metrics::{classification_scores, entity_scores, ClassificationScores, EntityScores};
-use super::optim::{AdamW, AdamWConfig};
+use super::optim::{clip_coefficient, AdamW, AdamWConfig};
 use super::schedule::LinearSchedule;
 use crate::text::{Batch, PaddingSide};
 use crate::{Error, Result};
@@ -297,11 +297,10 @@ impl Optimization {
         let batch = batch_of(examples, pad_id, model)?;
         let logits = model.logits(&batch, true)?;
         let loss = loss_of(&logits, &labels_of(examples, kind, &batch)?)?;
-        self.optimizer.zero_grad();
-        loss.f_backward()?;
-        let grad_norm = self.optimizer.clip_grad_norm(self.max_grad_norm)?;
+        let grads = self.optimizer.gradients(&loss)?;
+        let (grad_norm, clip) = clip_coefficient(&grads, self.max_grad_norm)?;
         let lr = self.schedule.lr(self.optimizer.steps());
-        self.optimizer.step(lr)?;
+        self.optimizer.step(lr, &grads, clip)?;
         Ok(Step {
             loss: loss.f_double_value(&[])?,
             lr,
