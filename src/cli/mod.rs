@@ -30,7 +30,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "trident", version, about, long_about)]
 pub struct Cli {
-    /// Number of CPU threads libtorch uses (default: all cores).
+    /// Number of CPU threads for libtorch and for Trident's own kernels (default: all cores).
     #[arg(short = 't', long, global = true, value_name = "N")]
     threads: Option<i32>,
 
@@ -107,7 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     });
     if let Some(n) = cli.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
-        tch::set_num_threads(n);
+        trident_core::set_threads(n as usize).map_err(|e| anyhow::anyhow!("--threads: {e}"))?;
     }
     // A mistyped TRIDENT_KERNELS is refused here rather than silently measured.
     trident_core::nn::kernels::Policy::from_env().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -35,3 +35,22 @@ pub use weights::{Checkpoint, WeightPath, Weights};
 
 /// The libtorch version Trident was built against (from the installed wheel).
 pub const LIBTORCH_VERSION: &str = env!("TRIDENT_LIBTORCH_VERSION");
+
+/// Run on `n` CPU threads: libtorch's operations and Trident's own parallel kernels (the
+/// streamed bf16 product, int8 quantization, the optimizer update, on rayon's pool) alike.
+/// Call it once, before any model runs; rayon's pool cannot be resized afterwards.
+pub fn set_threads(n: usize) -> Result<()> {
+    let threads = i32::try_from(n)
+        .ok()
+        .filter(|&t| t > 0)
+        .ok_or_else(|| Error::Input(format!("threads must be from 1 to {}, got {n}", i32::MAX)))?;
+    tch::set_num_threads(threads);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| {
+            Error::Input(format!(
+                "cannot set {n} threads: {e} (set them before any model runs)"
+            ))
+        })
+}

@@ -221,21 +221,20 @@ impl Linear {
 
     /// Dynamic int8: each row of `x` is quantized with its own scale, multiplied by the int8
     /// weight in integer arithmetic, and rescaled. `x`: `[rows, in]` → `[rows, out]` f32.
+    ///
+    /// On the CPU this is three passes: the rows quantized in one ([`quantize_rows`], no float
+    /// temporary), the integer product, and the rescale written over the product's own int32
+    /// buffer ([`rescale_in_place`]). Each temporary of a large batch is tens of MB, so the
+    /// tensor-op version (kept for other devices) has both a higher peak and more passes.
     fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Float)?;
-        // One float temporary, rounded in place, then the int8 copy: a large batch's
-        // activations are tens of MB per temporary, and each one raises the peak memory.
-        let row_scale = x
-            .f_abs()?
-            .f_amax([1], true)?
-            .f_clamp_min_(1e-12)?
-            .f_div_scalar_(127.0)?; // [rows, 1]
-        let mut q = x.f_div(&row_scale)?;
-        let q = q.f_round_()?.f_clamp_(-127, 127)?.f_to_kind(Kind::Int8)?;
-        let mut y = q
-            .f_internal_int_mm(&self.weight.f_tr()?)? // [rows, out] int32
-            .f_to_kind(Kind::Float)?;
-        let mut y = y.f_mul_(&row_scale)?.f_mul_(scales)?;
+        let (q, row_scale) = quantize_rows(&x)?; // [rows, in] int8, [rows] f32
+        let y = q.f_internal_int_mm(&self.weight.f_tr()?)?; // [rows, out] int32
+        if let Some(y) = rescale_in_place(&y, &row_scale, scales, self.bias.as_ref())? {
+            return Ok(y);
+        }
+        let mut y = y.f_to_kind(Kind::Float)?;
+        let mut y = y.f_mul_(&row_scale.f_unsqueeze(1)?)?.f_mul_(scales)?;
         Ok(match &self.bias {
             Some(b) => y.f_add_(b)?,
             None => y,
@@ -243,12 +242,122 @@ impl Linear {
     }
 }
 
-/// Symmetric int8 quantization of each row of a `[rows, cols]` weight: the row's largest
+/// Elements per task of the parallel passes over activations: big enough that a task's cost
+/// dwarfs its scheduling, small enough to share a few hundred KB between the threads.
+const CHUNK: usize = 1 << 15;
+
+/// The int8 product's rescale, `y[r, c] = y[r, c] · row_scale[r] · scales[c] + bias[c]` in
+/// f32 (the tensor ops' order of operations), written over `y`'s own int32 storage and
+/// returned as that storage viewed as f32: no second `[rows, out]` buffer. `None` (nothing
+/// written) unless all are contiguous CPU tensors of the expected kinds and sizes.
+fn rescale_in_place(
+    y: &Tensor,
+    row_scale: &Tensor,
+    scales: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let size = y.size();
+    let cpu_f32 = |t: &Tensor, n: i64| {
+        t.device() == Device::Cpu
+            && t.kind() == Kind::Float
+            && t.is_contiguous()
+            && t.numel() == n as usize
+    };
+    let fits = size.len() == 2
+        && y.device() == Device::Cpu
+        && y.kind() == Kind::Int
+        && y.is_contiguous()
+        && cpu_f32(row_scale, size[0])
+        && cpu_f32(scales, size[1])
+        && bias.is_none_or(|b| cpu_f32(b, size[1]));
+    if !fits || y.numel() == 0 {
+        return Ok(None);
+    }
+    let (rows, out) = (size[0] as usize, size[1] as usize);
+    // SAFETY: contiguous CPU tensors of these element types and lengths (checked above),
+    // alive for the whole function; `y` is the product's fresh buffer, which nothing else
+    // reads or writes meanwhile, and the others are only read.
+    let (y_data, row_scale, scales, bias) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(y.data_ptr() as *mut i32, rows * out),
+            std::slice::from_raw_parts(row_scale.data_ptr() as *const f32, rows),
+            std::slice::from_raw_parts(scales.data_ptr() as *const f32, out),
+            bias.map(|b| std::slice::from_raw_parts(b.data_ptr() as *const f32, out)),
+        )
+    };
+    y_data
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(k, chunk)| {
+            // The chunk's elements, one row segment at a time.
+            let (mut at, mut rest) = (k * CHUNK, chunk);
+            while !rest.is_empty() {
+                let (r, c) = (at / out, at % out);
+                let n = (out - c).min(rest.len());
+                let (segment, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                rescale_segment(
+                    segment,
+                    row_scale[r],
+                    &scales[c..c + n],
+                    bias.map(|b| &b[c..c + n]),
+                );
+                at += n;
+                rest = tail;
+            }
+        });
+    Ok(Some(y.f_view_dtype(Kind::Float)?))
+}
+
+/// One row segment of [`rescale_in_place`]: int32 products in, f32 bits out.
+fn rescale_segment(y: &mut [i32], row_scale: f32, scales: &[f32], bias: Option<&[f32]>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { rescale_segment_avx2(y, row_scale, scales, bias) };
+    }
+    rescale_segment_body(y, row_scale, scales, bias)
+}
+
+/// [`rescale_segment_body`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rescale_segment_avx2(
+    y: &mut [i32],
+    row_scale: f32,
+    scales: &[f32],
+    bias: Option<&[f32]>,
+) {
+    rescale_segment_body(y, row_scale, scales, bias)
+}
+
+/// `y ← y · row_scale · scale (+ bias)` over zipped slices (no indexing, so it vectorizes).
+#[inline(always)]
+fn rescale_segment_body(y: &mut [i32], row_scale: f32, scales: &[f32], bias: Option<&[f32]>) {
+    match bias {
+        Some(bias) => {
+            for ((v, s), b) in y.iter_mut().zip(scales).zip(bias) {
+                *v = (*v as f32 * row_scale * s + b).to_bits() as i32;
+            }
+        }
+        None => {
+            for (v, s) in y.iter_mut().zip(scales) {
+                *v = (*v as f32 * row_scale * s).to_bits() as i32;
+            }
+        }
+    }
+}
+
+/// Symmetric int8 quantization of each row of a `[rows, cols]` weight or activation: the row's largest
 /// magnitude maps to 127, `q = round(w / scale)` (ties to even, as torch rounds). Returns the
 /// int8 `[rows, cols]` values and the f32 `[rows]` scales. On the CPU in f32 it is one pass
 /// over the weight without temporaries (the tensor-op version below makes five and copies the
 /// matrix twice, which is most of an int8 model's load time).
 pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
+    use rayon::prelude::*;
     let size = w.size();
     if size.len() != 2 || w.device() != Device::Cpu || w.kind() != Kind::Float {
         let w = w.f_to_kind(Kind::Float)?;
@@ -271,39 +380,90 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
             std::slice::from_raw_parts_mut(scales.data_ptr() as *mut f32, rows as usize),
         )
     };
-    // Rows in one block per thread.
+    // Blocks of whole rows, about CHUNK values each, over rayon's threads.
     let cols = cols as usize;
-    let threads = usize::try_from(tch::get_num_threads()).unwrap_or(1).max(1);
-    let block = (rows as usize).div_ceil(threads).max(1);
-    std::thread::scope(|s| {
-        for ((src, dst), scales) in src
-            .chunks(block * cols)
-            .zip(dst.chunks_mut(block * cols))
-            .zip(scale_of.chunks_mut(block))
-        {
-            s.spawn(move || quantize_block(src, dst, scales, cols));
-        }
-    });
+    let block = (CHUNK / cols).max(1);
+    src.par_chunks(block * cols)
+        .zip(dst.par_chunks_mut(block * cols))
+        .zip(scale_of.par_chunks_mut(block))
+        .for_each(|((src, dst), scales)| quantize_block(src, dst, scales, cols));
     Ok((q, scales))
 }
 
 /// [`quantize_rows`] on the rows of `cols` values in `src`, into `dst` and `scales`.
 fn quantize_block(src: &[f32], dst: &mut [i8], scales: &mut [f32], cols: usize) {
-    // Adding and subtracting 1.5·2²³ rounds a float of magnitude < 2²² to the nearest integer,
-    // ties to even, in plain arithmetic that vectorizes (`round_ties_even` is a library call
-    // per element on baseline x86-64).
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 (checked).
+        return unsafe { quantize_block_avx2(src, dst, scales, cols) };
+    }
+    quantize_block_body(src, dst, scales, cols)
+}
+
+/// [`quantize_block_body`] compiled for AVX2 (8 lanes where baseline x86-64 has 4).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn quantize_block_avx2(src: &[f32], dst: &mut [i8], scales: &mut [f32], cols: usize) {
+    quantize_block_body(src, dst, scales, cols)
+}
+
+/// Whether the CPU has AVX2, checked once.
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx2"))
+}
+
+/// The loops of [`quantize_block`], written so that they vectorize: the largest magnitude in
+/// independent lanes, and the conversion to an integer read off the float's bits.
+#[inline(always)]
+fn quantize_block_body(src: &[f32], dst: &mut [i8], scales: &mut [f32], cols: usize) {
+    // Adding 1.5·2²³ to a float of magnitude < 2²² rounds it to the nearest integer, ties to
+    // even, and leaves that integer in the low bits of the sum (whose bits are then
+    // 0x4B40_0000 + the integer): plain arithmetic that vectorizes, where `round_ties_even`
+    // and a saturating `as` are library calls or scalar code on baseline x86-64.
     const ROUND: f32 = 12_582_912.0;
+    const ROUND_BITS: i32 = 0x4B40_0000;
     for ((row, out), scale) in src
         .chunks_exact(cols)
         .zip(dst.chunks_exact_mut(cols))
         .zip(scales.iter_mut())
     {
-        *scale = row.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) / 127.0;
+        *scale = max_abs(row).max(1e-12) / 127.0;
         for (o, v) in out.iter_mut().zip(row) {
             let x = (v / *scale).clamp(-127.0, 127.0);
-            *o = ((x + ROUND) - ROUND) as i8;
+            *o = ((x + ROUND).to_bits() as i32 - ROUND_BITS) as i8;
         }
     }
+}
+
+/// The largest magnitude in `row` (0 for none; NaNs ignored), in 16 independent lanes so
+/// that the loop vectorizes.
+#[inline(always)]
+fn max_abs(row: &[f32]) -> f32 {
+    let bigger = |m: f32, v: &f32| {
+        let a = v.abs();
+        if a > m {
+            a
+        } else {
+            m
+        }
+    };
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, v) in lanes.iter_mut().zip(chunk) {
+            *lane = bigger(*lane, v);
+        }
+    }
+    lanes
+        .iter()
+        .fold(chunks.remainder().iter().fold(0.0, bigger), |m, v| {
+            bigger(m, v)
+        })
 }
 
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
@@ -518,6 +678,38 @@ mod tests {
                 .double_value(&[]);
             let scale = exact.abs().max().double_value(&[]);
             assert!(err < 0.03 * scale, "{rows} rows: error {err} of {scale}");
+        }
+    }
+
+    /// The CPU int8 path (one-pass quantization, rescale over the product's own buffer)
+    /// computes exactly what the tensor operations compute from the same quantized rows, with
+    /// and without bias, at one row and across the parallel chunks' boundaries.
+    #[test]
+    fn int8_rescale_in_place_equals_the_tensor_operations() {
+        let w = Tensor::randn([77, 40], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([77], (Kind::Float, Device::Cpu));
+        let (q, scales) = quantize_rows(&w).unwrap();
+        for bias in [Some(b), None] {
+            let linear = Linear {
+                weight: q.shallow_clone(),
+                bias: bias.as_ref().map(Tensor::shallow_clone),
+                scales: Some(scales.shallow_clone()),
+            };
+            for rows in [1i64, 3, 1000] {
+                let x = Tensor::randn([rows, 40], (Kind::Float, Device::Cpu)) * 3.0;
+                let (xq, row_scale) = quantize_rows(&x).unwrap();
+                let mut expected = xq
+                    .internal_int_mm(&q.tr())
+                    .to_kind(Kind::Float)
+                    .g_mul(&row_scale.unsqueeze(1))
+                    .g_mul(&scales);
+                if let Some(b) = &bias {
+                    expected = expected.g_add(b);
+                }
+                let y = linear.forward(&x).unwrap();
+                assert_eq!(y.kind(), Kind::Float);
+                assert!(y.equal(&expected), "{rows} rows, bias {}", bias.is_some());
+            }
         }
     }
 
