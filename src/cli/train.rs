@@ -300,12 +300,13 @@ impl Setup {
         let model = TrainableModel::load(&self.files, self.kind, &labels, device, common.seed)?;
         if !super::report::quiet() {
             eprintln!(
-                "training {} on {} examples ({} for evaluation), {} labels, {} epochs of {} steps, on {device:?}",
+                "training {} on {} examples ({} for evaluation), {} labels, {} epoch{} of {} steps, on {device:?}",
                 self.files.name(),
                 train_examples.len(),
                 eval_examples.len(),
                 labels.len(),
                 common.epochs,
+                if common.epochs == 1 { "" } else { "s" },
                 train_examples.len().div_ceil(config.batch_size),
             );
         }
