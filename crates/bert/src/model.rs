@@ -242,15 +242,15 @@ impl Encoder {
 }
 
 /// The dropout of a training forward pass, from config.json (all zero, the default, at
-/// inference). Attention-probability dropout (`attention_probs_dropout_prob`,
-/// `attention_dropout`) is not applied: core's attention runs libtorch's fused kernel without
-/// it.
+/// inference), where transformers applies it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct EncoderDropout {
     /// After the embeddings' LayerNorm (`hidden_dropout_prob`; DistilBERT `dropout`).
     pub embeddings: f64,
-    /// On the attention and feed-forward outputs (BERT, RoBERTa: `hidden_dropout_prob` on
-    /// both; DistilBERT: `dropout` on the feed-forward output only).
+    /// On the attention probabilities (BERT, RoBERTa: `attention_probs_dropout_prob`;
+    /// DistilBERT: `attention_dropout`) and on the attention and feed-forward outputs (BERT,
+    /// RoBERTa: `hidden_dropout_prob` on both; DistilBERT: `dropout` on the feed-forward
+    /// output only).
     pub layers: SublayerDropout,
     /// Before the classifier (`classifier_dropout`, else `hidden_dropout_prob`; DistilBERT
     /// `seq_classif_dropout` for sequences and `dropout` for tokens).

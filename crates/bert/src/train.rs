@@ -123,6 +123,7 @@ fn dropout_of(config: &Map<String, Value>, family: Family, kind: TaskKind) -> En
                 embeddings: p,
                 // DistilBERT has none after its attention's out_lin.
                 layers: SublayerDropout {
+                    attention_probs: float(config, "attention_dropout", 0.1),
                     attention: 0.0,
                     feed_forward: p,
                 },
@@ -137,6 +138,7 @@ fn dropout_of(config: &Map<String, Value>, family: Family, kind: TaskKind) -> En
             EncoderDropout {
                 embeddings: p,
                 layers: SublayerDropout {
+                    attention_probs: float(config, "attention_probs_dropout_prob", 0.1),
                     attention: p,
                     feed_forward: p,
                 },

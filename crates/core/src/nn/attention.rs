@@ -145,6 +145,20 @@ impl MultiHeadAttention {
         ctx: &AttentionContext,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
+        self.forward_with_dropout(x, kv, ctx, cache, 0.0)
+    }
+
+    /// [`forward`](Self::forward) of a model being trained: dropout with probability
+    /// `probs_dropout` on the attention probabilities (BERT's `attention_probs_dropout_prob`),
+    /// drawn from libtorch's global generator inside the fused kernel. 0 at inference.
+    pub fn forward_with_dropout(
+        &self,
+        x: &Tensor,
+        kv: Option<&Tensor>,
+        ctx: &AttentionContext,
+        cache: Option<&mut KvCache>,
+        probs_dropout: f64,
+    ) -> Result<Tensor> {
         let (b, q_len) = (x.size()[0], x.size()[1]);
         let (q, k, v) = match (kv.is_some(), cache) {
             // Cross-attention with keys/values already cached: only the query is new.
@@ -199,7 +213,7 @@ impl MultiHeadAttention {
         let bias = bias.map(|b| b.f_to_kind(q.kind())).transpose()?;
         let groups = ctx.groups.max(1);
         let (context, weights) = if groups > 1 {
-            self.grouped_attention(&q, &k, &v, bias, groups)?
+            self.grouped_attention(&q, &k, &v, bias, groups, probs_dropout)?
         } else {
             if k.size()[0] != b {
                 return Err(crate::Error::Input(format!(
@@ -207,7 +221,7 @@ impl MultiHeadAttention {
                     k.size()[0]
                 )));
             }
-            self.attend(&q, &k, &v, bias)?
+            self.attend(&q, &k, &v, bias, probs_dropout)?
         };
         if let Some(weights) = weights {
             probe::attention(kv.is_some(), &weights); // [batch, heads, q_len, k_len]
@@ -224,18 +238,20 @@ impl MultiHeadAttention {
     /// `softmax(q·kᵀ·scale + bias)·v` for `q` `[batch, heads, q_len, head_dim]` and `k`, `v`
     /// `[batch, heads, k_len, head_dim]`: libtorch's fused kernel, or, while the
     /// [`probe`] records, the same product in steps, returning the weights
-    /// `[batch, heads, q_len, k_len]` the output was made from.
+    /// `[batch, heads, q_len, k_len]` the output was made from. `dropout` (training only)
+    /// applies to the probabilities.
     fn attend(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
         bias: Option<Tensor>,
+        dropout: f64,
     ) -> Result<(Tensor, Option<Tensor>)> {
         if !probe::is_recording() {
-            // libtorch's fused kernel: softmax(q·kᵀ·scale + bias)·v.
+            // libtorch's fused kernel: dropout(softmax(q·kᵀ·scale + bias))·v.
             let context = Tensor::f_scaled_dot_product_attention(
-                q, k, v, bias, 0.0, false, self.scale, false,
+                q, k, v, bias, dropout, false, self.scale, false,
             )?;
             return Ok((context, None));
         }
@@ -247,7 +263,9 @@ impl MultiHeadAttention {
             scores = scores.f_add(bias)?;
         }
         let weights = scores.f_softmax(-1, Kind::Float)?;
-        let context = weights.f_to_kind(v.kind())?.f_matmul(v)?; // [batch, heads, q_len, head_dim]
+        let context = super::dropout::dropout(&weights, dropout)?
+            .f_to_kind(v.kind())?
+            .f_matmul(v)?; // [batch, heads, q_len, head_dim]
         Ok((context, Some(weights)))
     }
 
@@ -264,6 +282,7 @@ impl MultiHeadAttention {
         v: &Tensor,
         bias: Option<Tensor>,
         groups: i64,
+        dropout: f64,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (rows, q_len) = (k.size()[0], q.size()[2]);
         let (h, d) = (self.num_heads, self.head_dim);
@@ -286,7 +305,7 @@ impl MultiHeadAttention {
             .f_view([rows, groups, h, q_len, d])?
             .f_permute([0, 2, 1, 3, 4])?
             .f_reshape([rows, h, groups * q_len, d])?;
-        let (context, weights) = self.attend(&q, k, v, bias)?;
+        let (context, weights) = self.attend(&q, k, v, bias, dropout)?;
         // [rows, h, groups·q_len, d] → [rows·groups, h, q_len, d]
         let context = context
             .f_view([rows, h, groups, q_len, d])?

@@ -15,11 +15,15 @@ pub fn dropout(x: &Tensor, p: f64) -> Result<Tensor> {
     }
 }
 
-/// Dropout on each sublayer's output before it joins the residual connection (BERT's
-/// `hidden_dropout_prob` after `attention.output.dense` and `output.dense`; DistilBERT's
-/// `dropout` after `ffn.lin2` only). All zero, the default, at inference.
+/// Dropout inside a transformer layer: on the attention probabilities, and on each
+/// sublayer's output before it joins the residual connection (BERT's `hidden_dropout_prob`
+/// after `attention.output.dense` and `output.dense`; DistilBERT's `dropout` after
+/// `ffn.lin2` only). All zero, the default, at inference.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SublayerDropout {
+    /// On the attention probabilities, before they weight the values (BERT's
+    /// `attention_probs_dropout_prob`, DistilBERT's `attention_dropout`).
+    pub attention_probs: f64,
     /// After the attention output projection (self- and cross-attention).
     pub attention: f64,
     /// After the feed-forward network's down-projection.

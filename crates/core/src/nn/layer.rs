@@ -99,13 +99,24 @@ impl TransformerLayer {
             None => (None, None),
         };
         let x = self.residual(x, &self.self_attention_norm, dropout.attention, |h| {
-            self.self_attention
-                .forward(h, None, &ctx.self_attention, self_cache)
+            self.self_attention.forward_with_dropout(
+                h,
+                None,
+                &ctx.self_attention,
+                self_cache,
+                dropout.attention_probs,
+            )
         })?;
         let x = match (&self.cross_attention, ctx.encoder_hidden) {
             (Some((attention, norm)), Some(encoder)) => {
                 self.residual(&x, norm, dropout.attention, |h| {
-                    attention.forward(h, Some(encoder), &ctx.cross_attention, cross_cache)
+                    attention.forward_with_dropout(
+                        h,
+                        Some(encoder),
+                        &ctx.cross_attention,
+                        cross_cache,
+                        dropout.attention_probs,
+                    )
                 })?
             }
             (Some(_), None) => {
