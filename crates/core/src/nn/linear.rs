@@ -286,26 +286,32 @@ fn rescale_in_place(
             bias.map(|b| std::slice::from_raw_parts(b.data_ptr() as *const f32, out)),
         )
     };
-    y_data
-        .par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(k, chunk)| {
-            // The chunk's elements, one row segment at a time.
-            let (mut at, mut rest) = (k * CHUNK, chunk);
-            while !rest.is_empty() {
-                let (r, c) = (at / out, at % out);
-                let n = (out - c).min(rest.len());
-                let (segment, tail) = std::mem::take(&mut rest).split_at_mut(n);
-                rescale_segment(
-                    segment,
-                    row_scale[r],
-                    &scales[c..c + n],
-                    bias.map(|b| &b[c..c + n]),
-                );
-                at += n;
-                rest = tail;
-            }
-        });
+    let rescale_chunk = |(k, chunk): (usize, &mut [i32])| {
+        // The chunk's elements, one row segment at a time.
+        let (mut at, mut rest) = (k * CHUNK, chunk);
+        while !rest.is_empty() {
+            let (r, c) = (at / out, at % out);
+            let n = (out - c).min(rest.len());
+            let (segment, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rescale_segment(
+                segment,
+                row_scale[r],
+                &scales[c..c + n],
+                bias.map(|b| &b[c..c + n]),
+            );
+            at += n;
+            rest = tail;
+        }
+    };
+    // One chunk (a decoding step's row) on this thread; more over rayon's threads.
+    if y_data.len() <= CHUNK {
+        rescale_chunk((0, y_data));
+    } else {
+        y_data
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(rescale_chunk);
+    }
     Ok(Some(y.f_view_dtype(Kind::Float)?))
 }
 
@@ -380,9 +386,14 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
             std::slice::from_raw_parts_mut(scales.data_ptr() as *mut f32, rows as usize),
         )
     };
-    // Blocks of whole rows, about CHUNK values each, over rayon's threads.
+    // Blocks of whole rows, about CHUNK values each, over rayon's threads; a single block
+    // (a decoding step's row) on this thread, as handing it to the pool costs more than it.
     let cols = cols as usize;
     let block = (CHUNK / cols).max(1);
+    if n <= block * cols {
+        quantize_block(src, dst, scale_of, cols);
+        return Ok((q, scales));
+    }
     src.par_chunks(block * cols)
         .zip(dst.par_chunks_mut(block * cols))
         .zip(scale_of.par_chunks_mut(block))

@@ -347,18 +347,24 @@ fn fused_update(
     #[cfg(target_arch = "x86_64")]
     let fma =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    p.par_chunks_mut(UPDATE_CHUNK)
-        .zip(g.par_chunks(UPDATE_CHUNK))
-        .zip(m.par_chunks_mut(UPDATE_CHUNK))
-        .zip(v.par_chunks_mut(UPDATE_CHUNK))
-        .for_each(|(((p, g), m), v)| {
-            #[cfg(target_arch = "x86_64")]
-            if fma {
-                // SAFETY: the features were detected above.
-                return unsafe { update.run_fma(p, g, m, v) };
-            }
-            update.run(p, g, m, v)
-        });
+    let run = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+        #[cfg(target_arch = "x86_64")]
+        if fma {
+            // SAFETY: the features were detected above.
+            return unsafe { update.run_fma(p, g, m, v) };
+        }
+        update.run(p, g, m, v)
+    };
+    if n <= UPDATE_CHUNK {
+        // A bias or a norm: on this thread, as handing it to the pool costs more than it.
+        run(p, g, m, v);
+    } else {
+        p.par_chunks_mut(UPDATE_CHUNK)
+            .zip(g.par_chunks(UPDATE_CHUNK))
+            .zip(m.par_chunks_mut(UPDATE_CHUNK))
+            .zip(v.par_chunks_mut(UPDATE_CHUNK))
+            .for_each(|(((p, g), m), v)| run(p, g, m, v));
+    }
     Ok(true)
 }
 
@@ -442,52 +448,55 @@ mod tests {
 
     /// The one-pass CPU update equals PyTorch's in-place tensor operations (the path other
     /// devices take) on every element: random values, a clipped gradient, weight decay,
-    /// several steps, and a parameter the loss does not use.
+    /// several steps, a parameter the loss does not use, large and small parameters.
     #[test]
     fn the_fused_update_equals_the_tensor_operations() {
-        let init = Tensor::randn([3, 70_001], (Kind::Float, Device::Cpu));
-        let target = Tensor::randn([3, 70_001], (Kind::Float, Device::Cpu));
-        let unused = Tensor::randn([5], (Kind::Float, Device::Cpu));
-        let make = || {
-            let w = init.copy().set_requires_grad(true);
-            let u = unused.copy().set_requires_grad(true);
-            let opt = AdamW::new(
-                &[
-                    ("w.weight".to_string(), w.shallow_clone()),
-                    ("u.bias".to_string(), u.shallow_clone()),
-                ],
-                AdamWConfig {
-                    weight_decay: 0.01,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            (w, u, opt)
-        };
-        let (w1, u1, mut fused) = make();
-        let (w2, u2, mut ops) = make();
-        for (step, lr) in [0.0, 1e-3, 2e-3, 5e-4].into_iter().enumerate() {
-            for (w, opt, fuse) in [(&w1, &mut fused, true), (&w2, &mut ops, false)] {
-                let loss = (w - &target).square().sum(Kind::Float);
-                let grads = opt.gradients(&loss).unwrap();
-                assert!(grads[0].defined() && !grads[1].defined());
-                let (_, clip) = clip_coefficient(&grads, 50.0).unwrap();
-                assert!(clip < 1.0, "step {step}: the test means to clip");
-                if fuse {
-                    opt.step(lr, &grads, clip).unwrap();
-                } else {
-                    // A non-contiguous gradient takes the tensor operations.
-                    let strided = grads[0].tr().contiguous().tr();
-                    assert!(!strided.is_contiguous());
-                    let grads = [strided, grads[1].shallow_clone()];
-                    opt.step(lr, &grads, clip).unwrap();
+        // Many chunks over rayon's threads, and one small parameter on the calling thread.
+        for cols in [70_001i64, 7] {
+            let init = Tensor::randn([3, cols], (Kind::Float, Device::Cpu));
+            let target = Tensor::randn([3, cols], (Kind::Float, Device::Cpu));
+            let unused = Tensor::randn([5], (Kind::Float, Device::Cpu));
+            let make = || {
+                let w = init.copy().set_requires_grad(true);
+                let u = unused.copy().set_requires_grad(true);
+                let opt = AdamW::new(
+                    &[
+                        ("w.weight".to_string(), w.shallow_clone()),
+                        ("u.bias".to_string(), u.shallow_clone()),
+                    ],
+                    AdamWConfig {
+                        weight_decay: 0.01,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                (w, u, opt)
+            };
+            let (w1, u1, mut fused) = make();
+            let (w2, u2, mut ops) = make();
+            for (step, lr) in [0.0, 1e-3, 2e-3, 5e-4].into_iter().enumerate() {
+                for (w, opt, fuse) in [(&w1, &mut fused, true), (&w2, &mut ops, false)] {
+                    let loss = (w - &target).square().sum(Kind::Float);
+                    let grads = opt.gradients(&loss).unwrap();
+                    assert!(grads[0].defined() && !grads[1].defined());
+                    let (_, clip) = clip_coefficient(&grads, 1.0).unwrap();
+                    assert!(clip < 1.0, "step {step}: the test means to clip");
+                    if fuse {
+                        opt.step(lr, &grads, clip).unwrap();
+                    } else {
+                        // A non-contiguous gradient takes the tensor operations.
+                        let strided = grads[0].tr().contiguous().tr();
+                        assert!(!strided.is_contiguous());
+                        let grads = [strided, grads[1].shallow_clone()];
+                        opt.step(lr, &grads, clip).unwrap();
+                    }
                 }
+                let diff = (&w1 - &w2).abs().max().double_value(&[]);
+                assert!(diff <= 1e-7, "step {step}: {diff}");
             }
-            let diff = (&w1 - &w2).abs().max().double_value(&[]);
-            assert!(diff <= 1e-7, "step {step}: {diff}");
+            assert!(u1.equal(&unused) && u2.equal(&unused));
+            assert!(!w1.equal(&init));
         }
-        assert!(u1.equal(&unused) && u2.equal(&unused));
-        assert!(!w1.equal(&init));
         // Which path each took: contiguous CPU f32 is fused, a strided gradient is not.
         let z = || Tensor::zeros([3, 70_001], (Kind::Float, Device::Cpu));
         let update = Update {
