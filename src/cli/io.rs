@@ -621,9 +621,23 @@ impl Progress {
     }
 }
 
-/// Run `run` over every readable input in chunks of `chunk` texts, writing each result with
-/// `render(text, result)` in input order. A chunk that fails is retried text by
-/// text, so one bad text costs only its own result. `tokens` reports the tokens processed so
+/// Batches per window of texts sorted by length (see [`process_items`]): enough for texts of
+/// similar lengths to meet, few enough that results are written (and flushed) often.
+const SORT_WINDOW_BATCHES: usize = 8;
+
+/// The indices of `window`'s readable texts, shortest first (by bytes, a proxy for tokens;
+/// ties keep input order).
+fn by_length(window: &[Item]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..window.len())
+        .filter(|&i| window[i].text.is_ok())
+        .collect();
+    order.sort_by_key(|&i| window[i].text.as_ref().map_or(0, String::len));
+    order
+}
+
+/// Run `run` over every readable input in batches of `chunk` texts of similar lengths,
+/// writing each result with `render(text, result)` in input order. A batch that fails is
+/// retried text by text, so one bad text costs only its own result. `tokens` reports the tokens processed so
 /// far, for the summary. Returns the exit code (1 when any input failed).
 pub fn process<T>(
     args: &IoArgs,
@@ -653,42 +667,51 @@ pub fn process_items<T>(
     } else {
         chunk.max(1)
     };
-    for group in items.chunks(chunk) {
-        let texts: Vec<&str> = group
-            .iter()
-            .filter_map(|i| i.text.as_deref().ok())
-            .collect();
-        let first = group.first().map_or("", |i| i.origin.as_str());
-        let outcome = if group.len() == 1 {
-            super::report::with_origin(first, || run(&texts))
-        } else {
-            run(&texts)
-        };
-        let results: Vec<Result<T, String>> = match outcome {
-            Ok(r) => r.into_iter().map(Ok).collect(),
-            Err(_) if texts.len() > 1 => texts
+    // Texts are batched by length within windows of a few batches, so that a batch pads
+    // its texts to similar lengths; each window's results are written in input order.
+    for window in items.chunks(chunk.saturating_mul(SORT_WINDOW_BATCHES)) {
+        let mut results: Vec<Option<Result<T, String>>> =
+            std::iter::repeat_with(|| None).take(window.len()).collect();
+        for group in by_length(window).chunks(chunk) {
+            let texts: Vec<&str> = group
                 .iter()
-                .map(|t| {
-                    run(std::slice::from_ref(t))
-                        .map_err(|e| format!("{e:#}"))
-                        .and_then(|mut v| v.pop().ok_or_else(|| "no result".to_string()))
-                })
-                .collect(),
-            Err(e) => vec![Err(format!("{e:#}"))],
-        };
-        let mut results = results.into_iter();
-        for item in group {
-            match &item.text {
-                Err(why) => output.error(item, why),
-                Ok(text) => match results.next() {
-                    Some(Ok(r)) => output.ok(item, render(text, &r))?,
-                    Some(Err(why)) => output.error(item, &why),
-                    None => output.error(item, "no result"),
-                },
+                .map(|&i| window[i].text.as_deref().unwrap_or_default())
+                .collect();
+            let first = group.first().map_or("", |&i| window[i].origin.as_str());
+            let outcome = if group.len() == 1 {
+                super::report::with_origin(first, || run(&texts))
+            } else {
+                run(&texts)
+            };
+            let done: Vec<Result<T, String>> = match outcome {
+                Ok(r) => r.into_iter().map(Ok).collect(),
+                // A batch that fails is retried text by text, so one bad text costs only
+                // its own result.
+                Err(_) if texts.len() > 1 => texts
+                    .iter()
+                    .map(|t| {
+                        run(std::slice::from_ref(t))
+                            .map_err(|e| format!("{e:#}"))
+                            .and_then(|mut v| v.pop().ok_or_else(|| "no result".to_string()))
+                    })
+                    .collect(),
+                Err(e) => vec![Err(format!("{e:#}"))],
+            };
+            for (&i, result) in group.iter().zip(done) {
+                results[i] = Some(result);
+            }
+            progress.inc(group.len());
+        }
+        for (item, result) in window.iter().zip(results) {
+            match (&item.text, result) {
+                (Err(why), _) => output.error(item, why),
+                (Ok(text), Some(Ok(r))) => output.ok(item, render(text, &r))?,
+                (Ok(_), Some(Err(why))) => output.error(item, &why),
+                (Ok(_), None) => output.error(item, "no result"),
             }
         }
         output.end_chunk()?;
-        progress.inc(group.len());
+        progress.inc(window.iter().filter(|i| i.text.is_err()).count());
     }
     progress.tokens = tokens();
     let (code, succeeded, failed) = (output.exit_code(), output.succeeded, output.failed);
@@ -700,6 +723,24 @@ pub fn process_items<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Texts are batched shortest first, ties in input order, unreadable lines left out.
+    #[test]
+    fn batches_take_texts_by_length() {
+        let items: Vec<Item> = [
+            &b"a longer text"[..],
+            b"short",
+            b"caf\xe9",
+            b"tiny",
+            b"a text",
+            b"short",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(n, line)| parse_line(line, n + 1, false))
+        .collect();
+        assert_eq!(by_length(&items), vec![3, 1, 5, 4, 0]);
+    }
 
     #[test]
     fn lines_become_items_with_per_line_errors() {
