@@ -492,7 +492,9 @@ mod tests {
                     }
                 }
                 let diff = (&w1 - &w2).abs().max().double_value(&[]);
-                assert!(diff <= 1e-7, "step {step}: {diff}");
+                // A few ulps: PyTorch's scalar tail of a small tensor skips the fused
+                // multiply-add that its vector loop and this update use.
+                assert!(diff <= 1e-6, "step {step}: {diff}");
             }
             assert!(u1.equal(&unused) && u2.equal(&unused));
             assert!(!w1.equal(&init));
