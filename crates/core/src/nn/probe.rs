@@ -234,6 +234,31 @@ mod tests {
         .unwrap()
     }
 
+    /// Attention-probability dropout (training): 0 is the inference forward bit for bit, and
+    /// a positive probability changes the output, on the fused path and the probe's stepwise
+    /// one. (That the same seed draws the same mask is libtorch's generator, and a whole
+    /// resumed training run checks it in `tests/train_cli.rs`: here other tests draw from the
+    /// same global generator in parallel.)
+    #[test]
+    fn attention_dropout_is_off_at_zero_and_applied_above() {
+        use crate::nn::AttentionContext;
+        let attention = small_attention();
+        let x = Tensor::randn([2, 5, 16], (tch::Kind::Float, tch::Device::Cpu));
+        let ctx = AttentionContext::default();
+        let plain = attention.forward(&x, None, &ctx, None).unwrap();
+        let zero = attention
+            .forward_with_dropout(&x, None, &ctx, None, 0.0)
+            .unwrap();
+        assert!(plain.equal(&zero));
+        let dropped = attention
+            .forward_with_dropout(&x, None, &ctx, None, 0.5)
+            .unwrap();
+        assert!(!dropped.equal(&plain), "dropout 0.5 changed nothing");
+        let (probed, _) =
+            record(|| attention.forward_with_dropout(&x, None, &ctx, None, 0.5)).unwrap();
+        assert!(!probed.equal(&plain), "the stepwise path ignored dropout");
+    }
+
     #[test]
     fn recorded_attention_is_the_fused_kernels_and_off_changes_nothing() {
         use crate::nn::{mask, AttentionContext};
