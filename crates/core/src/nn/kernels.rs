@@ -510,35 +510,37 @@ pub fn report() -> Vec<Decision> {
                         .map(|m| (entry.timings[i].0, m * per as f64 * 1e3))
                 })
                 .collect();
+            // "time per row: library 0.064 ms, split 0.133 ms (best call; dropped, …)".
+            let times = format!(
+                "time per {}: {}",
+                if per == 1 {
+                    "row".to_string()
+                } else {
+                    format!("{per} rows")
+                },
+                medians_ms
+                    .iter()
+                    .map(|(k, ms)| {
+                        let dropped = entry
+                            .timings
+                            .iter()
+                            .any(|(c, t)| c == k && settled_median(t).is_none());
+                        if dropped {
+                            format!("{k} {ms:.3} ms (best call; dropped, over {RULED_OUT}× slower)")
+                        } else {
+                            format!("{k} {ms:.3} ms")
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             let why = match entry.chosen {
                 Some((_, true)) if medians_ms.is_empty() => {
                     "chosen for its row group, measured on the group's other shapes".to_string()
                 }
                 Some((_, true)) => format!(
                     "measured with its row group (one kernel for all shapes of this kind \
-                     and row count); this shape's medians of {SAMPLES} calls, time per {}: {}",
-                    if per == 1 {
-                        "row".to_string()
-                    } else {
-                        format!("{per} rows")
-                    },
-                    medians_ms
-                        .iter()
-                        .map(|(k, ms)| {
-                            let dropped = entry
-                                .timings
-                                .iter()
-                                .any(|(c, t)| c == k && settled_median(t).is_none());
-                            if dropped {
-                                format!(
-                                    "{k} {ms:.3} ms (best call; dropped, over {RULED_OUT}× slower)"
-                                )
-                            } else {
-                                format!("{k} {ms:.3} ms")
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                     and row count); this shape's medians of {SAMPLES} calls, {times}"
                 ),
                 Some((_, false)) if class.kind == Kind::Int8 => {
                     "libtorch's integer product, the one int8 kernel".to_string()
@@ -555,17 +557,7 @@ pub fn report() -> Vec<Decision> {
                 // the shape's own fastest meanwhile.
                 None if own_choice(&entry.timings).is_some() => format!(
                     "measured on its own (its row group waits for other shapes); this \
-                     shape's medians, time per {}: {}",
-                    if per == 1 {
-                        "row".to_string()
-                    } else {
-                        format!("{per} rows")
-                    },
-                    medians_ms
-                        .iter()
-                        .map(|(k, ms)| format!("{k} {ms:.3} ms"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                     shape's medians, {times}"
                 ),
                 None => format!(
                     "still measuring: {}",
