@@ -15,6 +15,11 @@ fn trident(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_trident"))
         .args(args)
         .env("HF_HUB_OFFLINE", "1")
+        // Several tests compare the JSON of separate runs byte for byte. Each process measures
+        // its projection kernels afresh, and which kernel a call runs while measuring depends
+        // on timings (a far slower candidate is dropped early), so scores may differ in their
+        // last bits between processes; `fixed` is the documented way to bit-reproducible runs.
+        .env("TRIDENT_KERNELS", "fixed")
         .current_dir(std::env::temp_dir())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -750,14 +755,30 @@ fn resume_continues_an_interrupted_output_without_losing_or_doubling_ids() {
         "{}",
         stderr(&resumed)
     );
-    assert_eq!(
-        std::fs::read_to_string(&output).unwrap(),
-        whole,
-        "a resumed run ends with what an uninterrupted run writes"
+    // A resumed run ends with what an uninterrupted run writes: the first 120 lines as they
+    // were, then the same ids in the same order with the same entities. Scores agree to
+    // float rounding, not bit for bit: the resumed run batches the remaining inputs
+    // differently (other padding, other product shapes), which on some CPUs rounds the last
+    // bits differently.
+    let after = std::fs::read_to_string(&output).unwrap();
+    assert!(
+        after.starts_with(&whole[..cut]),
+        "the finished lines were kept"
     );
+    let parse = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    json_close(
+        &Value::Array(parse(&after)),
+        &Value::Array(parse(&whole)),
+        1e-5,
+    )
+    .unwrap();
     // Resuming a finished run does nothing; resuming without JSON Lines is refused.
     assert!(run(true).status.success());
-    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), after);
     let text = trident(
         &[
             "ner",

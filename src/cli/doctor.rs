@@ -101,8 +101,9 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Measure the projection kernels on the shapes of a 768-wide model (BERT-base, GPT-2), as a
-/// model's first calls do, and print which kernel each shape class uses and why.
+/// Measure the projection kernels on the shapes of a 768-wide model (BERT-base, GPT-2), in
+/// f32 and int8, as a model's first calls do, and print which kernel each shape class uses
+/// and why.
 fn kernels() {
     use trident_core::nn::kernels::{self, Policy};
     use trident_core::nn::Linear;
@@ -124,10 +125,35 @@ fn kernels() {
     // from memory rather than finding one in cache.
     const LAYERS: usize = 12;
     let cpu = (tch::Kind::Float, tch::Device::Cpu);
-    for (out, inp) in [(768, 768), (2304, 768), (3072, 768), (768, 3072)] {
+    println!(
+        "parallel        Trident's own kernels run on {}",
+        if trident_core::nn::parallel::on_openmp() {
+            "libtorch's OpenMP threads"
+        } else {
+            "rayon's threads (no OpenMP runtime loaded)"
+        }
+    );
+    let shapes = [(768, 768), (2304, 768), (3072, 768), (768, 3072)];
+    for ((out, inp), int8) in shapes
+        .iter()
+        .map(|&s| (s, false))
+        .chain(shapes.map(|s| (s, true)))
+    {
         let layers: Vec<Linear> = (0..LAYERS)
-            .map(|_| Linear::from_tensors(tch::Tensor::randn([out, inp], cpu), None))
-            .collect();
+            .map(|_| {
+                let w = tch::Tensor::randn([out, inp], cpu);
+                if int8 {
+                    Linear::quantized(&w, None)
+                } else {
+                    Ok(Linear::from_tensors(w, None))
+                }
+            })
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        if layers.is_empty() {
+            println!("                quantizing {out}x{inp} failed");
+            return;
+        }
         for rows in [1i64, 4, 16, 256] {
             let x = tch::Tensor::randn([rows, inp], cpu);
             for _ in 0..2 {

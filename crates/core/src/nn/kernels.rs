@@ -1,5 +1,5 @@
-//! Which kernel computes a float projection on the CPU, chosen by measurement on the machine
-//! the model runs on.
+//! Which kernel computes a projection on the CPU, chosen by measurement on the machine the
+//! model runs on.
 //!
 //! A projection `x·Wᵀ` can be computed several ways, and which is fastest depends on the CPU,
 //! the library build and the shape, not on a rule that holds everywhere. Decoding one token
@@ -7,6 +7,7 @@
 //! AMD EPYC libtorch's matrix-vector product ran on one thread and a split batched product was
 //! twice as fast; on an Intel Xeon the library's own product is multi-threaded and the split
 //! is half as fast. Large inputs are compute-bound, where oneDNN's GEMM and MKL's compete.
+//! At int8, libtorch's integer product competes with Trident's own for few rows.
 //!
 //! So the choice is measured. Calls are grouped into [`ShapeClass`]es (element kind, weight
 //! shape, rows rounded up to a power of two up to [`MANY_ROWS`], one class above). The first
@@ -62,8 +63,9 @@ pub enum Kernel {
     Split,
     /// oneDNN's GEMM (`mkldnn_linear`), f32 only.
     OneDnn,
-    /// Trident's own bf16 product for few rows ([`super::streamed`]): the weight read as
-    /// stored, widened in registers, on AVX-512 CPUs.
+    /// Trident's own product for few rows, the weight read as stored: bf16 widened in
+    /// registers on AVX-512 CPUs ([`super::streamed`]), int8 with the 8-bit dot-product
+    /// instruction on AVX-512 VNNI CPUs ([`super::streamed_int8`]).
     Streamed,
 }
 
@@ -169,7 +171,12 @@ impl ShapeClass {
     pub fn candidates(&self, onednn: bool) -> Vec<Kernel> {
         let mut c = vec![Kernel::Library];
         if self.kind == Kind::Int8 {
-            return c; // libtorch's integer product (`_int_mm`) is the one int8 kernel
+            // libtorch's integer product (`_int_mm`), and for few rows Trident's streamed one
+            // where the CPU runs it.
+            if self.rows <= super::streamed_int8::MAX_ROWS && super::streamed_int8::available() {
+                c.push(Kernel::Streamed);
+            }
+            return c;
         }
         if self.rows <= SPLIT_MAX_ROWS && self.out >= 2 {
             c.push(Kernel::Split);
@@ -420,11 +427,6 @@ fn own_choice(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
     }])
 }
 
-/// Note a call of a class with a single candidate (int8), so that [`report`] lists it.
-pub fn seen(class: ShapeClass) {
-    let _ = plan(class);
-}
-
 /// Record that `kernel` took `seconds_per_row` on a call of `class`; decides the class's row
 /// group when enough of it is measured ([`choose`]).
 pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
@@ -542,10 +544,15 @@ pub fn report() -> Vec<Decision> {
                     "measured with its row group (one kernel for all shapes of this kind \
                      and row count); this shape's medians of {SAMPLES} calls, {times}"
                 ),
-                Some((_, false)) if class.kind == Kind::Int8 => {
-                    "libtorch's integer product, the one int8 kernel".to_string()
-                }
                 Some((_, false)) => match policy() {
+                    Policy::Measure if class.kind == Kind::Int8 => format!(
+                        "libtorch's integer product, the only int8 kernel {}",
+                        if super::streamed_int8::available() {
+                            "above 8 rows"
+                        } else {
+                            "on a CPU without AVX-512 VNNI"
+                        }
+                    ),
                     Policy::Measure => "the only candidate".to_string(),
                     Policy::Fixed => "TRIDENT_KERNELS=fixed".to_string(),
                     Policy::Force(k) if entry.timings.iter().any(|(c, _)| *c == k) => {
@@ -777,8 +784,15 @@ mod tests {
             ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
             [Library]
         );
+        // int8: libtorch's integer product, and for few rows the streamed one where the
+        // CPU runs it.
+        let int8 = ShapeClass::new(Kind::Int8, 768, 768, 1).candidates(true);
         assert_eq!(
-            ShapeClass::new(Kind::Int8, 768, 768, 1).candidates(true),
+            int8.contains(&Streamed),
+            crate::nn::streamed_int8::available()
+        );
+        assert_eq!(
+            ShapeClass::new(Kind::Int8, 768, 768, 9).candidates(true),
             [Library]
         );
     }

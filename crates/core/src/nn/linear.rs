@@ -2,6 +2,8 @@
 //! computes in.
 
 use super::kernels::{self, Kernel, Plan, ShapeClass};
+use super::parallel::{for_each_task, SharedMut};
+use super::streamed_int8;
 use crate::weights::WeightPath;
 use crate::{Dtype, Error, Result};
 use std::time::Instant;
@@ -25,6 +27,22 @@ pub struct Linear {
     pub bias: Option<Tensor>,
     /// `[out]` f32, the scale of each output channel of an int8 weight.
     scales: Option<Tensor>,
+    /// Each row's sum of an int8 weight, computed on its first call that may run the streamed
+    /// int8 kernel ([`streamed_int8::row_sums`]).
+    sums: RowSums,
+}
+
+/// The row sums of an int8 weight, computed once when first needed.
+#[derive(Default)]
+struct RowSums(std::sync::OnceLock<Vec<i32>>);
+
+impl std::fmt::Debug for RowSums {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            Some(v) => write!(f, "RowSums({} rows)", v.len()),
+            None => f.write_str("RowSums(not computed)"),
+        }
+    }
 }
 
 impl Linear {
@@ -36,6 +54,7 @@ impl Linear {
             weight,
             bias,
             scales,
+            sums: RowSums::default(),
         })
     }
 
@@ -46,6 +65,7 @@ impl Linear {
             weight,
             bias: Some(p.param("bias", &[out_dim])?),
             scales,
+            sums: RowSums::default(),
         })
     }
 
@@ -58,6 +78,7 @@ impl Linear {
                 weight: table.weight.shallow_clone(),
                 bias: None,
                 scales: Some(scales.shallow_clone()),
+                sums: RowSums::default(),
             });
         }
         if dtype == Dtype::Int8 {
@@ -66,12 +87,14 @@ impl Linear {
                 weight: q,
                 bias: None,
                 scales: Some(scales),
+                sums: RowSums::default(),
             });
         }
         Ok(Linear {
             weight: table.weight.shallow_clone(),
             bias: None,
             scales: None,
+            sums: RowSums::default(),
         })
     }
 
@@ -99,7 +122,20 @@ impl Linear {
             weight,
             bias,
             scales: None,
+            sums: RowSums::default(),
         }
+    }
+
+    /// A projection over a float weight `[out, in]` quantized to int8 as the loader quantizes
+    /// ([`Dtype::Int8`]: one scale per output row).
+    pub fn quantized(weight: &Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (weight, scales) = quantize_rows(weight)?;
+        Ok(Linear {
+            weight,
+            bias,
+            scales: Some(scales),
+            sums: RowSums::default(),
+        })
     }
 
     /// The same projection with its output channels taken in the order `index` (`[n]` int64,
@@ -116,6 +152,7 @@ impl Linear {
             weight: pick(&self.weight)?,
             bias: self.bias.as_ref().map(pick).transpose()?,
             scales: self.scales.as_ref().map(pick).transpose()?,
+            sums: RowSums::default(),
         })
     }
 
@@ -137,10 +174,20 @@ impl Linear {
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
         let y = match &self.scales {
+            // (The streamed product reads the weight's memory as rows: contiguous only.)
+            Some(scales)
+                if x.device() != Device::Cpu || rows == 0 || !self.weight.is_contiguous() =>
+            {
+                self.forward_int8(Kernel::Library, &x2, scales)?
+            }
             Some(scales) => {
-                // One kernel, listed in the report with the float ones.
-                kernels::seen(ShapeClass::new(Kind::Int8, scales.size()[0], in_dim, rows));
-                self.forward_int8(&x2, scales)?
+                let class = ShapeClass::new(Kind::Int8, scales.size()[0], in_dim, rows);
+                if class.candidates(false).contains(&Kernel::Streamed) {
+                    // Computed before any call is timed, so that the measurement compares
+                    // the products, not a one-off pass over the weight.
+                    self.row_sums()?;
+                }
+                measured(class, rows, |k| self.forward_int8(k, &x2, scales))?
             }
             // A model being trained (its weights, or the input, require grad) takes the
             // library's product too: the measured kernels serve inference (oneDNN's has no
@@ -157,20 +204,20 @@ impl Linear {
                     return Err(Error::Input("a projection weight must be 2-D".into()));
                 };
                 let class = ShapeClass::new(x.kind(), out, in_dim, rows);
-                match kernels::plan(class) {
-                    Plan::Use(kernel) => self.forward_with(kernel, &x2)?,
-                    Plan::Measure(kernel) => {
-                        let start = Instant::now();
-                        let y = self.forward_with(kernel, &x2)?;
-                        let seconds = start.elapsed().as_secs_f64();
-                        kernels::record(class, kernel, seconds / rows as f64);
-                        y
-                    }
-                }
+                measured(class, rows, |k| self.forward_with(k, &x2))?
             }
         }; // [rows, out]
         out_shape.push(self.weight.size()[0]);
         Ok(y.f_reshape(out_shape.as_slice())?)
+    }
+
+    /// The int8 weight's row sums for [`streamed_int8`], computed on first use.
+    fn row_sums(&self) -> Result<&[i32]> {
+        if let Some(sums) = self.sums.0.get() {
+            return Ok(sums);
+        }
+        let sums = streamed_int8::row_sums(&self.weight)?;
+        Ok(self.sums.0.get_or_init(|| sums))
     }
 
     /// A CPU float projection with `kernel`. `x`: `[rows, in]` → `[rows, out]`.
@@ -226,9 +273,20 @@ impl Linear {
     /// temporary), the integer product, and the rescale written over the product's own int32
     /// buffer ([`rescale_in_place`]). Each temporary of a large batch is tens of MB, so the
     /// tensor-op version (kept for other devices) has both a higher peak and more passes.
-    fn forward_int8(&self, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
+    /// [`Kernel::Streamed`] (few rows, AVX-512 VNNI) does the product and the rescale in one
+    /// pass over the weight ([`streamed_int8`]), with the same result.
+    fn forward_int8(&self, kernel: Kernel, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Float)?;
         let (q, row_scale) = quantize_rows(&x)?; // [rows, in] int8, [rows] f32
+        if kernel == Kernel::Streamed {
+            let weight = streamed_int8::Weight {
+                values: &self.weight,
+                sums: self.row_sums()?,
+                scales,
+                bias: self.bias.as_ref(),
+            };
+            return streamed_int8::linear(&q, &row_scale, &weight);
+        }
         let y = q.f_internal_int_mm(&self.weight.f_tr()?)?; // [rows, out] int32
         if let Some(y) = rescale_in_place(&y, &row_scale, scales, self.bias.as_ref())? {
             return Ok(y);
@@ -239,6 +297,25 @@ impl Linear {
             Some(b) => y.f_add_(b)?,
             None => y,
         })
+    }
+}
+
+/// `run` with the kernel [`kernels::plan`] gives `class`, timed and recorded while the class is
+/// being measured. `rows`: the call's input rows (times are kept per row).
+fn measured(
+    class: ShapeClass,
+    rows: i64,
+    run: impl FnOnce(Kernel) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match kernels::plan(class) {
+        Plan::Use(kernel) => run(kernel),
+        Plan::Measure(kernel) => {
+            let start = Instant::now();
+            let y = run(kernel)?;
+            let seconds = start.elapsed().as_secs_f64();
+            kernels::record(class, kernel, seconds / rows as f64);
+            Ok(y)
+        }
     }
 }
 
@@ -256,7 +333,6 @@ fn rescale_in_place(
     scales: &Tensor,
     bias: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    use rayon::prelude::*;
     let size = y.size();
     let cpu_f32 = |t: &Tensor, n: i64| {
         t.device() == Device::Cpu
@@ -303,15 +379,17 @@ fn rescale_in_place(
             rest = tail;
         }
     };
-    // One chunk (a decoding step's row) on this thread; more over rayon's threads.
-    if y_data.len() <= CHUNK {
-        rescale_chunk((0, y_data));
-    } else {
-        y_data
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(rescale_chunk);
-    }
+    // Chunks over libtorch's threads ([`parallel`]; one chunk, a decoding step's row, runs
+    // on this thread).
+    let (len, data) = (y_data.len(), SharedMut(y_data.as_mut_ptr()));
+    for_each_task(len.div_ceil(CHUNK), &|k| {
+        let n = CHUNK.min(len - k * CHUNK);
+        // SAFETY: task k alone takes elements k·CHUNK..k·CHUNK + n of `y_data`, which
+        // outlives the loop.
+        rescale_chunk((k, unsafe {
+            std::slice::from_raw_parts_mut(data.get().add(k * CHUNK), n)
+        }));
+    });
     Ok(Some(y.f_view_dtype(Kind::Float)?))
 }
 
@@ -363,7 +441,6 @@ fn rescale_segment_body(y: &mut [i32], row_scale: f32, scales: &[f32], bias: Opt
 /// over the weight without temporaries (the tensor-op version below makes five and copies the
 /// matrix twice, which is most of an int8 model's load time).
 pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
-    use rayon::prelude::*;
     let size = w.size();
     if size.len() != 2 || w.device() != Device::Cpu || w.kind() != Kind::Float {
         let w = w.f_to_kind(Kind::Float)?;
@@ -386,18 +463,26 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
             std::slice::from_raw_parts_mut(scales.data_ptr() as *mut f32, rows as usize),
         )
     };
-    // Blocks of whole rows, about CHUNK values each, over rayon's threads; a single block
-    // (a decoding step's row) on this thread, as handing it to the pool costs more than it.
-    let cols = cols as usize;
+    // Blocks of whole rows, about CHUNK values each, over libtorch's threads ([`parallel`]);
+    // a single block (a decoding step's row) on this thread.
+    let (cols, rows) = (cols as usize, rows as usize);
     let block = (CHUNK / cols).max(1);
-    if n <= block * cols {
-        quantize_block(src, dst, scale_of, cols);
-        return Ok((q, scales));
-    }
-    src.par_chunks(block * cols)
-        .zip(dst.par_chunks_mut(block * cols))
-        .zip(scale_of.par_chunks_mut(block))
-        .for_each(|((src, dst), scales)| quantize_block(src, dst, scales, cols));
+    let (dst, scale_of) = (
+        SharedMut(dst.as_mut_ptr()),
+        SharedMut(scale_of.as_mut_ptr()),
+    );
+    for_each_task(rows.div_ceil(block), &|b| {
+        let (first, n) = (b * block, block.min(rows - b * block));
+        // SAFETY: task b alone writes rows first..first + n of `dst` and `scale_of`, which
+        // outlive the loop.
+        let (dst, scales) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst.get().add(first * cols), n * cols),
+                std::slice::from_raw_parts_mut(scale_of.get().add(first), n),
+            )
+        };
+        quantize_block(&src[first * cols..(first + n) * cols], dst, scales, cols);
+    });
     Ok((q, scales))
 }
 
@@ -605,6 +690,7 @@ mod tests {
             weight: q,
             bias: Some(b.copy()),
             scales: Some(scales),
+            sums: RowSums::default(),
         };
         for linear in [float, int8] {
             let expected = linear.forward(&x).unwrap().index_select(1, &index);
@@ -705,6 +791,7 @@ mod tests {
                 weight: q.shallow_clone(),
                 bias: bias.as_ref().map(Tensor::shallow_clone),
                 scales: Some(scales.shallow_clone()),
+                sums: RowSums::default(),
             };
             for rows in [1i64, 3, 1000] {
                 let x = Tensor::randn([rows, 40], (Kind::Float, Device::Cpu)) * 3.0;

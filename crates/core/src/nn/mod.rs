@@ -15,9 +15,11 @@ pub mod layer;
 pub mod linear;
 pub mod mask;
 pub mod norm;
+pub mod parallel;
 pub mod position;
 pub mod probe;
 pub mod streamed;
+pub mod streamed_int8;
 
 pub use attention::{AttentionContext, MultiHeadAttention, Projections};
 pub use cache::{KvCache, LayerCache};

@@ -249,7 +249,9 @@ mod tests {
         let zero = attention
             .forward_with_dropout(&x, None, &ctx, None, 0.0)
             .unwrap();
-        assert!(plain.equal(&zero));
+        // (Equal up to the projections' kernels: while a shape's kernels are being measured,
+        // successive calls run different ones, which round differently.)
+        assert!(plain.allclose(&zero, 1e-6, 1e-6, false));
         let dropped = attention
             .forward_with_dropout(&x, None, &ctx, None, 0.5)
             .unwrap();
@@ -276,7 +278,12 @@ mod tests {
         };
         let fused = attention.forward(&x, None, &ctx, None).unwrap();
         let again = attention.forward(&x, None, &ctx, None).unwrap();
-        assert!(fused.equal(&again), "off: the same kernel, the same bits");
+        // Off: the same computation (up to the projections' kernels, which differ between
+        // calls while they are being measured, and round differently).
+        assert!(
+            fused.allclose(&again, 1e-6, 1e-6, false),
+            "off changed the output"
+        );
         let (probed, recording) = record(|| attention.forward(&x, None, &ctx, None)).unwrap();
         let diff = (&probed - &fused).abs().max().double_value(&[]);
         assert!(

@@ -13,14 +13,14 @@
 //!           └ 16 k at a time: 16 bf16 of W[j] → 16 f32 (shift left by 16), one FMA per row r
 //! ```
 //!
-//! The output rows `j` are split into blocks that rayon's threads share. The products are
-//! exact in f32 (bf16 × bf16 fits an f32 mantissa) and the sums are f32, as libtorch's are;
-//! only the order of the additions differs, then the result is rounded to bf16 as libtorch
-//! rounds it. It needs AVX-512 (checked at run time); elsewhere [`available`] is false and
+//! The output rows `j` are split into blocks that libtorch's threads share
+//! ([`super::parallel`]). The products are exact in f32 (bf16 × bf16 fits an f32 mantissa)
+//! and the sums are f32, as libtorch's are; only the order of the additions differs, then the
+//! result is rounded to bf16 as libtorch rounds it. It needs AVX-512 (checked at run time); elsewhere [`available`] is false and
 //! the library's product runs.
 
+use super::parallel::{for_each_task, SharedMut};
 use crate::{Error, Result};
-use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 /// Rows up to which the kernel is a candidate: it re-reads the weight once per block of
@@ -30,7 +30,7 @@ pub const MAX_ROWS: i64 = 8;
 /// Input rows multiplied in one pass over the weight (one accumulator each).
 const ROWS_PER_PASS: usize = 4;
 
-/// Output rows per task given to rayon: large enough that a task reads ≥ 64 KB of weight.
+/// Output rows per task: large enough that a task reads ≥ 64 KB of weight.
 const BLOCK: usize = 64;
 
 /// Whether this CPU runs the kernel (x86-64 with AVX-512F).
@@ -73,44 +73,33 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         )?),
         None => None,
     };
-    let weight_ptr = WeightPtr(weight.data_ptr() as *const u16);
+    // SAFETY: the weight is a contiguous [out, in] bf16 tensor on the CPU (checked above),
+    // borrowed for this whole call and only read.
+    let w_all =
+        unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const u16, out * in_dim) };
     // [out, rows]: each task writes the outputs of its block of weight rows.
     let mut yt = vec![0f32; out * rows];
-    yt.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(block, chunk)| {
-            let first = block * BLOCK;
-            let n = chunk.len() / rows;
-            // SAFETY: the weight is a contiguous [out, in] bf16 tensor that outlives this call
-            // (borrowed by it); block rows first..first + n are inside it.
-            let w = unsafe {
-                std::slice::from_raw_parts(weight_ptr.get().add(first * in_dim), n * in_dim)
-            };
-            product_block(w, in_dim, &xs, rows, chunk);
-            if let Some(b) = &bias {
-                for (j, outputs) in chunk.chunks_mut(rows).enumerate() {
-                    outputs.iter_mut().for_each(|y| *y += b[first + j]);
-                }
+    let yt_ptr = SharedMut(yt.as_mut_ptr());
+    for_each_task(out.div_ceil(BLOCK), &|block| {
+        let first = block * BLOCK;
+        let n = BLOCK.min(out - first);
+        let w = &w_all[first * in_dim..(first + n) * in_dim];
+        // SAFETY: task `block` alone writes elements first·rows..(first + n)·rows of `yt`,
+        // which outlives the loop.
+        let chunk =
+            unsafe { std::slice::from_raw_parts_mut(yt_ptr.get().add(first * rows), n * rows) };
+        product_block(w, in_dim, &xs, rows, chunk);
+        if let Some(b) = &bias {
+            for (j, outputs) in chunk.chunks_mut(rows).enumerate() {
+                outputs.iter_mut().for_each(|y| *y += b[first + j]);
             }
-        });
+        }
+    });
     Ok(Tensor::f_from_slice(&yt)?
         .f_view([out as i64, rows as i64])?
         .f_tr()?
         .f_to_kind(Kind::BFloat16)?
         .f_contiguous()?)
-}
-
-/// The weight's address, shared read-only by rayon's tasks.
-#[derive(Clone, Copy)]
-struct WeightPtr(*const u16);
-// SAFETY: the pointer is only read, while the tensor it points into is borrowed by `linear`.
-unsafe impl Send for WeightPtr {}
-unsafe impl Sync for WeightPtr {}
-
-impl WeightPtr {
-    fn get(self) -> *const u16 {
-        self.0
-    }
 }
 
 /// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]`.
