@@ -622,7 +622,8 @@ def section(m, results, acc, logs, runs):
                                f"model {m['model']}" if m.get("model") else "") if x)
     lines = [
         f"<!-- machine: {m['tag']} -->",
-        f"## {m.get('vendor', 'unknown')} / {m.get('model_name', 'unknown')}", "",
+        f"## {m.get('vendor', 'unknown')} / {m.get('model_name', 'unknown')}"
+        + (f" (family {m['family']} model {m['model']})" if m.get("family") and m.get("model") else ""), "",
         f"Measured {m.get('date', '?')}: {m.get('cores', '?')} cores"
         + (f" (CPU {cpu})" if cpu else "") + f"; flags: {' '.join(m.get('flags', [])) or 'none recorded'}. "
         f"{m.get('threads', '?')} threads for every system, {runs} runs per system, alternating; medians.", "",
