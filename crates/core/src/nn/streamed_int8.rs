@@ -66,8 +66,11 @@ pub fn available() -> bool {
 /// to undo the activations' shift.
 pub fn row_sums(weight: &Tensor) -> Result<Vec<i32>> {
     let w = int8_rows(weight)?;
-    let in_dim = weight.size()[1] as usize;
-    Ok(w.chunks_exact(in_dim.max(1))
+    let (out, in_dim) = (weight.size()[0] as usize, weight.size()[1] as usize);
+    if in_dim == 0 {
+        return Ok(vec![0; out]);
+    }
+    Ok(w.chunks_exact(in_dim)
         .map(|row| row.iter().map(|&v| i32::from(v)).sum())
         .collect())
 }
@@ -88,6 +91,9 @@ fn int8_rows(weight: &Tensor) -> Result<&[i8]> {
         )));
     }
     let n = (size[0] * size[1]) as usize;
+    if n == 0 {
+        return Ok(&[]); // (an empty tensor's data pointer may be null)
+    }
     // SAFETY: a contiguous CPU int8 tensor of n elements (checked above); the slice borrows
     // `weight`, which keeps its storage alive, and weights are only read once loaded.
     Ok(unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const i8, n) })
@@ -133,6 +139,15 @@ pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor>
         ));
     }
     let (out, in_dim, rows) = (out as usize, in_dim as usize, rows as usize);
+    // (Before any slice is made: an empty tensor's data pointer may be null.)
+    if in_dim == 0 || out == 0 || rows == 0 {
+        // Nothing to multiply: every sum is 0.
+        let y = Tensor::f_zeros([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
+        return Ok(match weight.bias {
+            Some(b) => y.f_add(b)?,
+            None => y,
+        });
+    }
     // The activations shifted to unsigned bytes, x + 128 (flipping the sign bit), once.
     let q = q.f_contiguous()?;
     // SAFETY: a contiguous CPU int8 tensor of rows × in_dim elements (checked above).
@@ -145,14 +160,6 @@ pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor>
     let row_scale = read_f32(row_scale, rows);
     let scales = read_f32(weight.scales, out);
     let bias = weight.bias.map(|b| read_f32(b, out));
-    if in_dim == 0 || out == 0 || rows == 0 {
-        // Nothing to multiply: every sum is 0.
-        let y = Tensor::f_zeros([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
-        return Ok(match weight.bias {
-            Some(b) => y.f_add(b)?,
-            None => y,
-        });
-    }
     let y = Tensor::f_empty([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
     let y_ptr = SharedMut(y.data_ptr() as *mut f32);
     // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of at least TASK_BYTES.
@@ -391,5 +398,14 @@ mod tests {
         let x = Tensor::zeros([1, 7], (Kind::Int8, Device::Cpu));
         let s = Tensor::ones([1], (Kind::Float, Device::Cpu));
         assert!(linear(&x, &s, &weight).is_err());
+        // Empty inputs are no error: zero rows give zero rows.
+        if available() {
+            let none = Tensor::zeros([0, 8], (Kind::Int8, Device::Cpu));
+            let no_scales = Tensor::ones([0], (Kind::Float, Device::Cpu));
+            let y = linear(&none, &no_scales, &weight).unwrap();
+            assert_eq!(y.size(), [0, 4]);
+        }
+        let empty = Tensor::zeros([3, 0], (Kind::Int8, Device::Cpu));
+        assert_eq!(row_sums(&empty).unwrap(), [0, 0, 0]);
     }
 }
