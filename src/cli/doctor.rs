@@ -134,26 +134,22 @@ fn kernels() {
         }
     );
     let shapes = [(768, 768), (2304, 768), (3072, 768), (768, 3072)];
-    for ((out, inp), int8) in shapes
-        .iter()
-        .map(|&s| (s, false))
-        .chain(shapes.map(|s| (s, true)))
-    {
-        let layers: Vec<Linear> = (0..LAYERS)
-            .map(|_| {
-                let w = tch::Tensor::randn([out, inp], cpu);
-                if int8 {
-                    Linear::quantized(&w, None)
-                } else {
-                    Ok(Linear::from_tensors(w, None))
-                }
-            })
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        if layers.is_empty() {
+    let classes = [false, true]
+        .into_iter()
+        .flat_map(|int8| shapes.map(|(out, inp)| (out, inp, int8)));
+    for (out, inp, int8) in classes {
+        let layer = || {
+            let w = tch::Tensor::randn([out, inp], cpu);
+            if int8 {
+                Linear::quantized(&w, None)
+            } else {
+                Ok(Linear::from_tensors(w, None))
+            }
+        };
+        let Ok(layers) = (0..LAYERS).map(|_| layer()).collect::<Result<Vec<_>, _>>() else {
             println!("                quantizing {out}x{inp} failed");
             return;
-        }
+        };
         for rows in [1i64, 4, 16, 256] {
             let x = tch::Tensor::randn([rows, inp], cpu);
             for _ in 0..2 {
