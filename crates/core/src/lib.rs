@@ -37,7 +37,8 @@ pub use weights::{Checkpoint, WeightPath, Weights};
 pub const LIBTORCH_VERSION: &str = env!("TRIDENT_LIBTORCH_VERSION");
 
 /// Run on `n` CPU threads: libtorch's operations and Trident's own parallel kernels (the
-/// streamed bf16 product, int8 quantization, the optimizer update, on rayon's pool) alike.
+/// streamed products and int8 quantization on libtorch's OpenMP threads, the optimizer
+/// update on rayon's pool) alike.
 /// Call it once, before any model runs; rayon's pool cannot be resized afterwards.
 pub fn set_threads(n: usize) -> Result<()> {
     let threads = i32::try_from(n)

@@ -63,8 +63,8 @@ pub enum Kernel {
     Split,
     /// oneDNN's GEMM (`mkldnn_linear`), f32 only.
     OneDnn,
-    /// Trident's own product for few rows, the weight read as stored: bf16 widened in
-    /// registers on AVX-512 CPUs ([`super::streamed`]), int8 with the 8-bit dot-product
+    /// Trident's own product for few rows, the weight read as stored: f32, or bf16 widened in
+    /// registers, on AVX-512 CPUs ([`super::streamed`]), int8 with the 8-bit dot-product
     /// instruction on AVX-512 VNNI CPUs ([`super::streamed_int8`]).
     Streamed,
 }
@@ -166,8 +166,8 @@ impl ShapeClass {
     }
 
     /// The kernels that compete on this class: the library's product always, the split
-    /// product for few rows, oneDNN for f32 when libtorch has it, the streamed bf16 product
-    /// for few bf16 rows on CPUs that run it.
+    /// product for few rows, oneDNN for f32 when libtorch has it, the streamed product for few
+    /// f32 or bf16 rows on CPUs that run it.
     pub fn candidates(&self, onednn: bool) -> Vec<Kernel> {
         let mut c = vec![Kernel::Library];
         if self.kind == Kind::Int8 {
@@ -184,7 +184,7 @@ impl ShapeClass {
         if onednn && self.kind == Kind::Float {
             c.push(Kernel::OneDnn);
         }
-        if self.kind == Kind::BFloat16
+        if super::streamed::takes(self.kind)
             && self.rows <= super::streamed::MAX_ROWS
             && super::streamed::available()
         {
@@ -765,7 +765,16 @@ mod tests {
         let c = ShapeClass::new(Kind::Float, 768, 3072, 5);
         assert_eq!(c.rows, 8);
         assert_eq!(c.to_string(), "f32 768x3072 5-8 rows");
-        assert_eq!(c.candidates(true), [Library, Split, OneDnn]);
+        let mut f32_decoding = vec![Library, Split, OneDnn];
+        if crate::nn::streamed::available() {
+            f32_decoding.push(Streamed);
+        }
+        assert_eq!(c.candidates(true), f32_decoding);
+        // 16 rows: split still, streamed no longer.
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, 16).candidates(true),
+            [Library, Split, OneDnn]
+        );
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 1).rows, 1);
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 0).rows, 1);
         // Many rows: no split; bf16: no oneDNN (libtorch's bf16 product is oneDNN's already).
@@ -774,7 +783,7 @@ mod tests {
         assert_eq!(big.to_string(), "bf16 768x768 65+ rows");
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 64).rows, 64);
         assert_eq!(big.candidates(true), [Library]);
-        // Few bf16 rows: the streamed product too, where the CPU runs it.
+        // Few bf16 (or f32) rows: the streamed product too, where the CPU runs it.
         let decoding = ShapeClass::new(Kind::BFloat16, 768, 768, 1).candidates(true);
         assert_eq!(
             decoding.contains(&Streamed),

@@ -230,7 +230,9 @@ impl Linear {
                 .f_mkldnn_linear(&self.weight, self.bias.as_ref())?
                 .f_to_dense(None::<Kind>, false)?,
             Kernel::Streamed
-                if self.weight.is_contiguous() && self.weight.kind() == Kind::BFloat16 =>
+                if self.weight.is_contiguous()
+                    && super::streamed::takes(self.weight.kind())
+                    && x.kind() == self.weight.kind() =>
             {
                 super::streamed::linear(x, &self.weight, self.bias.as_ref())?
             }

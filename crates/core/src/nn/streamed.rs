@@ -1,23 +1,27 @@
-//! A bf16 projection for decoding that streams the weight as it is stored.
+//! A float projection for decoding that streams the weight as it is stored (bf16 or f32).
 //!
 //! Decoding one token multiplies a few rows by every weight matrix, so it reads each weight
 //! once and does two flops per element: its speed is the memory bandwidth, and a bf16 weight
 //! (2 bytes per element) should take half the time of an f32 one. libtorch's bf16 product
 //! does not get there on the CPUs we measured: oneDNN prepares (re-packs) the weight on every
-//! call, and the call costs about what the f32 one does. This kernel reads the weight rows
-//! straight from the tensor's memory, widens each bf16 to f32 in registers (a bf16 is the top
-//! half of an f32) and accumulates in f32, so each weight byte is read once:
+//! call, and the call costs about what the f32 one does. Its f32 matrix-vector product is
+//! single-threaded on AMD CPUs, and the split product (one batched call) reached about 60 %
+//! of the memory bandwidth on the fastest machine we measured. This kernel reads the weight
+//! rows straight from the tensor's memory, widens each bf16 to f32 in registers (a bf16 is
+//! the top half of an f32; an f32 is loaded as it is) and accumulates in f32, so each weight
+//! byte is read once:
 //!
 //! ```text
-//! y[r, j] = Σ_k x[r, k] · W[j, k]      W [out, in] bf16, x [rows, in], y [rows, out]
-//!           └ 16 k at a time: 16 bf16 of W[j] → 16 f32 (shift left by 16), one FMA per row r
+//! y[r, j] = Σ_k x[r, k] · W[j, k]      W [out, in] bf16 or f32, x [rows, in], y [rows, out]
+//!           └ 16 k at a time: 16 elements of W[j] → 16 f32, one FMA per row r
 //! ```
 //!
 //! The output rows `j` are split into blocks that libtorch's threads share
-//! ([`super::parallel`]). The products are exact in f32 (bf16 × bf16 fits an f32 mantissa)
-//! and the sums are f32, as libtorch's are; only the order of the additions differs, then the
-//! result is rounded to bf16 as libtorch rounds it. It needs AVX-512 (checked at run time); elsewhere [`available`] is false and
-//! the library's product runs.
+//! ([`super::parallel`]). For bf16 the products are exact in f32 (bf16 × bf16 fits an f32
+//! mantissa) and the sums are f32, as libtorch's are; only the order of the additions
+//! differs, then the result is rounded to bf16 as libtorch rounds it. For f32 the result
+//! differs from libtorch's by the order of the additions alone. It needs AVX-512 (checked at
+//! run time); elsewhere [`available`] is false and the library's product runs.
 
 use super::parallel::{for_each_task, SharedMut};
 use crate::{Error, Result};
@@ -45,24 +49,64 @@ pub fn available() -> bool {
     }
 }
 
-/// `x·Wᵀ + b` for a bf16 weight `[out, in]` (contiguous, on the CPU) and `x` `[rows, in]`
-/// (bf16); `bias` `[out]` bf16. Returns `[rows, out]` bf16.
+/// Whether the kernel takes weights of this kind (bf16 or f32).
+pub fn takes(kind: Kind) -> bool {
+    matches!(kind, Kind::BFloat16 | Kind::Float)
+}
+
+/// `x·Wᵀ + b` for a bf16 or f32 weight `[out, in]` (contiguous, on the CPU) and `x`
+/// `[rows, in]`; `bias` `[out]`. Returns `[rows, out]` in the weight's kind.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let [out, in_dim] = weight.size()[..] else {
+    let [_, in_dim] = weight.size()[..] else {
         return Err(Error::Input("a projection weight must be 2-D".into()));
     };
     let rows = x.size().first().copied().unwrap_or(0);
     if !available()
-        || weight.kind() != Kind::BFloat16
+        || !takes(weight.kind())
         || weight.device() != Device::Cpu
         || !weight.is_contiguous()
         || x.size() != [rows, in_dim]
     {
         return Err(Error::Input(
-            "the streamed bf16 kernel takes a contiguous CPU bf16 weight [out, in] and x \
+            "the streamed kernel takes a contiguous CPU bf16 or f32 weight [out, in] and x \
              [rows, in] on a CPU with AVX-512"
                 .into(),
         ));
+    }
+    if weight.kind() == Kind::Float {
+        // SAFETY: a contiguous [out, in] f32 tensor on the CPU (checked above), borrowed for
+        // this whole call and only read.
+        let w = unsafe { stored::<f32>(weight) };
+        return stream(x, w, weight, bias);
+    }
+    // SAFETY: as above, bf16 (its bits as u16).
+    let w = unsafe { stored::<u16>(weight) };
+    stream(x, w, weight, bias)
+}
+
+/// The weight's elements as stored.
+///
+/// # Safety
+/// `weight` must be a contiguous CPU tensor whose element type is `T`'s size and layout; the
+/// slice must not outlive it nor be used while it is written.
+unsafe fn stored<T>(weight: &Tensor) -> &[T] {
+    let n = weight.numel();
+    if n == 0 {
+        return &[]; // (an empty tensor's data pointer may be null)
+    }
+    std::slice::from_raw_parts(weight.data_ptr() as *const T, n)
+}
+
+/// The product over the stored weight `w_all` (`weight`'s elements), in `weight`'s kind.
+fn stream<T: Stored>(
+    x: &Tensor,
+    w_all: &[T],
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (out, in_dim, rows) = (weight.size()[0], weight.size()[1], x.size()[0]);
+    if out == 0 || in_dim == 0 || rows == 0 {
+        return Ok(x.f_linear(weight, bias)?); // nothing to stream
     }
     let (out, in_dim, rows) = (out as usize, in_dim as usize, rows as usize);
     // The few input rows, widened to f32 once: [rows, in].
@@ -73,10 +117,6 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
         )?),
         None => None,
     };
-    // SAFETY: the weight is a contiguous [out, in] bf16 tensor on the CPU (checked above),
-    // borrowed for this whole call and only read.
-    let w_all =
-        unsafe { std::slice::from_raw_parts(weight.data_ptr() as *const u16, out * in_dim) };
     // [out, rows]: each task writes the outputs of its block of weight rows.
     let mut yt = vec![0f32; out * rows];
     let yt_ptr = SharedMut(yt.as_mut_ptr());
@@ -98,12 +138,12 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     Ok(Tensor::f_from_slice(&yt)?
         .f_view([out as i64, rows as i64])?
         .f_tr()?
-        .f_to_kind(Kind::BFloat16)?
+        .f_to_kind(weight.kind())?
         .f_contiguous()?)
 }
 
 /// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]`.
-fn product_block(w: &[u16], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]) {
+fn product_block<T: Stored>(w: &[T], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]) {
     for r0 in (0..rows).step_by(ROWS_PER_PASS) {
         let take = ROWS_PER_PASS.min(rows - r0);
         for (j, w_row) in w.chunks_exact(in_dim).enumerate() {
@@ -124,23 +164,55 @@ fn product_block(w: &[u16], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]
     }
 }
 
-/// The widened value of a bf16 (its bits are an f32's top half).
-fn widen(b: u16) -> f32 {
-    f32::from_bits(u32::from(b) << 16)
+/// A weight element as stored: a bf16 (its bits) or an f32.
+trait Stored: Copy + Send + Sync {
+    /// Its value as an f32 (exact for both).
+    fn widen(self) -> f32;
+    /// 16 consecutive elements from `p`, widened to f32.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and `p` must point at 16 readable elements.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
+}
+
+impl Stored for u16 {
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self) << 16) // a bf16's bits are an f32's top half
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const u16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // 16 bf16 → 16 f32: zero-extend to 32 bits, shift into the top half.
+        let packed = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(packed)))
+    }
+}
+
+impl Stored for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
 }
 
 /// Portable reference of [`avx512::dot_rows`] (also its test oracle).
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-fn scalar_dot_rows(w: &[u16], x: &[f32], in_dim: usize, rows: usize, sums: &mut [f32]) {
+fn scalar_dot_rows<T: Stored>(w: &[T], x: &[f32], in_dim: usize, rows: usize, sums: &mut [f32]) {
     for (r, s) in sums.iter_mut().take(rows).enumerate() {
         let xr = &x[r * in_dim..(r + 1) * in_dim];
-        *s = w.iter().zip(xr).map(|(&b, &v)| widen(b) * v).sum();
+        *s = w.iter().zip(xr).map(|(&b, &v)| b.widen() * v).sum();
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{widen, ROWS_PER_PASS};
+    use super::{Stored, ROWS_PER_PASS};
     use std::arch::x86_64::*;
 
     /// `sums[r] = w · x[r]` for `rows` ≤ [`ROWS_PER_PASS`] rows of `x` (row stride `in_dim`).
@@ -148,32 +220,67 @@ mod avx512 {
     /// # Safety
     /// The CPU must have AVX-512F; `w.len() == in_dim`, `x.len() ≥ rows · in_dim`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn dot_rows(
-        w: &[u16],
+    pub(super) unsafe fn dot_rows<T: Stored>(
+        w: &[T],
         x: &[f32],
         in_dim: usize,
         rows: usize,
         sums: &mut [f32; ROWS_PER_PASS],
     ) {
-        let mut acc = [_mm512_setzero_ps(); ROWS_PER_PASS];
-        let lanes = in_dim / 16 * 16;
+        // One copy per row count, so that the accumulators are registers, not an array.
+        match rows {
+            1 => dot::<T, 1>(w, x, in_dim, sums),
+            2 => dot::<T, 2>(w, x, in_dim, sums),
+            3 => dot::<T, 3>(w, x, in_dim, sums),
+            _ => dot::<T, ROWS_PER_PASS>(w, x, in_dim, sums),
+        }
+    }
+
+    /// Independent accumulator chains per row: an FMA waits for the previous one on its chain
+    /// (4 cycles), so a single chain would cap one row's product at 16 elements per 4 cycles,
+    /// below what memory delivers.
+    const CHAINS: usize = 4;
+
+    /// [`dot_rows`] for exactly `R` rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dot<T: Stored, const R: usize>(
+        w: &[T],
+        x: &[f32],
+        in_dim: usize,
+        sums: &mut [f32; ROWS_PER_PASS],
+    ) {
+        let (w, x) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); R]; CHAINS];
         let mut k = 0;
-        while k < lanes {
-            // 16 bf16 → 16 f32: zero-extend to 32 bits, shift into the top half.
-            let packed = _mm256_loadu_si256(w.as_ptr().add(k) as *const __m256i);
-            let wide = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(packed)));
-            for (r, a) in acc.iter_mut().enumerate().take(rows) {
-                let xv = _mm512_loadu_ps(x.as_ptr().add(r * in_dim + k));
-                *a = _mm512_fmadd_ps(wide, xv, *a);
+        // 64 elements of the weight row at a time, 16 per chain.
+        while k + 16 * CHAINS <= in_dim {
+            for (c, chain) in acc.iter_mut().enumerate() {
+                let wide = T::load16(w.add(k + 16 * c));
+                for (r, a) in chain.iter_mut().enumerate() {
+                    let xv = _mm512_loadu_ps(x.add(r * in_dim + k + 16 * c));
+                    *a = _mm512_fmadd_ps(wide, xv, *a);
+                }
+            }
+            k += 16 * CHAINS;
+        }
+        // Then 16 at a time on the first chain.
+        while k + 16 <= in_dim {
+            let wide = T::load16(w.add(k));
+            for (r, a) in acc[0].iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wide, _mm512_loadu_ps(x.add(r * in_dim + k)), *a);
             }
             k += 16;
         }
-        for r in 0..rows {
-            let mut s = _mm512_reduce_add_ps(acc[r]);
-            for kk in lanes..in_dim {
-                s += widen(w[kk]) * x[r * in_dim + kk];
+        for (r, sum) in sums.iter_mut().enumerate().take(R) {
+            let all = acc[1..]
+                .iter()
+                .fold(acc[0][r], |a, chain| _mm512_add_ps(a, chain[r]));
+            let mut s = _mm512_reduce_add_ps(all);
+            // The last in_dim mod 16 elements.
+            for kk in k..in_dim {
+                s += (*w.add(kk)).widen() * *x.add(r * in_dim + kk);
             }
-            sums[r] = s;
+            *sum = s;
         }
     }
 }
@@ -215,10 +322,57 @@ mod tests {
     }
 
     #[test]
+    fn the_streamed_f32_product_equals_libtorchs() {
+        if !available() {
+            return;
+        }
+        tch::manual_seed(4);
+        for (rows, out, in_dim) in [(1, 200, 77), (4, 130, 64), (8, 67, 300), (5, 3, 1024)] {
+            let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([out], (Kind::Float, Device::Cpu));
+            let x = Tensor::randn([rows, in_dim], (Kind::Float, Device::Cpu));
+            let ours = linear(&x, &w, Some(&b)).unwrap();
+            assert_eq!(ours.kind(), Kind::Float);
+            assert_eq!(ours.size(), [rows, out]);
+            let exact = x
+                .to_kind(Kind::Double)
+                .linear(&w.to_kind(Kind::Double), Some(&b.to_kind(Kind::Double)));
+            let diff = (&ours.to_kind(Kind::Double) - &exact)
+                .abs()
+                .max()
+                .double_value(&[]);
+            // f32 sums of ≤ 1024 products of unit normals: rounding error well under 1e-4.
+            assert!(diff < 1e-4, "{rows}x{out}x{in_dim}: {diff}");
+            let no_bias = linear(&x, &w, None).unwrap();
+            let diff = (&no_bias - x.linear::<Tensor>(&w, None))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 1e-4, "{rows}x{out}x{in_dim} without bias: {diff}");
+        }
+    }
+
+    #[test]
     fn shapes_it_cannot_take_are_errors() {
-        let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::zeros([4, 8], (Kind::Int, Device::Cpu));
         let x = Tensor::zeros([1, 8], (Kind::Float, Device::Cpu));
         assert!(linear(&x, &w, None).is_err());
+        let w = Tensor::zeros([4, 8], (Kind::Float, Device::Cpu));
+        let x = Tensor::zeros([1, 9], (Kind::Float, Device::Cpu));
+        assert!(linear(&x, &w, None).is_err());
+    }
+
+    #[test]
+    fn empty_products_are_empty_or_the_bias() {
+        if !available() {
+            return;
+        }
+        let w = Tensor::zeros([3, 0], (Kind::Float, Device::Cpu));
+        let b = Tensor::ones([3], (Kind::Float, Device::Cpu));
+        let x = Tensor::zeros([2, 0], (Kind::Float, Device::Cpu));
+        let y = linear(&x, &w, Some(&b)).unwrap();
+        assert_eq!(y.size(), [2, 3]);
+        assert_eq!(y.sum(Kind::Float).double_value(&[]), 6.0);
     }
 
     #[test]
