@@ -366,6 +366,8 @@ pub struct Weights {
     staging: RefCell<Vec<f32>>,
     /// Set for a model being trained: the parameters by name, and which may be created.
     training: RefCell<Option<Training>>,
+    /// glibc's large blocks are mapped while this load lasts (see `device::tune_allocator`).
+    _loading: crate::device::Loading,
 }
 
 impl Weights {
@@ -397,6 +399,7 @@ impl Weights {
             scratch: RefCell::default(),
             staging: RefCell::default(),
             training: RefCell::default(),
+            _loading: crate::device::Loading::begin(),
         })
     }
 
