@@ -20,11 +20,40 @@ pub trait LogitsProcessor: std::fmt::Debug {
     fn process(&self, ids: &[Vec<i64>], scores: &Tensor) -> Result<Tensor>;
 }
 
-/// `scores` with `-inf` where `banned` is true, written in place (see [`LogitsProcessor`]).
-fn ban(scores: &Tensor, banned: &Tensor) -> Result<Tensor> {
+/// `scores` with `-inf` at the given `(row, token)` pairs (tokens outside the vocabulary
+/// ignored), written in place (see [`LogitsProcessor`]). Only those elements are touched: a
+/// `[rows, vocab]` mask and a masked fill were two full passes per processor and step (5 %
+/// of OPUS-MT beam search's time, over its 58k vocabulary).
+fn ban(scores: &Tensor, banned: &[(usize, i64)]) -> Result<Tensor> {
+    let vocab = scores.size()[1];
+    let (rows, tokens): (Vec<i64>, Vec<i64>) = banned
+        .iter()
+        .filter(|&&(_, t)| (0..vocab).contains(&t))
+        .map(|&(r, t)| (r as i64, t))
+        .unzip();
     let mut out = scores.shallow_clone();
-    let _ = out.f_masked_fill_(banned, f64::NEG_INFINITY)?;
+    if rows.is_empty() {
+        return Ok(out);
+    }
+    let device = scores.device();
+    let index = [
+        Some(Tensor::f_from_slice(&rows)?.f_to(device)?),
+        Some(Tensor::f_from_slice(&tokens)?.f_to(device)?),
+    ];
+    let minus_inf = Tensor::f_from_slice(&[f32::NEG_INFINITY])?
+        .f_to_kind(scores.kind())?
+        .f_to(device)?;
+    let _ = out.f_index_put_(&index, &minus_inf, false)?;
     Ok(out)
+}
+
+/// `scores` with `-inf` for the tokens `eos` in every row, written in place.
+fn ban_eos(scores: &Tensor, eos: &[i64]) -> Result<Tensor> {
+    let rows = scores.size()[0] as usize;
+    let banned: Vec<(usize, i64)> = (0..rows)
+        .flat_map(|r| eos.iter().map(move |&e| (r, e)))
+        .collect();
+    ban(scores, &banned)
 }
 
 /// Apply `processors` in order.
@@ -53,12 +82,6 @@ fn mask_of(scores: &Tensor, banned: &[(usize, i64)]) -> Result<Tensor> {
         let _ = flat_mask.f_index_fill_(0, &idx, 1)?;
     }
     Ok(mask)
-}
-
-/// `[vocab]` boolean mask of the EOS ids.
-fn eos_mask(scores: &Tensor, eos: &[i64]) -> Result<Tensor> {
-    let banned: Vec<(usize, i64)> = eos.iter().map(|&e| (0, e)).collect();
-    mask_of(&scores.f_narrow(0, 0, 1)?, &banned)
 }
 
 /// Divide scores by the temperature: below 1 sharpens the distribution, above 1 flattens it.
@@ -210,7 +233,7 @@ impl LogitsProcessor for NoRepeatNGram {
         if banned.is_empty() {
             return Ok(scores.shallow_clone());
         }
-        ban(scores, &mask_of(scores, &banned)?)
+        ban(scores, &banned)
     }
 }
 
@@ -252,7 +275,7 @@ impl LogitsProcessor for BadWords {
             return Ok(scores.shallow_clone());
         }
         let banned: Vec<(usize, i64)> = banned.into_iter().collect();
-        ban(scores, &mask_of(scores, &banned)?)
+        ban(scores, &banned)
     }
 }
 
@@ -277,7 +300,7 @@ impl LogitsProcessor for MinLength {
         if len >= self.min_length {
             return Ok(scores.shallow_clone());
         }
-        ban(scores, &eos_mask(scores, &self.eos)?)
+        ban_eos(scores, &self.eos)
     }
 }
 
@@ -352,7 +375,7 @@ impl LogitsProcessor for MinNewTokens {
         if len.saturating_sub(self.prompt_len) >= self.min_new_tokens {
             return Ok(scores.shallow_clone());
         }
-        ban(scores, &eos_mask(scores, &self.eos)?)
+        ban_eos(scores, &self.eos)
     }
 }
 
