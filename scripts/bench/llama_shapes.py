@@ -1,5 +1,6 @@
 """The Llama-architecture models of issue 12's decoding benchmark: their shapes (make_models.py
-builds them from these) and what a token costs in them (run.py's bounds). No imports beyond
+builds them from these) and what a token costs in them (run.py's bounds); and the same cost for
+the benchmark's GPT-2. No imports beyond
 the standard library, so that rendering needs neither torch nor transformers."""
 
 LLAMA = {
@@ -39,3 +40,9 @@ def prefill_flops_per_token(s, n):
     attention (QKᵀ and AV over on average n/2 keys: 2 · n · hidden per layer); the head runs for
     the last position only and is left out."""
     return 2 * layer_weights(s) + 2 * n * s["hidden_size"] * s["num_hidden_layers"]
+
+
+# GPT-2 124M (the benchmark's gpt2 checkpoint): 12 blocks of hidden 768, each with the fused
+# q/k/v projection (768 × 2304), the attention output (768 × 768) and the MLP (768 × 3072, twice);
+# the head is the token table (50,257 × 768). 123.5M weights, 494 MB in f32.
+GPT2_WEIGHTS_PER_TOKEN = 12 * 768 * (2304 + 768 + 2 * 3072) + 50257 * 768

@@ -53,7 +53,7 @@ PY = sys.executable
 OUTPUTS = BENCH / "outputs"  # the first run's results, for the accuracy table
 RESULTS = ROOT / "scripts/bench/results"
 
-from llama_shapes import LLAMA, prefill_flops_per_token, weights_per_token
+from llama_shapes import GPT2_WEIGHTS_PER_TOKEN, LLAMA, prefill_flops_per_token, weights_per_token
 
 SYSTEMS = ["trident", "trident-bf16", "trident-int8", "transformers", "ct2-float32", "ct2-int8"]
 ENCODER_SYSTEMS = SYSTEMS + ["ort-float32", "ort-int8"]
@@ -63,6 +63,11 @@ ALL_SYSTEMS = ENCODER_SYSTEMS + ["llamacpp-f16", "llamacpp-q8_0"]
 LLAMA_KINDS = {"prefill512": ("llama-prompt512", 1, 1), "greedy-b1": ("llama-prompt32", 1, 128),
                "greedy-b8": ("llama-prompt32", 8, 128), "topp-b1": ("llama-prompt32", 1, 128)}
 LLAMA_WORKLOADS = {f"{m}-{k}": (m, k) for m in LLAMA for k in LLAMA_KINDS}
+# The decoding workloads bound by memory bandwidth: workload -> (weights a step reads, batch).
+DECODING = {**{w: (weights_per_token(LLAMA[m]), LLAMA_KINDS[k][1]) for w, (m, k) in LLAMA_WORKLOADS.items()
+               if LLAMA_KINDS[k][2] > 1},
+            "gpt2-greedy-b1": (GPT2_WEIGHTS_PER_TOKEN, 1), "gpt2-greedy-b8": (GPT2_WEIGHTS_PER_TOKEN, 8),
+            "gpt2-topp-b1": (GPT2_WEIGHTS_PER_TOKEN, 1)}
 # workload -> (model directory under .bench/models, inputs file, systems)
 WORKLOADS = {
     "ner": ("bert-base-ner", "ner", ENCODER_SYSTEMS),
@@ -282,15 +287,39 @@ def bounds(threads):
     for _ in range(n):
         a @ a
     flops = n * 2 * 2048 ** 3 / (time.perf_counter() - t)
-    # Memory bandwidth: reading a 256 MB float32 matrix on every thread (a sum), median of 24.
-    # (A plain `v @ w` runs on one thread here and reads at about half this rate.)
-    w = torch.randn(8192, 8192)
+    return flops, bandwidth(threads, repeats=25)
+
+
+def bandwidth(threads, repeats=9):
+    """Memory read bandwidth now (bytes/s): a sum over a 256 MB float32 matrix on every thread,
+    median of `repeats` less the first. (A plain `v @ w` runs on one thread here and reads at
+    about half this rate.) Some machines' bandwidth changes by a factor of two within minutes
+    (a shared host), so the decoding workloads take it again around each run."""
+    import torch
+    torch.set_num_threads(threads)
+    if getattr(bandwidth, "matrix", None) is None:
+        bandwidth.matrix = torch.randn(8192, 8192)
+    w = bandwidth.matrix
     times = []
-    for _ in range(25):
+    for _ in range(repeats):
         t = time.perf_counter()
         w.sum()
         times.append(time.perf_counter() - t)
-    return flops, w.numel() * 4 / statistics.median(times[1:])
+    return w.numel() * 4 / statistics.median(times[1:])
+
+
+def measure_with_bandwidth(workload, threads, run):
+    """`run()`'s result, with, for a decoding workload (GPT-2's and the Llama models'), the
+    bandwidth measured just before and just after it (`bandwidth`: their mean;
+    `bandwidth_range`)."""
+    if workload not in DECODING:
+        return run()
+    before = bandwidth(threads)
+    result = run()
+    after = bandwidth(threads)
+    if "error" not in result:
+        result.update(bandwidth=(before + after) / 2, bandwidth_range=[before, after])
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,8 +422,9 @@ def main():
             # Alternate the order run by run so that drift affects every system alike.
             order = systems if r % 2 == 0 else list(reversed(systems))
             for s in order:
-                m_ = measure(s, w, model, inputs, a.threads, binary, keep_outputs=r == 0 and not a.smoke,
-                             extra_env={"BENCH_SCALE": "16"} if a.smoke else None)
+                m_ = measure_with_bandwidth(w, a.threads, lambda: measure(
+                    s, w, model, inputs, a.threads, binary, keep_outputs=r == 0 and not a.smoke,
+                    extra_env={"BENCH_SCALE": "16"} if a.smoke else None))
                 results.setdefault(w, {}).setdefault(s, []).append(m_)
                 log(w, s, r, json.dumps(m_))  # the format --from-log reads
     if a.smoke:
@@ -586,23 +616,27 @@ at its first Q8_0 product, because the compiler dropped the stores that fill its
 configuration before `ldtilecfg` (the instruction then loads garbage and faults); Q8_0 runs
 without AMX there; F16, which that product computes with AVX-512 and no tiles, keeps them.
 
-**Bounds of the Llama workloads.** Decoding reads every weight once per step, so a step takes
-at least the bytes of the weights over the memory bandwidth. Weights read per step: every
-projection of every block (q, k, v, o, gate, up, down) and the output head (the token table
-itself when tied), at the system's bytes per weight: 4 (`trident`, `transformers`,
+**Bounds of the decoding workloads** (GPT-2's and the Llama ones). Decoding reads every weight
+once per step, so a step takes at least the bytes of the weights over the memory bandwidth.
+Weights read per step: every projection of every block (Llama: q, k, v, o, gate, up, down;
+GPT-2: the fused q/k/v, the attention output, the two MLP projections) and the output head (the
+token table itself when tied), at the system's bytes per weight: 4 (`trident`, `transformers`,
 `ct2-float32`), 2 (`trident-bf16`, `llamacpp-f16`), 1 (`trident-int8`, `ct2-int8`), 34/32
-(`llamacpp-q8_0`: int8 plus a 2-byte scale per block of 32). SmolLM2-360M: 361.8 M weights per
-step, 1,447 MB in f32, 724 in bf16/f16, 362 in int8, 384 in Q8_0; TinyLlama-1.1B: 1,034.4 M,
-4,138 / 2,069 / 1,034 / 1,099 MB. Left out: the norms, the one row of the token table a token
-looks up, int8 scales, and the KV cache (0.1–0.5 % of the f32 weights at the workloads' 96
-positions on average, up to 2.2 % of the int8 ones). The bound in tokens/s is the measured
-bandwidth (the machine line's: a sum over a 256 MB f32 matrix on the benchmark's threads, median
-of 24, as for GPT-2) over those bytes; at batch 8 one step serves 8 tokens, so its bound is 8
-times that (compute may bind first). Prefill is compute-bound: 2 FLOPs per projection weight
-per prompt token plus causal attention (2 · 512 · hidden per layer; the head runs for the last
-position only), 0.66 GFLOP per token for SmolLM2-360M and 1.98 for TinyLlama-1.1B, over the
-measured f32 matmul rate (f32 systems only). `scripts/bench/llama_shapes.py` computes both; the
-section's bounds table lists each Llama row against its bound."""
+(`llamacpp-q8_0`: int8 plus a 2-byte scale per block of 32). GPT-2: 123.5 M weights per step,
+494 MB in f32; SmolLM2-360M: 361.8 M, 1,447 MB in f32, 724 in bf16/f16, 362 in int8, 384 in
+Q8_0; TinyLlama-1.1B: 1,034.4 M, 4,138 / 2,069 / 1,034 / 1,099 MB. Left out: the norms (and
+GPT-2's biases), the one row of the token table a token looks up, int8 scales, and the KV
+cache (0.1–0.5 % of the f32 weights at the workloads' 96 positions on average, up to 2.2 % of
+the int8 ones). The bound in tokens/s is the memory bandwidth over those bytes. The bandwidth
+is measured as for the machine line (a sum over a 256 MB f32 matrix on the benchmark's
+threads), again just before and just after each decoding run, and the run's bound uses their
+mean: on a shared host it can change twofold within minutes (logs made before this use the
+machine line's). At batch 8 one step serves 8 tokens, so its bound is 8 times that (compute
+may bind first). Prefill is compute-bound: 2 FLOPs per projection weight per prompt token
+plus causal attention (2 · 512 · hidden per layer; the head runs for the last position
+only), 0.66 GFLOP per token for SmolLM2-360M and 1.98 for TinyLlama-1.1B, over the measured
+f32 matmul rate (f32 systems only). `scripts/bench/llama_shapes.py` computes both; the
+section's bounds table lists each decoding row and Llama prefill row against its bound."""
 
 
 def version_line(v):
@@ -675,43 +709,59 @@ def section(m, results, acc, logs, runs):
     return "\n".join(lines)
 
 
-def llama_bound(m, workload, system):
-    """(basis, bound in the workload's unit/s) of a Llama workload on a system: decoding, the
-    weights one step reads (weights_per_token × bytes per weight) over the measured bandwidth,
-    times the batch; prefill (f32 systems only), the FLOPs per prompt token over the measured
-    f32 matmul rate. None where there is no such bound."""
-    model, kind = LLAMA_WORKLOADS[workload]
-    shape = LLAMA[model]
-    _, batch, new = LLAMA_KINDS[kind]
-    if new == 1:
+def workload_bound(m, workload, system, ms=()):
+    """(basis, bound in the workload's unit/s, measured / bound) of a decoding workload (GPT-2's
+    or a Llama model's) or a Llama prefill on a system, from its measurements `ms`: decoding,
+    the weights one step reads × bytes per weight over the memory bandwidth, times the batch;
+    prefill (f32 systems only), the FLOPs per prompt token over the measured f32 matmul rate.
+    The bandwidth is the one measured around each run where the runs carry it (the ratio is
+    then the median of the runs' own ratios), else the machine line's. None where there is
+    no such bound or nothing was measured."""
+    done = [x for x in ms if x.get("run_s") and x.get("units")]
+    if not done:
+        return None
+    speed = statistics.median(x["units"] / x["run_s"] for x in done)
+    if workload in LLAMA_WORKLOADS and LLAMA_KINDS[LLAMA_WORKLOADS[workload][1]][2] == 1:
         if system not in F32_SYSTEMS:
             return None
-        flops = prefill_flops_per_token(shape, 512)
-        return f"{flops / 1e9:.2f} GFLOP per prompt token at {m['flops'] / 1e9:.0f} GFLOP/s", m["flops"] / flops
-    if system not in BYTES_PER_WEIGHT:
+        flops = prefill_flops_per_token(LLAMA[LLAMA_WORKLOADS[workload][0]], 512)
+        limit = m["flops"] / flops
+        return f"{flops / 1e9:.2f} GFLOP per prompt token at {m['flops'] / 1e9:.0f} GFLOP/s", limit, speed / limit
+    if workload not in DECODING or system not in BYTES_PER_WEIGHT:
         return None
-    nbytes = weights_per_token(shape) * BYTES_PER_WEIGHT[system]
+    weights, batch = DECODING[workload]
+    nbytes = weights * BYTES_PER_WEIGHT[system]
     per = f", {batch} tokens per step" if batch > 1 else ""
-    return f"{nbytes / 1e6:.0f} MB per step at {m['bandwidth'] / 1e9:.1f} GB/s{per}", batch * m["bandwidth"] / nbytes
+    if all(x.get("bandwidth") for x in done):
+        bw = statistics.median(x["bandwidth"] for x in done)
+        ratio = statistics.median(x["units"] / x["run_s"] / (batch * x["bandwidth"] / nbytes) for x in done)
+        lo = min(min(x.get("bandwidth_range", [x["bandwidth"]])) for x in done)
+        hi = max(max(x.get("bandwidth_range", [x["bandwidth"]])) for x in done)
+        return (f"{nbytes / 1e6:.0f} MB per step at {bw / 1e9:.1f} GB/s (measured around each run: "
+                f"{lo / 1e9:.1f}–{hi / 1e9:.1f}){per}", batch * bw / nbytes, ratio)
+    limit = batch * m["bandwidth"] / nbytes
+    return f"{nbytes / 1e6:.0f} MB per step at {m['bandwidth'] / 1e9:.1f} GB/s{per}", limit, speed / limit
 
 
 def bounds_table(m, results):
-    """The Llama workloads' rows against their physical bounds (see the method above)."""
+    """The decoding workloads' and Llama prefills' rows against their physical bounds (see the
+    method above)."""
     rows = []
     for w, systems in results.items():
-        if w not in LLAMA_WORKLOADS:
+        if w not in LLAMA_WORKLOADS and w not in DECODING:
             continue
         for s, ms in systems.items():
-            run, units = median(ms, "run_s"), median(ms, "units")
-            bound = llama_bound(m, w, s)
-            if run is None or bound is None:
+            bound = workload_bound(m, w, s, ms)
+            if bound is None:
                 continue
-            basis, limit = bound
-            rows.append(f"| {w} | {s} | {basis} | {limit:.1f} | {units / run:.1f} | {100 * units / run / limit:.0f} % |")
+            basis, limit, ratio = bound
+            run, units = median(ms, "run_s"), median(ms, "units")
+            rows.append(f"| {w} | {s} | {basis} | {limit:.1f} | {units / run:.1f} | {100 * ratio:.0f} % |")
     if not rows:
         return []
-    return ["", "Llama workloads against their bounds (decoding: weight bytes per step over the measured "
-                "bandwidth; prefill, f32 only: FLOPs per prompt token over the measured f32 matmul rate):", "",
+    return ["", "Decoding and Llama prefill against their bounds (decoding: weight bytes per step over the memory "
+                "bandwidth measured just before and after each run, the ratio the median of the runs' own; "
+                "prefill, f32 only: FLOPs per prompt token over the measured f32 matmul rate):", "",
             "| workload | system | bound from | bound unit/s | measured unit/s | measured / bound |",
             "|---|---|---|---|---|---|"] + rows
 
