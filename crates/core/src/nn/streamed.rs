@@ -34,8 +34,12 @@ pub const MAX_ROWS: i64 = 8;
 /// Input rows multiplied in one pass over the weight (one accumulator each).
 const ROWS_PER_PASS: usize = 4;
 
-/// Output rows per task: large enough that a task reads ≥ 64 KB of weight.
+/// Output rows per task at least.
 const BLOCK: usize = 64;
+
+/// Weight bytes a task reads at least (more rows than [`BLOCK`] where rows are short): as in
+/// the int8 product ([`super::streamed_int8`]), long runs through memory stream faster.
+const TASK_BYTES: usize = 1 << 18;
 
 /// Whether this CPU runs the kernel (x86-64 with AVX-512F).
 pub fn available() -> bool {
@@ -120,9 +124,10 @@ fn stream<T: Stored>(
     // [out, rows]: each task writes the outputs of its block of weight rows.
     let mut yt = vec![0f32; out * rows];
     let yt_ptr = SharedMut(yt.as_mut_ptr());
-    for_each_task(out.div_ceil(BLOCK), &|block| {
-        let first = block * BLOCK;
-        let n = BLOCK.min(out - first);
+    let rows_per_task = BLOCK.max(TASK_BYTES / (in_dim * std::mem::size_of::<T>()));
+    for_each_task(out.div_ceil(rows_per_task), &|block| {
+        let first = block * rows_per_task;
+        let n = rows_per_task.min(out - first);
         let w = &w_all[first * in_dim..(first + n) * in_dim];
         // SAFETY: task `block` alone writes elements first·rows..(first + n)·rows of `yt`,
         // which outlives the loop.
@@ -295,9 +300,9 @@ mod tests {
             return; // nothing to compare on this CPU: the library's product runs instead
         }
         tch::manual_seed(3);
-        // An input width that is not a multiple of 16 (the scalar tail) and an output count
-        // that is not a multiple of the block.
-        for (rows, out, in_dim) in [(1, 200, 77), (3, 130, 64), (8, 67, 300)] {
+        // An input width that is not a multiple of 16 (the scalar tail), and output counts
+        // over one task or several (the last one shorter).
+        for (rows, out, in_dim) in [(1, 200, 77), (3, 130, 64), (8, 67, 300), (2, 1100, 130)] {
             let w =
                 Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
             let b = Tensor::randn([out], (Kind::Float, Device::Cpu)).to_kind(Kind::BFloat16);
@@ -327,7 +332,13 @@ mod tests {
             return;
         }
         tch::manual_seed(4);
-        for (rows, out, in_dim) in [(1, 200, 77), (4, 130, 64), (8, 67, 300), (5, 3, 1024)] {
+        for (rows, out, in_dim) in [
+            (1, 200, 77),
+            (4, 130, 64),
+            (8, 67, 300),
+            (5, 3, 1024),
+            (2, 600, 130),
+        ] {
             let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
             let b = Tensor::randn([out], (Kind::Float, Device::Cpu));
             let x = Tensor::randn([rows, in_dim], (Kind::Float, Device::Cpu));
