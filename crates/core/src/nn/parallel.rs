@@ -117,6 +117,18 @@ pub fn for_each_task(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Bytes of weight each task of a streamed product reads, for a product over `total` bytes:
+/// about two tasks per thread, within 64 KB–256 KB.
+///
+/// Long runs through memory stream faster: on a 2-core Zen 5, tasks of 256 KB rather than
+/// 64 KB made int8 and bf16 decoding up to 1.2× faster. Two tasks per thread at least keep
+/// every thread busy where there are many (16 threads on a 1 MB weight still get 16 tasks),
+/// and let a thread that starts late take fewer.
+pub fn task_bytes(total: usize) -> usize {
+    let threads = tch::get_num_threads().max(1) as usize;
+    (total / (2 * threads)).clamp(1 << 16, 1 << 18)
+}
+
 /// A raw pointer that tasks share to write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedMut<T>(pub(crate) *mut T);
@@ -135,6 +147,15 @@ impl<T> SharedMut<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tasks_are_two_per_thread_within_64_to_256_kb() {
+        let threads = tch::get_num_threads().max(1) as usize;
+        assert_eq!(task_bytes(0), 1 << 16);
+        assert_eq!(task_bytes(usize::MAX / 2), 1 << 18);
+        let total = 2 * threads * 100_000;
+        assert_eq!(task_bytes(total), 100_000);
+    }
 
     #[test]
     fn every_task_runs_once() {

@@ -23,7 +23,7 @@
 //! differs from libtorch's by the order of the additions alone. It needs AVX-512 (checked at
 //! run time); elsewhere [`available`] is false and the library's product runs.
 
-use super::parallel::{for_each_task, SharedMut};
+use super::parallel::{for_each_task, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -34,12 +34,8 @@ pub const MAX_ROWS: i64 = 8;
 /// Input rows multiplied in one pass over the weight (one accumulator each).
 const ROWS_PER_PASS: usize = 4;
 
-/// Output rows per task at least.
+/// Output rows per task at least (more where rows are short: [`task_bytes`]).
 const BLOCK: usize = 64;
-
-/// Weight bytes a task reads at least (more rows than [`BLOCK`] where rows are short): as in
-/// the int8 product ([`super::streamed_int8`]), long runs through memory stream faster.
-const TASK_BYTES: usize = 1 << 18;
 
 /// Whether this CPU runs the kernel (x86-64 with AVX-512F).
 pub fn available() -> bool {
@@ -124,7 +120,8 @@ fn stream<T: Stored>(
     // [out, rows]: each task writes the outputs of its block of weight rows.
     let mut yt = vec![0f32; out * rows];
     let yt_ptr = SharedMut(yt.as_mut_ptr());
-    let rows_per_task = BLOCK.max(TASK_BYTES / (in_dim * std::mem::size_of::<T>()));
+    let row_bytes = in_dim * std::mem::size_of::<T>();
+    let rows_per_task = BLOCK.max(task_bytes(out * row_bytes) / row_bytes);
     for_each_task(out.div_ceil(rows_per_task), &|block| {
         let first = block * rows_per_task;
         let n = rows_per_task.min(out - first);

@@ -28,7 +28,7 @@
 //! loaded serves all the rows of the call. It needs AVX-512 with VNNI (checked at run time);
 //! elsewhere [`available`] is false and the library's product runs.
 
-use super::parallel::{for_each_task, SharedMut};
+use super::parallel::{for_each_task, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -41,12 +41,6 @@ const ROWS_PER_PASS: usize = 4;
 
 /// Weight rows read side by side in the inner loop.
 const WEIGHT_ROWS: usize = 4;
-
-/// Weight bytes a task reads at least: its cost must dwarf handing it out, and each thread's
-/// run through memory must be long enough for the hardware prefetcher to get going (with
-/// 64 KB tasks, cold SmolLM2/TinyLlama-sized weights streamed 8–20 % slower at 2 threads on
-/// a Zen 5).
-const TASK_BYTES: usize = 1 << 18;
 
 /// Whether this CPU runs the kernel (x86-64 with AVX-512 F, BW and VNNI), checked once.
 pub fn available() -> bool {
@@ -165,8 +159,10 @@ pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor>
     let bias = weight.bias.map(|b| read_f32(b, out));
     let y = Tensor::f_empty([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
     let y_ptr = SharedMut(y.data_ptr() as *mut f32);
-    // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of at least TASK_BYTES.
-    let block = TASK_BYTES.div_ceil(in_dim).next_multiple_of(WEIGHT_ROWS);
+    // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of about `task_bytes`.
+    let block = task_bytes(out * in_dim)
+        .div_ceil(in_dim)
+        .next_multiple_of(WEIGHT_ROWS);
     let run = |b: usize| {
         let first = b * block;
         let n = block.min(out - first);
@@ -335,8 +331,8 @@ mod tests {
 
     /// Identical to the library's integer product, rescaled the same way: every row count up
     /// to MAX_ROWS (passes of four and a remainder), input widths with and without a tail
-    /// under 64, output counts with a remainder under four and across several tasks (2100 ×
-    /// 130 is two tasks of TASK_BYTES, the second shorter).
+    /// under 64, output counts with a remainder under four and across several tasks (the
+    /// last one shorter).
     #[test]
     fn the_streamed_int8_product_equals_the_librarys_bit_for_bit() {
         if !available() {
