@@ -106,9 +106,22 @@ impl MultiHeadAttention {
     /// Project `x` (queries) and `kv` (keys/values source, `None` for self-attention).
     fn project(&self, x: &Tensor, kv: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
         match (&self.projections, kv) {
-            (Projections::Separate { q, k, v }, source) => {
-                let source = source.unwrap_or(x);
-                Ok((q.forward(x)?, k.forward(source)?, v.forward(source)?))
+            (Projections::Separate { q, k, v }, None) => {
+                // One input for all three: one pass where the kernels allow it.
+                let [q, k, v]: [Tensor; 3] = Linear::forward_each(&[q, k, v], x)?
+                    .try_into()
+                    .map_err(|_| {
+                        crate::Error::Unsupported("three projections, three results".into())
+                    })?;
+                Ok((q, k, v))
+            }
+            (Projections::Separate { q, k, v }, Some(source)) => {
+                let [k, v]: [Tensor; 2] = Linear::forward_each(&[k, v], source)?
+                    .try_into()
+                    .map_err(|_| {
+                        crate::Error::Unsupported("two projections, two results".into())
+                    })?;
+                Ok((q.forward(x)?, k, v))
             }
             (Projections::Fused(qkv), None) => {
                 let (q_width, kv_width) = (
@@ -249,6 +262,12 @@ impl MultiHeadAttention {
         // Fewer key/value heads than query heads (grouped-query attention): `repeat` query
         // heads share each.
         let repeat = q.size()[1] / k.size()[1].max(1);
+        if !probe::is_recording() && dropout == 0.0 {
+            // Decoding (a few queries, f32 on the CPU): one pass in Rust per query row.
+            if let Some(context) = super::fused::attention(q, k, v, bias.as_ref(), self.scale)? {
+                return Ok((context, None));
+            }
+        }
         if !probe::is_recording() {
             // libtorch's fused kernel: dropout(softmax(q·kᵀ·scale + bias))·v. With grouped
             // heads (`enable_gqa`) it reads each cached K/V head once rather than a copy per

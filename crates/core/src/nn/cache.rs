@@ -45,8 +45,12 @@ impl KvCache {
                 "KV cache buffers were not allocated".into(),
             ));
         };
-        kb.f_narrow(2, self.len, n)?.f_copy_(k)?;
-        vb.f_narrow(2, self.len, n)?.f_copy_(v)?;
+        for (buffer, new) in [(kb, k), (vb, v)] {
+            let mut slots = buffer.f_narrow(2, self.len, n)?;
+            if !super::fused::copy_rows(&slots, new) {
+                slots.f_copy_(new)?;
+            }
+        }
         self.len = needed;
         Ok((kb.f_narrow(2, 0, needed)?, vb.f_narrow(2, 0, needed)?))
     }

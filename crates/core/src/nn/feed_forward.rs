@@ -41,10 +41,17 @@ impl FeedForward {
 
     /// `[..., hidden] → [..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> crate::Result<Tensor> {
-        let h = self.activation.forward(&self.up.forward(x)?)?; // [..., intermediate]
         let h = match &self.gate {
-            Some(linear) => h.f_mul(&linear.forward(x)?)?,
-            None => h,
+            Some(linear) => {
+                // Both branches read `x`: one pass where the kernels allow it.
+                let [up, linear]: [Tensor; 2] = Linear::forward_each(&[&self.up, linear], x)?
+                    .try_into()
+                    .map_err(|_| {
+                        crate::Error::Unsupported("two projections, two results".into())
+                    })?;
+                self.activation.forward(&up)?.f_mul(&linear)? // [..., intermediate]
+            }
+            None => self.activation.forward(&self.up.forward(x)?)?,
         };
         self.down.forward(&h)
     }

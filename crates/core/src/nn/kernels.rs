@@ -377,6 +377,17 @@ fn group_of(class: &ShapeClass) -> Group {
     (class.kind, class.rows)
 }
 
+/// The kernel `class` runs once it is decided (counted as a call of it), or `None` while it is
+/// still being measured or before its first call ([`plan`] then says what to run). For
+/// callers that run several classes together only when all are settled on one kernel.
+pub fn decided(class: ShapeClass) -> Option<Kernel> {
+    let mut table = table().lock().ok()?;
+    let entry = table.classes.get_mut(&class)?;
+    let (kernel, _) = entry.chosen?;
+    entry.calls += 1;
+    Some(kernel)
+}
+
 /// Whether libtorch was built with oneDNN (MKL-DNN), checked once.
 pub fn has_onednn() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();

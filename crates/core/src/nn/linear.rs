@@ -211,6 +211,63 @@ impl Linear {
         Ok(y.f_reshape(out_shape.as_slice())?)
     }
 
+    /// Several projections of the same input `x` (`[..., in]`), one result each (attention's
+    /// q/k/v, a gated feed-forward's two inputs), equal to calling
+    /// [`forward`](Self::forward) on each. Where every one runs the streamed int8 kernel, `x`
+    /// is quantized once and all the weights stream in one parallel pass: one quantization
+    /// and one meeting of the threads instead of one per projection.
+    pub fn forward_each(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        if let Some(ys) = Self::forward_int8_together(linears, x)? {
+            return Ok(ys);
+        }
+        linears.iter().map(|l| l.forward(x)).collect()
+    }
+
+    /// [`forward_each`](Self::forward_each)'s single pass, or `None` where some projection
+    /// does not run the streamed int8 kernel (or is still being measured).
+    fn forward_int8_together(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+        let mut shape = x.size();
+        let in_dim = shape.pop().unwrap_or(1);
+        let rows = shape.iter().product::<i64>();
+        if linears.len() < 2
+            || x.device() != Device::Cpu
+            || rows == 0
+            || rows > streamed_int8::MAX_ROWS
+        {
+            return Ok(None);
+        }
+        let mut weights = Vec::with_capacity(linears.len());
+        for l in linears {
+            let (Some(scales), &[out, w_in]) = (&l.scales, &l.weight.size()[..]) else {
+                return Ok(None);
+            };
+            let class = ShapeClass::new(Kind::Int8, out, in_dim, rows);
+            if w_in != in_dim
+                || !l.weight.is_contiguous()
+                || kernels::decided(class) != Some(Kernel::Streamed)
+            {
+                return Ok(None);
+            }
+            weights.push(streamed_int8::Weight {
+                values: &l.weight,
+                sums: l.row_sums()?,
+                scales,
+                bias: l.bias.as_ref(),
+            });
+        }
+        let x2 = x.f_reshape([rows, in_dim])?.f_to_kind(Kind::Float)?;
+        let (q, row_scale) = quantize_rows(&x2)?; // [rows, in] int8, [rows] f32
+        let ys = streamed_int8::linear_many(&q, &row_scale, &weights)?;
+        ys.into_iter()
+            .map(|y| {
+                let mut size = shape.clone();
+                size.push(y.size()[1]);
+                Ok(y.f_reshape(size.as_slice())?)
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
     /// The int8 weight's row sums for [`streamed_int8`], computed on first use.
     fn row_sums(&self) -> Result<&[i32]> {
         if let Some(sums) = self.sums.0.get() {

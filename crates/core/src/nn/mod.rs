@@ -10,6 +10,7 @@ pub mod attention;
 pub mod cache;
 pub mod dropout;
 pub mod feed_forward;
+pub mod fused;
 pub mod kernels;
 pub mod layer;
 pub mod linear;

@@ -51,6 +51,9 @@ impl Norm {
                 x.f_layer_norm(dim.as_slice(), Some(weight), Some(bias), *eps, true)?
             }
             Norm::RmsNorm { weight, eps } => {
+                if let Some(y) = super::fused::rms_norm(x, weight, *eps)? {
+                    return Ok(y); // (f32 on the CPU: the same in one pass)
+                }
                 // Accumulate in f32 even for half-precision weights, as T5 and Llama do.
                 let x32 = x.f_to_kind(Kind::Float)?;
                 let variance = x32

@@ -282,6 +282,9 @@ impl RotaryAngles {
     /// Turn `x` `[batch, heads, seq, head_dim]`: `x·cos + rotate_half(x)·sin`, where
     /// `rotate_half([x₁, x₂]) = [−x₂, x₁]` on the two halves of the head.
     pub fn apply(&self, x: &Tensor) -> crate::Result<Tensor> {
+        if let Some(y) = super::fused::rotary(x, &self.cos, &self.sin)? {
+            return Ok(y); // (f32 on the CPU: the same in one pass)
+        }
         let half = x.size()[3] / 2;
         let (x1, x2) = (x.f_narrow(3, 0, half)?, x.f_narrow(3, half, half)?);
         let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], 3)?;

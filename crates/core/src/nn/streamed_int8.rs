@@ -113,37 +113,67 @@ pub struct Weight<'a> {
 /// product of quantized activations `q` `[rows, in]` (int8, each row with its f32 scale in
 /// `row_scale` `[rows]`) with the weight, rescaled to f32 `[rows, out]`.
 pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor> {
-    let w = int8_rows(weight.values)?;
-    let (out, in_dim) = (weight.values.size()[0], weight.values.size()[1]);
+    linear_many(q, row_scale, std::slice::from_ref(weight))?
+        .pop()
+        .ok_or_else(|| Error::Input("one weight gives one product".into()))
+}
+
+/// [`linear`] for several weights of the same input width at once (attention's q/k/v, a
+/// gated feed-forward's two inputs): the activations are shifted once and the blocks of all
+/// the weights are the tasks of one parallel pass, so the threads meet once rather than once
+/// per weight. One `[rows, out]` result per weight, in their order.
+pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result<Vec<Tensor>> {
     let rows = q.size().first().copied().unwrap_or(0);
+    let in_dim = q.size().get(1).copied().unwrap_or(0);
     let f32_of = |t: &Tensor, n: i64| {
         t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous() && t.size() == [n]
     };
-    if !available()
-        || q.size() != [rows, in_dim]
-        || q.kind() != Kind::Int8
-        || q.device() != Device::Cpu
-        || !f32_of(row_scale, rows)
-        || !f32_of(weight.scales, out)
-        || !weight.bias.is_none_or(|b| f32_of(b, out))
-        || weight.sums.len() != out as usize
-    {
-        return Err(Error::Input(
-            "the streamed int8 kernel takes int8 x [rows, in] with f32 row scales [rows], an \
-             int8 weight [out, in] with its row sums and f32 scales (and bias) [out], all on \
-             the CPU, on a CPU with AVX-512 VNNI"
-                .into(),
-        ));
+    let mut outs = Vec::with_capacity(weights.len());
+    let mut values = Vec::with_capacity(weights.len());
+    for weight in weights {
+        let w = int8_rows(weight.values)?;
+        let [out, w_in] = weight.values.size()[..] else {
+            return Err(Error::Input("an int8 weight must be 2-D".into()));
+        };
+        if !available()
+            || q.size() != [rows, in_dim]
+            || w_in != in_dim
+            || q.kind() != Kind::Int8
+            || q.device() != Device::Cpu
+            || !f32_of(row_scale, rows)
+            || !f32_of(weight.scales, out)
+            || !weight.bias.is_none_or(|b| f32_of(b, out))
+            || weight.sums.len() != out as usize
+        {
+            return Err(Error::Input(
+                "the streamed int8 kernel takes int8 x [rows, in] with f32 row scales [rows], \
+                 an int8 weight [out, in] with its row sums and f32 scales (and bias) [out], \
+                 all on the CPU, on a CPU with AVX-512 VNNI"
+                    .into(),
+            ));
+        }
+        outs.push(out as usize);
+        values.push(w);
     }
-    let (out, in_dim, rows) = (out as usize, in_dim as usize, rows as usize);
+    let (in_dim, rows) = (in_dim as usize, rows as usize);
+    let ys = outs
+        .iter()
+        .map(|&out| Tensor::f_empty([rows as i64, out as i64], (Kind::Float, Device::Cpu)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     // (Before any slice is made: an empty tensor's data pointer may be null.)
-    if in_dim == 0 || out == 0 || rows == 0 {
+    if in_dim == 0 || rows == 0 {
         // Nothing to multiply: every sum is 0.
-        let y = Tensor::f_zeros([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
-        return Ok(match weight.bias {
-            Some(b) => y.f_add(b)?,
-            None => y,
-        });
+        return ys
+            .into_iter()
+            .zip(weights)
+            .map(|(mut y, weight)| {
+                let y = y.f_zero_()?;
+                Ok(match weight.bias {
+                    Some(b) => y.f_add(b)?,
+                    None => y,
+                })
+            })
+            .collect();
     }
     // The activations shifted to unsigned bytes, x + 128 (flipping the sign bit), once.
     let q = q.f_contiguous()?;
@@ -155,38 +185,61 @@ pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor>
         unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
     };
     let row_scale = read_f32(row_scale, rows);
-    let scales = read_f32(weight.scales, out);
-    let bias = weight.bias.map(|b| read_f32(b, out));
-    let y = Tensor::f_empty([rows as i64, out as i64], (Kind::Float, Device::Cpu))?;
-    let y_ptr = SharedMut(y.data_ptr() as *mut f32);
-    // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of about `task_bytes`.
-    let block = task_bytes(out * in_dim)
+    // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of about `task_bytes` of all
+    // the weights together: (weight, its first row).
+    let total: usize = outs.iter().sum::<usize>() * in_dim;
+    let block = task_bytes(total)
         .div_ceil(in_dim)
         .next_multiple_of(WEIGHT_ROWS);
-    let run = |b: usize| {
-        let first = b * block;
+    let tasks: Vec<(usize, usize)> = outs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &out)| (0..out).step_by(block).map(move |first| (i, first)))
+        .collect();
+    // What the tasks read of each weight besides its values (slices: tensors are not Sync).
+    let per_weight: Vec<Constants> = weights
+        .iter()
+        .zip(&outs)
+        .map(|(w, &out)| {
+            (
+                read_f32(w.scales, out),
+                w.bias.map(|b| read_f32(b, out)),
+                w.sums,
+            )
+        })
+        .collect();
+    let y_ptrs: Vec<SharedMut<f32>> = ys
+        .iter()
+        .map(|y| SharedMut(y.data_ptr() as *mut f32))
+        .collect();
+    let run = |t: usize| {
+        let (i, first) = tasks[t];
+        let ((scales, bias, row_sums), out) = (per_weight[i], outs[i]);
         let n = block.min(out - first);
-        let w_block = &w[first * in_dim..(first + n) * in_dim];
+        let w_block = &values[i][first * in_dim..(first + n) * in_dim];
         let mut sums = vec![0i32; n * rows];
         product_block(w_block, in_dim, &xu, rows, &mut sums); // [n, rows]
         for (j, per_row) in sums.chunks_exact(rows).enumerate() {
             let c = first + j;
-            let correction = 128 * weight.sums[c];
+            let correction = 128 * row_sums[c];
             for (r, s) in per_row.iter().enumerate() {
                 // The library path's rescale, in its order of operations.
                 let mut v = (s - correction) as f32 * row_scale[r] * scales[c];
                 if let Some(b) = bias {
                     v += b[c];
                 }
-                // SAFETY: `y` is a fresh [rows, out] f32 buffer; this task alone writes the
-                // columns first..first + n of it, and r < rows, c < out.
-                unsafe { *y_ptr.get().add(r * out + c) = v };
+                // SAFETY: `ys[i]` is a fresh [rows, out] f32 buffer; this task alone writes
+                // the columns first..first + n of it, and r < rows, c < out.
+                unsafe { *y_ptrs[i].get().add(r * out + c) = v };
             }
         }
     };
-    for_each_task(out.div_ceil(block), &run);
-    Ok(y)
+    for_each_task(tasks.len(), &run);
+    Ok(ys)
 }
+
+/// One weight's scales, bias and row sums, as the tasks of [`linear_many`] read them.
+type Constants<'a> = (&'a [f32], Option<&'a [f32]>, &'a [i32]);
 
 /// `sums[j * rows + r] = Σ_k xu[r * in + k] · w[j * in + k]` (unsigned × signed) for the
 /// weight rows `w` `[n, in]` and the shifted activations `xu` `[rows, in]`.
