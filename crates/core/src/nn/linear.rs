@@ -213,51 +213,71 @@ impl Linear {
 
     /// Several projections of the same input `x` (`[..., in]`), one result each (attention's
     /// q/k/v, a gated feed-forward's two inputs), equal to calling
-    /// [`forward`](Self::forward) on each. Where every one runs the streamed int8 kernel, `x`
-    /// is quantized once and all the weights stream in one parallel pass: one quantization
-    /// and one meeting of the threads instead of one per projection.
+    /// [`forward`](Self::forward) on each. Where every one runs a streamed kernel (int8, or
+    /// bf16/f32), all the weights stream in one parallel pass: one meeting of the threads
+    /// (and for int8 one quantization of `x`) instead of one per projection.
     pub fn forward_each(linears: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
-        if let Some(ys) = Self::forward_int8_together(linears, x)? {
+        if let Some(ys) = Self::forward_together(linears, x)? {
             return Ok(ys);
         }
         linears.iter().map(|l| l.forward(x)).collect()
     }
 
     /// [`forward_each`](Self::forward_each)'s single pass, or `None` where some projection
-    /// does not run the streamed int8 kernel (or is still being measured).
-    fn forward_int8_together(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    /// does not run a streamed kernel (or is still being measured).
+    fn forward_together(linears: &[&Linear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
         let mut shape = x.size();
         let in_dim = shape.pop().unwrap_or(1);
         let rows = shape.iter().product::<i64>();
+        let int8 = linears.first().is_some_and(|l| l.scales.is_some());
         if linears.len() < 2
             || x.device() != Device::Cpu
+            || x.requires_grad()
             || rows == 0
-            || rows > streamed_int8::MAX_ROWS
+            || rows > streamed_int8::MAX_ROWS.min(super::streamed::MAX_ROWS)
         {
             return Ok(None);
         }
-        let mut weights = Vec::with_capacity(linears.len());
         for l in linears {
-            let (Some(scales), &[out, w_in]) = (&l.scales, &l.weight.size()[..]) else {
+            let &[out, w_in] = &l.weight.size()[..] else {
                 return Ok(None);
             };
-            let class = ShapeClass::new(Kind::Int8, out, in_dim, rows);
+            // The kernel each would run alone: the class's decided one, streamed.
+            let kind = if int8 { Kind::Int8 } else { x.kind() };
+            let class = ShapeClass::new(kind, out, in_dim, rows);
             if w_in != in_dim
+                || l.scales.is_some() != int8
                 || !l.weight.is_contiguous()
+                || l.weight.requires_grad()
+                || (!int8 && l.weight.kind() != x.kind())
                 || kernels::decided(class) != Some(Kernel::Streamed)
             {
                 return Ok(None);
             }
-            weights.push(streamed_int8::Weight {
-                values: &l.weight,
-                sums: l.row_sums()?,
-                scales,
-                bias: l.bias.as_ref(),
-            });
         }
-        let x2 = x.f_reshape([rows, in_dim])?.f_to_kind(Kind::Float)?;
-        let (q, row_scale) = quantize_rows(&x2)?; // [rows, in] int8, [rows] f32
-        let ys = streamed_int8::linear_many(&q, &row_scale, &weights)?;
+        let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
+        let ys = if int8 {
+            let mut weights = Vec::with_capacity(linears.len());
+            for l in linears {
+                weights.push(streamed_int8::Weight {
+                    values: &l.weight,
+                    sums: l.row_sums()?,
+                    scales: l
+                        .scales
+                        .as_ref()
+                        .ok_or_else(|| Error::Input("no scales".into()))?,
+                    bias: l.bias.as_ref(),
+                });
+            }
+            let (q, row_scale) = quantize_rows(&x2.f_to_kind(Kind::Float)?)?; // [rows, in] int8
+            streamed_int8::linear_many(&q, &row_scale, &weights)?
+        } else {
+            let weights: Vec<_> = linears
+                .iter()
+                .map(|l| (&l.weight, l.bias.as_ref()))
+                .collect();
+            super::streamed::linear_many(&x2, &weights)?
+        };
         ys.into_iter()
             .map(|y| {
                 let mut size = shape.clone();

@@ -57,31 +57,44 @@ pub fn takes(kind: Kind) -> bool {
 /// `x·Wᵀ + b` for a bf16 or f32 weight `[out, in]` (contiguous, on the CPU) and `x`
 /// `[rows, in]`; `bias` `[out]`. Returns `[rows, out]` in the weight's kind.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let [_, in_dim] = weight.size()[..] else {
-        return Err(Error::Input("a projection weight must be 2-D".into()));
-    };
+    linear_many(x, &[(weight, bias)])?
+        .pop()
+        .ok_or_else(|| Error::Input("one weight gives one product".into()))
+}
+
+/// [`linear`] for several weights (with their biases) of one kind and input width at once
+/// (attention's q/k/v, a gated feed-forward's two inputs): the blocks of all the weights are
+/// the tasks of one parallel pass, so the threads meet once rather than once per weight. One
+/// `[rows, out]` result per weight, in their order.
+pub fn linear_many(x: &Tensor, weights: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
     let rows = x.size().first().copied().unwrap_or(0);
-    if !available()
-        || !takes(weight.kind())
-        || weight.device() != Device::Cpu
-        || !weight.is_contiguous()
-        || x.size() != [rows, in_dim]
-    {
-        return Err(Error::Input(
-            "the streamed kernel takes a contiguous CPU bf16 or f32 weight [out, in] and x \
-             [rows, in] on a CPU with AVX-512"
-                .into(),
-        ));
+    let kind = weights.first().map_or(Kind::Float, |(w, _)| w.kind());
+    for (weight, _) in weights {
+        let in_dim = weight.size().get(1).copied().unwrap_or(-1);
+        if !available()
+            || !takes(weight.kind())
+            || weight.kind() != kind
+            || weight.dim() != 2
+            || weight.device() != Device::Cpu
+            || !weight.is_contiguous()
+            || x.size() != [rows, in_dim]
+        {
+            return Err(Error::Input(
+                "the streamed kernel takes contiguous CPU bf16 or f32 weights [out, in] of one \
+                 kind and x [rows, in] on a CPU with AVX-512"
+                    .into(),
+            ));
+        }
     }
-    if weight.kind() == Kind::Float {
-        // SAFETY: a contiguous [out, in] f32 tensor on the CPU (checked above), borrowed for
+    if kind == Kind::Float {
+        // SAFETY: contiguous [out, in] f32 tensors on the CPU (checked above), borrowed for
         // this whole call and only read.
-        let w = unsafe { stored::<f32>(weight) };
-        return stream(x, w, weight, bias);
+        let ws: Vec<&[f32]> = weights.iter().map(|(w, _)| unsafe { stored(w) }).collect();
+        return stream(x, &ws, weights, kind);
     }
-    // SAFETY: as above, bf16 (its bits as u16).
-    let w = unsafe { stored::<u16>(weight) };
-    stream(x, w, weight, bias)
+    // SAFETY: as above, bf16 (their bits as u16).
+    let ws: Vec<&[u16]> = weights.iter().map(|(w, _)| unsafe { stored(w) }).collect();
+    stream(x, &ws, weights, kind)
 }
 
 /// The weight's elements as stored.
@@ -97,51 +110,82 @@ unsafe fn stored<T>(weight: &Tensor) -> &[T] {
     std::slice::from_raw_parts(weight.data_ptr() as *const T, n)
 }
 
-/// The product over the stored weight `w_all` (`weight`'s elements), in `weight`'s kind.
+/// The products over the stored weights `w_all` (each `weights[i]`'s elements), in `kind`.
 fn stream<T: Stored>(
     x: &Tensor,
-    w_all: &[T],
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (out, in_dim, rows) = (weight.size()[0], weight.size()[1], x.size()[0]);
-    if out == 0 || in_dim == 0 || rows == 0 {
-        return Ok(x.f_linear(weight, bias)?); // nothing to stream
+    w_all: &[&[T]],
+    weights: &[(&Tensor, Option<&Tensor>)],
+    kind: Kind,
+) -> Result<Vec<Tensor>> {
+    let (rows, in_dim) = (x.size()[0], x.size()[1]);
+    let outs: Vec<i64> = weights.iter().map(|(w, _)| w.size()[0]).collect();
+    if outs.contains(&0) || in_dim == 0 || rows == 0 {
+        // Nothing to stream.
+        return weights
+            .iter()
+            .map(|(w, b)| Ok(x.f_linear(w, *b)?))
+            .collect();
     }
-    let (out, in_dim, rows) = (out as usize, in_dim as usize, rows as usize);
-    // The few input rows, widened to f32 once: [rows, in].
-    let xs = Vec::<f32>::try_from(&x.f_to_kind(Kind::Float)?.f_contiguous()?.f_view([-1])?)?;
-    let bias = match bias {
-        Some(b) => Some(Vec::<f32>::try_from(
-            &b.f_to_kind(Kind::Float)?.f_contiguous()?,
-        )?),
-        None => None,
-    };
-    // [out, rows]: each task writes the outputs of its block of weight rows.
-    let mut yt = vec![0f32; out * rows];
-    let yt_ptr = SharedMut(yt.as_mut_ptr());
+    // The few input rows in f32, [rows, in] (f32 input: its own memory).
+    let x32 = x.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let biases = weights
+        .iter()
+        .map(|(_, b)| {
+            b.map(|b| Vec::<f32>::try_from(&b.f_to_kind(Kind::Float)?.f_contiguous()?))
+                .transpose()
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let ys = outs
+        .iter()
+        .map(|&out| Tensor::f_empty([rows, out], (Kind::Float, Device::Cpu)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let (in_dim, rows) = (in_dim as usize, rows as usize);
+    // SAFETY: a contiguous CPU f32 tensor of rows × in_dim values, alive for the call.
+    let xs = unsafe { std::slice::from_raw_parts(x32.data_ptr() as *const f32, rows * in_dim) };
+    // Tasks of whole weight rows, about `task_bytes` of all the weights together: (weight,
+    // its first row).
     let row_bytes = in_dim * std::mem::size_of::<T>();
-    let rows_per_task = BLOCK.max(task_bytes(out * row_bytes) / row_bytes);
-    for_each_task(out.div_ceil(rows_per_task), &|block| {
-        let first = block * rows_per_task;
+    let total = outs.iter().sum::<i64>() as usize * row_bytes;
+    let rows_per_task = BLOCK.max(task_bytes(total) / row_bytes);
+    let tasks: Vec<(usize, usize)> = outs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &out)| {
+            (0..out as usize)
+                .step_by(rows_per_task)
+                .map(move |j| (i, j))
+        })
+        .collect();
+    let y_ptrs: Vec<SharedMut<f32>> = ys
+        .iter()
+        .map(|y| SharedMut(y.data_ptr() as *mut f32))
+        .collect();
+    for_each_task(tasks.len(), &|t| {
+        let (i, first) = tasks[t];
+        let out = outs[i] as usize;
         let n = rows_per_task.min(out - first);
-        let w = &w_all[first * in_dim..(first + n) * in_dim];
-        // SAFETY: task `block` alone writes elements first·rows..(first + n)·rows of `yt`,
-        // which outlives the loop.
-        let chunk =
-            unsafe { std::slice::from_raw_parts_mut(yt_ptr.get().add(first * rows), n * rows) };
-        product_block(w, in_dim, &xs, rows, chunk);
-        if let Some(b) = &bias {
-            for (j, outputs) in chunk.chunks_mut(rows).enumerate() {
-                outputs.iter_mut().for_each(|y| *y += b[first + j]);
+        let w = &w_all[i][first * in_dim..(first + n) * in_dim];
+        let mut yt = vec![0f32; n * rows]; // [n, rows]
+        product_block(w, in_dim, xs, rows, &mut yt);
+        for (j, outputs) in yt.chunks_exact(rows).enumerate() {
+            let c = first + j;
+            let b = biases[i].as_ref().map_or(0.0, |b| b[c]);
+            for (r, v) in outputs.iter().enumerate() {
+                // SAFETY: `ys[i]` is a fresh [rows, out] f32 buffer; this task alone writes
+                // its columns first..first + n, and r < rows, c < out.
+                unsafe { *y_ptrs[i].get().add(r * out + c) = v + b };
             }
         }
     });
-    Ok(Tensor::f_from_slice(&yt)?
-        .f_view([out as i64, rows as i64])?
-        .f_tr()?
-        .f_to_kind(weight.kind())?
-        .f_contiguous()?)
+    ys.into_iter()
+        .map(|y| {
+            Ok(if kind == Kind::Float {
+                y
+            } else {
+                y.f_to_kind(kind)?
+            })
+        })
+        .collect()
 }
 
 /// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]`.
@@ -320,6 +364,29 @@ mod tests {
                 "{rows}x{out}x{in_dim}: {diff} vs {scale}"
             );
             assert_eq!(ours.size(), [rows, out]);
+        }
+    }
+
+    /// Several weights in one pass give what each gives alone, to the bit (f32 and bf16,
+    /// with and without bias, weights of one task and of several).
+    #[test]
+    fn several_weights_at_once_equal_each_alone() {
+        if !available() {
+            return;
+        }
+        tch::manual_seed(6);
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let new = |size: &[i64]| Tensor::randn(size, (Kind::Float, Device::Cpu)).to_kind(kind);
+            let (w1, w2, w3) = (new(&[200, 96]), new(&[7, 96]), new(&[3000, 96]));
+            let b2 = new(&[7]);
+            for rows in [1, 3, 8] {
+                let x = new(&[rows, 96]);
+                let all = [(&w1, None), (&w2, Some(&b2)), (&w3, None)];
+                let together = linear_many(&x, &all).unwrap();
+                for ((w, b), y) in all.iter().zip(&together) {
+                    assert!(y.equal(&linear(&x, w, *b).unwrap()), "{kind:?} {rows}");
+                }
+            }
         }
     }
 

@@ -426,6 +426,43 @@ mod tests {
         }
     }
 
+    /// Several weights in one pass give what each gives alone, to the bit.
+    #[test]
+    fn several_weights_at_once_equal_each_alone() {
+        if !available() {
+            return;
+        }
+        tch::manual_seed(7);
+        let weights: Vec<_> = [200, 5, 3000]
+            .into_iter()
+            .map(|out| {
+                let (q, s) =
+                    quantize_rows(&Tensor::randn([out, 130], (Kind::Float, Device::Cpu))).unwrap();
+                let sums = row_sums(&q).unwrap();
+                let bias = Tensor::randn([out], (Kind::Float, Device::Cpu));
+                (q, s, sums, bias)
+            })
+            .collect();
+        let all: Vec<Weight> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, (q, s, sums, b))| Weight {
+                values: q,
+                sums,
+                scales: s,
+                bias: (i == 1).then_some(b),
+            })
+            .collect();
+        for rows in [1, 4, 7] {
+            let x = Tensor::randn([rows, 130], (Kind::Float, Device::Cpu));
+            let (xq, row_scale) = quantize_rows(&x).unwrap();
+            let together = linear_many(&xq, &row_scale, &all).unwrap();
+            for (w, y) in all.iter().zip(&together) {
+                assert!(y.equal(&linear(&xq, &row_scale, w).unwrap()), "{rows}");
+            }
+        }
+    }
+
     #[test]
     fn row_sums_and_the_scalar_reference_are_plain_integer_sums() {
         let w = Tensor::from_slice(&[1i8, -2, 3, 127, -127, 0]).view([2, 3]);
