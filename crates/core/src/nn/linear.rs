@@ -269,8 +269,7 @@ impl Linear {
                     bias: l.bias.as_ref(),
                 });
             }
-            let (q, row_scale) = quantize_rows(&x2.f_to_kind(Kind::Float)?)?; // [rows, in] int8
-            streamed_int8::linear_many(&q, &row_scale, &weights)?
+            streamed_int8_of(&x2, &weights)?
         } else {
             let weights: Vec<_> = linears
                 .iter()
@@ -356,7 +355,6 @@ impl Linear {
     /// pass over the weight ([`streamed_int8`]), with the same result.
     fn forward_int8(&self, kernel: Kernel, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
         let x = x.f_to_kind(Kind::Float)?;
-        let (q, row_scale) = quantize_rows(&x)?; // [rows, in] int8, [rows] f32
         if kernel == Kernel::Streamed {
             let weight = streamed_int8::Weight {
                 values: &self.weight,
@@ -364,8 +362,11 @@ impl Linear {
                 scales,
                 bias: self.bias.as_ref(),
             };
-            return streamed_int8::linear(&q, &row_scale, &weight);
+            return streamed_int8_of(&x, std::slice::from_ref(&weight))?
+                .pop()
+                .ok_or_else(|| Error::Input("one weight gives one product".into()));
         }
+        let (q, row_scale) = quantize_rows(&x)?; // [rows, in] int8, [rows] f32
         let y = q.f_internal_int_mm(&self.weight.f_tr()?)?; // [rows, out] int32
         if let Some(y) = rescale_in_place(&y, &row_scale, scales, self.bias.as_ref())? {
             return Ok(y);
@@ -377,6 +378,31 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// The streamed int8 products of `x` (`[rows, in]`, any float kind) with `weights`: `x`
+/// quantized as [`quantize_rows`] quantizes it, straight into the kernel's shifted bytes
+/// (no int8 tensor in between: a decoding step makes a hundred of these calls).
+fn streamed_int8_of(x: &Tensor, weights: &[streamed_int8::Weight]) -> Result<Vec<Tensor>> {
+    let x = x.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let [rows, cols] = x.size()[..] else {
+        return Err(Error::Input(
+            "int8 projections take [rows, in] inputs".into(),
+        ));
+    };
+    let (rows, cols) = (rows as usize, cols as usize);
+    let n = rows * cols;
+    let mut q = vec![0i8; n];
+    let mut row_scale = vec![0f32; rows];
+    if n > 0 {
+        // SAFETY: a contiguous CPU f32 tensor of rows × cols values (the kernel runs on the
+        // CPU only; `linear_many_shifted` checks the weights), alive for this call.
+        let src = unsafe { std::slice::from_raw_parts(x.data_ptr() as *const f32, n) };
+        quantize_block(src, &mut q, &mut row_scale, cols);
+    }
+    // The kernel's unsigned activations: x + 128, the sign bit flipped.
+    let shifted: Vec<u8> = q.iter().map(|&v| (v as u8) ^ 0x80).collect();
+    streamed_int8::linear_many_shifted(&shifted, &row_scale, rows, cols, weights)
 }
 
 /// `run` with the kernel [`kernels::plan`] gives `class`, timed and recorded while the class is
@@ -823,6 +849,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("6 inputs") && err.contains("5"), "{err}");
+    }
+
+    /// Int8: the streamed kernel (its own quantization into shifted bytes) equals the
+    /// library's product to the bit, and projections run together equal each run alone,
+    /// before and after their kernels are decided.
+    #[test]
+    fn int8_kernels_and_projections_together_agree_to_the_bit() {
+        // Shapes of their own, so that no other test shares their kernel choices.
+        let a =
+            Linear::quantized(&Tensor::randn([13, 70], (Kind::Float, Device::Cpu)), None).unwrap();
+        let bias = Tensor::randn([9], (Kind::Float, Device::Cpu));
+        let b = Linear::quantized(
+            &Tensor::randn([9, 70], (Kind::Float, Device::Cpu)),
+            Some(bias),
+        )
+        .unwrap();
+        let calls = (kernels::WARMUP + kernels::SAMPLES) * 3 + 2;
+        for _ in 0..calls {
+            for rows in [1i64, 3] {
+                let x = Tensor::randn([rows, 1, 70], (Kind::Float, Device::Cpu));
+                let together = Linear::forward_each(&[&a, &b], &x).unwrap();
+                assert!(together[0].equal(&a.forward(&x).unwrap()));
+                assert!(together[1].equal(&b.forward(&x).unwrap()));
+                if streamed_int8::available() {
+                    let x2 = x.reshape([rows, 70]);
+                    let scales = a.scales.as_ref().unwrap();
+                    let streamed = a.forward_int8(Kernel::Streamed, &x2, scales).unwrap();
+                    let library = a.forward_int8(Kernel::Library, &x2, scales).unwrap();
+                    assert!(streamed.equal(&library), "{rows} rows");
+                }
+            }
+        }
     }
 
     /// Int8 projections stay within the error of their quantization, and a tied table is

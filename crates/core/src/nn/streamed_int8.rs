@@ -125,8 +125,48 @@ pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor>
 pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result<Vec<Tensor>> {
     let rows = q.size().first().copied().unwrap_or(0);
     let in_dim = q.size().get(1).copied().unwrap_or(0);
-    let f32_of = |t: &Tensor, n: i64| {
-        t.kind() == Kind::Float && t.device() == Device::Cpu && t.is_contiguous() && t.size() == [n]
+    if q.size() != [rows, in_dim]
+        || q.kind() != Kind::Int8
+        || q.device() != Device::Cpu
+        || row_scale.kind() != Kind::Float
+        || row_scale.device() != Device::Cpu
+        || row_scale.size() != [rows]
+    {
+        return Err(Error::Input(
+            "the streamed int8 kernel takes int8 x [rows, in] with f32 row scales [rows] on \
+             the CPU"
+                .into(),
+        ));
+    }
+    let q = q.f_contiguous()?;
+    let row_scale = Vec::<f32>::try_from(&row_scale.f_contiguous()?)?;
+    let (rows, in_dim) = (rows as usize, in_dim as usize);
+    let xs: &[u8] = if rows * in_dim == 0 {
+        &[] // (an empty tensor's data pointer may be null)
+    } else {
+        // SAFETY: a contiguous CPU int8 tensor of rows × in_dim elements (checked above).
+        unsafe { std::slice::from_raw_parts(q.data_ptr() as *const u8, rows * in_dim) }
+    };
+    // The activations shifted to unsigned bytes, x + 128 (flipping the sign bit).
+    let shifted: Vec<u8> = xs.iter().map(|&b| b ^ 0x80).collect();
+    linear_many_shifted(&shifted, &row_scale, rows, in_dim, weights)
+}
+
+/// [`linear_many`] on activations already quantized and shifted: `xu` `[rows, in]` holds
+/// `q + 128` as unsigned bytes, `row_scale` each row's scale.
+pub fn linear_many_shifted(
+    xu: &[u8],
+    row_scale: &[f32],
+    rows: usize,
+    in_dim: usize,
+    weights: &[Weight],
+) -> Result<Vec<Tensor>> {
+    let f32_of = |t: &Tensor, n: usize| {
+        t.kind() == Kind::Float
+            && t.device() == Device::Cpu
+            && t.is_contiguous()
+            && t.numel() == n
+            && t.dim() == 1
     };
     let mut outs = Vec::with_capacity(weights.len());
     let mut values = Vec::with_capacity(weights.len());
@@ -135,15 +175,14 @@ pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result
         let [out, w_in] = weight.values.size()[..] else {
             return Err(Error::Input("an int8 weight must be 2-D".into()));
         };
+        let out = out as usize;
         if !available()
-            || q.size() != [rows, in_dim]
-            || w_in != in_dim
-            || q.kind() != Kind::Int8
-            || q.device() != Device::Cpu
-            || !f32_of(row_scale, rows)
+            || xu.len() != rows * in_dim
+            || row_scale.len() != rows
+            || w_in as usize != in_dim
             || !f32_of(weight.scales, out)
             || !weight.bias.is_none_or(|b| f32_of(b, out))
-            || weight.sums.len() != out as usize
+            || weight.sums.len() != out
         {
             return Err(Error::Input(
                 "the streamed int8 kernel takes int8 x [rows, in] with f32 row scales [rows], \
@@ -152,10 +191,9 @@ pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result
                     .into(),
             ));
         }
-        outs.push(out as usize);
+        outs.push(out);
         values.push(w);
     }
-    let (in_dim, rows) = (in_dim as usize, rows as usize);
     let ys = outs
         .iter()
         .map(|&out| Tensor::f_empty([rows as i64, out as i64], (Kind::Float, Device::Cpu)))
@@ -175,16 +213,10 @@ pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result
             })
             .collect();
     }
-    // The activations shifted to unsigned bytes, x + 128 (flipping the sign bit), once.
-    let q = q.f_contiguous()?;
-    // SAFETY: a contiguous CPU int8 tensor of rows × in_dim elements (checked above).
-    let xs = unsafe { std::slice::from_raw_parts(q.data_ptr() as *const u8, rows * in_dim) };
-    let xu: Vec<u8> = xs.iter().map(|&b| b ^ 0x80).collect();
     let read_f32 = |t: &Tensor, n: usize| {
         // SAFETY: a contiguous CPU f32 tensor of n elements (checked above), borrowed here.
         unsafe { std::slice::from_raw_parts(t.data_ptr() as *const f32, n) }
     };
-    let row_scale = read_f32(row_scale, rows);
     // Tasks of whole weight rows (a multiple of WEIGHT_ROWS) of about `task_bytes` of all
     // the weights together: (weight, its first row).
     let total: usize = outs.iter().sum::<usize>() * in_dim;
@@ -218,7 +250,7 @@ pub fn linear_many(q: &Tensor, row_scale: &Tensor, weights: &[Weight]) -> Result
         let n = block.min(out - first);
         let w_block = &values[i][first * in_dim..(first + n) * in_dim];
         let mut sums = vec![0i32; n * rows];
-        product_block(w_block, in_dim, &xu, rows, &mut sums); // [n, rows]
+        product_block(w_block, in_dim, xu, rows, &mut sums); // [n, rows]
         for (j, per_row) in sums.chunks_exact(rows).enumerate() {
             let c = first + j;
             let correction = 128 * row_sums[c];
