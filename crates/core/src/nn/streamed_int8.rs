@@ -424,7 +424,15 @@ mod tests {
             return; // nothing to compare on this CPU: the library's product runs instead
         }
         tch::manual_seed(5);
-        for (out, in_dim) in [(7, 64), (130, 77), (67, 300), (1030, 128), (2100, 130)] {
+        for (out, in_dim) in [
+            (7, 64),
+            (130, 77),
+            (67, 300),
+            (1030, 128),
+            (2100, 130),
+            (36, 960),
+            (20, 1100),
+        ] {
             let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
             let (wq, scales) = quantize_rows(&w).unwrap();
             let sums = row_sums(&wq).unwrap();
