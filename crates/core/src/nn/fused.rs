@@ -189,8 +189,11 @@ pub const ATTENTION_MAX_QUERIES: i64 = 8;
 /// views), `bias` broadcastable to `[batch, heads, q_len, k_len]`. Each query row is one
 /// pass over its keys and values: scores, their softmax (the maximum subtracted first, as
 /// libtorch's kernel does), the weighted sum of the values. `None` (the caller runs
-/// libtorch's kernel) unless all are f32 CPU tensors without gradients and `q_len` ≤
-/// [`ATTENTION_MAX_QUERIES`].
+/// libtorch's kernel) unless all are f32 CPU tensors without gradients, `q_len` ≤
+/// [`ATTENTION_MAX_QUERIES`] and [`attends_in_registers`] takes the head width: without
+/// AVX-512 the plain-Rust loop (its sums serial, as float addition does not reorder) is
+/// slower than libtorch's kernel, and a speed-up on one CPU must not be a slow-down on
+/// another.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -210,6 +213,7 @@ pub fn attention(
         || !plain_f32(v)
         || bias.is_some_and(|m| !plain_f32(m))
         || lq > ATTENTION_MAX_QUERIES
+        || !attends_in_registers(d)
         || kb != b
         || kd != d
         || kh == 0
@@ -289,6 +293,20 @@ pub fn attention(
         for_each_task(tasks, &run);
     }
     Ok(Some(y))
+}
+
+/// Whether this CPU runs [`attention`] for heads of `dim` values in registers: AVX-512 and a
+/// width of 16–96 or 128 values in steps of 16 (Llama-family and GPT-2 heads: 64, 128).
+pub fn attends_in_registers(dim: i64) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        simd::has_avx512() && dim % 16 == 0 && matches!(dim / 16, 1..=6 | 8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = dim;
+        false
+    }
 }
 
 /// One key/value head: its `len` rows of `dim` values, `key_stride` / `value_stride`
@@ -567,12 +585,15 @@ mod tests {
     fn attention_equals_libtorchs_kernel() {
         tch::manual_seed(4);
         // (batch, heads, kv heads, queries, keys, head width): grouped heads, several query
-        // rows, widths the registers take (64, 128) and one they do not (24).
+        // rows, the widths of Llama-family and GPT-2 heads.
         for (b, h, kh, lq, lk, d) in [
             (1, 15, 5, 1, 96, 64),
             (2, 4, 4, 3, 17, 128),
-            (3, 8, 2, 1, 40, 24),
+            (3, 8, 2, 1, 40, 32),
         ] {
+            if !attends_in_registers(d) {
+                continue; // libtorch's kernel runs on this CPU
+            }
             let q = randn(&[b, h, lq, d]);
             // Keys and values as the cache holds them: views of longer buffers.
             let k = randn(&[b, kh, lk + 9, d]).narrow(2, 0, lk);
@@ -595,6 +616,36 @@ mod tests {
                 assert!(diff < 1e-5, "{b}x{h}/{kh}x{lq}x{lk}x{d}: {diff}");
             }
         }
+    }
+
+    /// The plain-Rust row (other CPUs' and widths' reference) against libtorch's kernel.
+    #[test]
+    fn the_plain_rust_row_equals_libtorchs_kernel() {
+        tch::manual_seed(5);
+        let (lk, d) = (23, 24);
+        let q = randn(&[1, 1, 1, d]);
+        let k = randn(&[1, 1, lk, d]);
+        let v = randn(&[1, 1, lk, d]);
+        let bias = randn(&[1, 1, 1, lk]);
+        let head = Head {
+            keys: k.data_ptr() as *const f32,
+            key_stride: d as isize,
+            values: v.data_ptr() as *const f32,
+            value_stride: d as isize,
+            len: lk as usize,
+            dim: d as usize,
+        };
+        let (mut scores, mut y) = (vec![0f32; lk as usize], vec![0f32; d as usize]);
+        // SAFETY: contiguous [1, 1, lk, d] keys and values and a [1, 1, 1, lk] bias.
+        let qs = unsafe { values(&q) };
+        let bias_row = Some((bias.data_ptr() as *const f32, 1));
+        unsafe { scalar_attend_row(qs, &head, bias_row, 0.2, &mut scores, &mut y) };
+        let ours = Tensor::from_slice(&y).view([1, 1, 1, d]);
+        let expected =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&bias), 0.0, false, 0.2, false);
+        assert!(max_diff(&ours, &expected) < 1e-5);
+        // Widths the registers do not take go to libtorch.
+        assert!(attention(&q, &k, &v, None, 0.2).unwrap().is_none());
     }
 
     #[test]
