@@ -559,6 +559,9 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
     let q = Tensor::f_empty([rows, cols], (Kind::Int8, Device::Cpu))?;
     let scales = Tensor::f_empty([rows], (Kind::Float, Device::Cpu))?;
     let n = (rows * cols) as usize;
+    if n == 0 {
+        return Ok((q, scales)); // (an empty tensor's data pointer may be null)
+    }
     // SAFETY: `w`, `q` and `scales` are distinct contiguous CPU tensors of the element types
     // and lengths given, alive for the whole block, and nothing else touches them meanwhile.
     let (src, dst, scale_of) = unsafe {
@@ -568,18 +571,26 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
             std::slice::from_raw_parts_mut(scales.data_ptr() as *mut f32, rows as usize),
         )
     };
+    quantize_rows_into(src, dst, scale_of, cols as usize);
+    Ok((q, scales))
+}
+
+/// [`quantize_rows`] of the rows of `cols` values in `src` into `dst` (int8, as many values)
+/// and `scales` (one per row): the loader quantizes its blocks of rows straight into the
+/// model's int8 tensor with it, with no tensor allocated per block.
+pub(crate) fn quantize_rows_into(src: &[f32], dst: &mut [i8], scales: &mut [f32], cols: usize) {
+    if cols == 0 {
+        return;
+    }
+    let rows = scales.len().min(src.len() / cols).min(dst.len() / cols);
     // Blocks of whole rows, about CHUNK values each, over libtorch's threads ([`parallel`]);
     // a single block (a decoding step's row) on this thread.
-    let (cols, rows) = (cols as usize, rows as usize);
     let block = (CHUNK / cols).max(1);
-    let (dst, scale_of) = (
-        SharedMut(dst.as_mut_ptr()),
-        SharedMut(scale_of.as_mut_ptr()),
-    );
+    let (dst, scale_of) = (SharedMut(dst.as_mut_ptr()), SharedMut(scales.as_mut_ptr()));
     for_each_task(rows.div_ceil(block), &|b| {
         let (first, n) = (b * block, block.min(rows - b * block));
-        // SAFETY: task b alone writes rows first..first + n of `dst` and `scale_of`, which
-        // outlive the loop.
+        // SAFETY: task b alone writes rows first..first + n of `dst` and `scales`, which
+        // outlive the loop (first + n ≤ rows, within both).
         let (dst, scales) = unsafe {
             (
                 std::slice::from_raw_parts_mut(dst.get().add(first * cols), n * cols),
@@ -588,7 +599,6 @@ pub(crate) fn quantize_rows(w: &Tensor) -> Result<(Tensor, Tensor)> {
         };
         quantize_block(&src[first * cols..(first + n) * cols], dst, scales, cols);
     });
-    Ok((q, scales))
 }
 
 /// [`quantize_rows`] on the rows of `cols` values in `src`, into `dst` and `scales`.
