@@ -111,7 +111,9 @@ pub struct Weight<'a> {
 
 /// `y[r, j] = (Σ_k q[r, k] · W[j, k]) · row_scale[r] · scales[j] + bias[j]`: the int8
 /// product of quantized activations `q` `[rows, in]` (int8, each row with its f32 scale in
-/// `row_scale` `[rows]`) with the weight, rescaled to f32 `[rows, out]`.
+/// `row_scale` `[rows]`) with the weight, rescaled to f32 `[rows, out]`. (The entry point
+/// on the library's int8 tensors, which the tests compare with `_int_mm`; `Linear`
+/// quantizes straight into the shifted bytes and calls [`linear_many_shifted`].)
 pub fn linear(q: &Tensor, row_scale: &Tensor, weight: &Weight) -> Result<Tensor> {
     linear_many(q, row_scale, std::slice::from_ref(weight))?
         .pop()
