@@ -439,6 +439,7 @@ impl Output {
     /// Open stdout or `--output`.
     pub fn open(args: &IoArgs) -> anyhow::Result<Self> {
         let sink = open_sink(args)?;
+        interrupt::install();
         Ok(Output {
             format: args.format,
             sink,
@@ -502,9 +503,9 @@ impl Output {
     /// Write the finished chunk's results out, whole lines, and flush them: with `--output`,
     /// an interrupted run (Ctrl-C) keeps every chunk finished before it.
     pub fn end_chunk(&mut self) -> anyhow::Result<()> {
-        self.sink.write_all(&self.pending)?;
+        let (sink, pending) = (&mut self.sink, &self.pending);
+        interrupt::writing(|| sink.write_all(pending).and_then(|()| sink.flush()))?;
         self.pending.clear();
-        self.sink.flush()?;
         Ok(())
     }
 
@@ -806,5 +807,72 @@ mod tests {
         assert!(!args(Some("a.jsonl"), InputFormat::Text).jsonl());
         assert!(args(Some("a.txt"), InputFormat::Jsonl).jsonl());
         assert!(args(None, InputFormat::Jsonl).jsonl());
+    }
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM during a batch run end it between two writes of results, never
+/// inside one.
+///
+/// A chunk's results go out in one `write` of up to hundreds of KB. The kernel copies it page
+/// by page and stops at a page boundary when the process is killed, so with the default
+/// disposition a Ctrl-C during that copy left a torn last line. With this handler a signal
+/// that arrives while no write is in progress exits at once (status 128 + the signal, as the
+/// default would); one that arrives during a write lets it finish and exits right after it.
+/// SIGKILL cannot be caught: a run killed that way may still end in a torn line, which
+/// `--resume` cuts off before it appends.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+
+    /// A write of results is in progress.
+    static WRITING: AtomicBool = AtomicBool::new(false);
+    /// The signal received (0: none).
+    static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+    /// Exit as the signal's default action would report it.
+    fn exit_for(signal: i32) -> ! {
+        // SAFETY: `_exit` is async-signal-safe and ends the process without running anything.
+        unsafe { libc::_exit(128 + signal) }
+    }
+
+    #[cfg(unix)]
+    extern "C" fn on_signal(signal: libc::c_int) {
+        RECEIVED.store(signal, SeqCst);
+        if !WRITING.load(SeqCst) {
+            exit_for(signal);
+        }
+    }
+
+    /// Handle SIGINT and SIGTERM as above (once per process; a no-op off Unix).
+    pub fn install() {
+        #[cfg(unix)]
+        {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                // SAFETY: the handler only touches atomics and calls `_exit`, both
+                // async-signal-safe.
+                unsafe {
+                    libc::signal(libc::SIGINT, handler);
+                    libc::signal(libc::SIGTERM, handler);
+                }
+            });
+        }
+    }
+
+    /// Run `write` so that a signal cannot cut it short. (The flag is set before the check
+    /// and the handler stores before it loads, so a signal is seen by one side or both.)
+    pub fn writing<T>(write: impl FnOnce() -> T) -> T {
+        WRITING.store(true, SeqCst);
+        let pending = RECEIVED.load(SeqCst);
+        if pending != 0 {
+            exit_for(pending);
+        }
+        let result = write();
+        WRITING.store(false, SeqCst);
+        let pending = RECEIVED.load(SeqCst);
+        if pending != 0 {
+            exit_for(pending);
+        }
+        result
     }
 }
