@@ -44,9 +44,10 @@ pub const MARGIN: f64 = 0.03;
 /// is not measured further ([`ruled_out`]).
 pub const RULED_OUT: f64 = 2.0;
 /// Counted calls a candidate needs before [`RULED_OUT`] can drop it: one call can be a
-/// hiccup (measured: oneDNN's second call on OPUS-MT's 512×512 encoder projection took 24 ms
-/// instead of 3–5 ms in 3 runs of about 45, was dropped on that one call, and the group
-/// went to MKL, which ran the 58k-row head half as fast: 257–285 against ~500 tokens/s).
+/// hiccup. Measured: in 3 runs of about 45, oneDNN's one counted call on OPUS-MT's 512×512
+/// encoder projection took 24 ms instead of 3–5, dropped it there, and the whole row group,
+/// the 58k-row head included, went to MKL (which took twice oneDNN's time on the group's
+/// measured feed-forward shapes); those runs made 257–285 tokens/s, the others 280–521.
 pub const RULE_OUT_AFTER: usize = 2;
 /// Rows up to which the split product is a candidate (matrix-vector products of decoding).
 pub const SPLIT_MAX_ROWS: i64 = 16;

@@ -122,9 +122,10 @@ pub fn for_each_task(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
 ///
 /// Long runs through memory stream faster: on a 2-core Zen 5, tasks of 256 KB rather than
 /// 64 KB made int8 and bf16 decoding up to 1.2× faster, and 512 KB rather than 256 KB
-/// another 1.02–1.05× at batch 1 (f32 most; 1 MB and 4 MB were slower for int8). Two tasks
-/// per thread at least keep every thread busy where there are many (16 threads on a 1 MB
-/// weight still get 16 tasks), and let a thread that starts late take fewer.
+/// another 1.03–1.06× on most batch-1 workloads (alternating A/B; GPT-2 bf16 0.99×; 1 MB and
+/// 4 MB were slower for int8 in isolation). Two tasks per thread at least keep every thread
+/// busy where there are many (16 threads on a 1 MB weight still get 16 tasks), and let a
+/// thread that starts late take fewer.
 pub fn task_bytes(total: usize) -> usize {
     let threads = tch::get_num_threads().max(1) as usize;
     (total / (2 * threads)).clamp(1 << 16, 1 << 19)
