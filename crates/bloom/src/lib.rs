@@ -29,7 +29,10 @@ use trident_core::{LoadOptions, ModelFiles, Result};
 /// (2048 when absent): ALiBi has no position table, so this is the length BLOOM was trained on,
 /// not a hard limit of the model.
 pub fn generator(files: &ModelFiles, options: &LoadOptions) -> Result<TextGenerator> {
-    let model = BloomForCausalLM::from_pretrained(files, options.device.resolve()?, options.dtype)?;
-    let (context, bos) = (model.config.seq_length as usize, model.config.bos_token_id);
-    TextGenerator::new(Box::new(model), files, context, bos)
+    TextGenerator::load(files, || {
+        let model =
+            BloomForCausalLM::from_pretrained(files, options.device.resolve()?, options.dtype)?;
+        let (context, bos) = (model.config.seq_length as usize, model.config.bos_token_id);
+        Ok((Box::new(model), context, bos))
+    })
 }

@@ -636,6 +636,9 @@ impl Weights {
             let (q, scales) = self.read_quantized(shard, info, rows, cols, stored_kind)?;
             return Ok((q, Some(scales)));
         }
+        if let (Target::Float, false) = (target, transposed) {
+            return Ok((self.read_cast(shard, info, shape, stored_kind, kind)?, None));
+        }
         let mut scratch = self.scratch.borrow_mut();
         // u64 words: the buffer is aligned for every element type.
         let words = nbytes.div_ceil(8);
@@ -689,6 +692,56 @@ impl Weights {
                 Ok((q, Some(scales)))
             }
         }
+    }
+
+    /// A tensor stored untransposed in `stored_kind`, read into a new `kind` tensor of `shape`
+    /// one block of [`QUANTIZE_BLOCK_BYTES`] at a time: the stored bytes never sit in memory
+    /// whole beside the converted tensor (GPT-2's f32 token table is 154 MB, which loading it
+    /// in bf16 otherwise held next to the 77 MB result).
+    fn read_cast(
+        &self,
+        shard: &Shard,
+        info: &TensorInfo,
+        shape: &[i64],
+        stored_kind: Kind,
+        kind: Kind,
+    ) -> Result<Tensor> {
+        let t = Tensor::f_empty(shape, (kind, tch::Device::Cpu))?;
+        let numel = t.numel();
+        if numel == 0 {
+            return Ok(t);
+        }
+        let flat = t.f_view([numel as i64])?; // the same memory, as one row
+        let elt = stored_kind.elt_size_in_bytes();
+        let block = (QUANTIZE_BLOCK_BYTES / elt).max(1);
+        let mut scratch = self.scratch.borrow_mut();
+        let mut at = 0;
+        while at < numel {
+            let n = block.min(numel - at);
+            let nbytes = n * elt;
+            let words = nbytes.div_ceil(8);
+            if scratch.len() < words {
+                scratch.resize(words, 0);
+            }
+            // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
+            shard.read_bytes(info, at * elt, bytes)?;
+            // SAFETY: a view of the block's bytes in the stored kind, only read, and dropped
+            // before the buffer is refilled.
+            let raw = unsafe {
+                Tensor::f_from_blob(
+                    bytes.as_ptr(),
+                    &[n as i64],
+                    &[1],
+                    stored_kind,
+                    tch::Device::Cpu,
+                )?
+            };
+            flat.f_narrow(0, at as i64, n as i64)?.f_copy_(&raw)?; // converts the kind
+            at += n;
+        }
+        Ok(t)
     }
 
     /// An int8 `[rows, cols]` projection stored untransposed, read and quantized one block of
@@ -778,8 +831,9 @@ impl Weights {
     }
 }
 
-/// Bytes of stored rows read and quantized at once by [`Weights::read_quantized`].
-/// (Unit tests use blocks of a few rows, so that their small tensors take several.)
+/// Bytes of stored rows read and quantized (or converted) at once by
+/// [`Weights::read_quantized`] and [`Weights::read_cast`]. (Unit tests use blocks of a few
+/// rows, so that their small tensors take several.)
 const QUANTIZE_BLOCK_BYTES: usize = if cfg!(test) { 64 } else { 8 << 20 };
 
 /// Row-major strides of `shape`, in elements.
@@ -943,6 +997,66 @@ mod tests {
             .unwrap();
         let (qt_ref, st_ref) = crate::nn::linear::quantize_rows(&w.tr().contiguous()).unwrap();
         assert!(qt.equal(&qt_ref) && st.unwrap().equal(&st_ref));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A float tensor converted to another kind block by block (64 bytes in unit tests:
+    /// several blocks, the last one short) equals converting it whole; a Conv1D (transposed)
+    /// and a tensor already in the model's kind take their own paths to the same values.
+    #[test]
+    fn float_reads_in_blocks_equal_whole_tensor_conversion() {
+        let dir = std::env::temp_dir().join(format!("trident-cast-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.safetensors");
+        let (rows, cols) = (13usize, 7usize);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3)
+            .collect();
+        write_safetensors(&file, &[("w.weight", values.clone(), vec![rows, cols])]);
+        let w = Tensor::from_slice(&values).view([rows as i64, cols as i64]);
+        // The same values stored in bf16 (each f32's top half), as Llama checkpoints are.
+        let bf16_file = dir.join("bf16.safetensors");
+        let halves: Vec<u8> = values
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let view =
+            safetensors::tensor::TensorView::new(Dtype::BF16, vec![rows, cols], &halves).unwrap();
+        safetensors::serialize_to_file([("w.weight", view)], None, &bf16_file).unwrap();
+        for (path, stored, dtype) in [
+            (&file, w.shallow_clone(), crate::Dtype::Bf16),
+            (&file, w.shallow_clone(), crate::Dtype::F32),
+            (&bf16_file, Tensor::from_slice(&halves), crate::Dtype::F32),
+            (&bf16_file, Tensor::from_slice(&halves), crate::Dtype::Bf16),
+        ] {
+            // What is stored, as a tensor of its own kind.
+            let stored = if path == &bf16_file {
+                stored
+                    .view_dtype(Kind::BFloat16)
+                    .view([rows as i64, cols as i64])
+            } else {
+                stored
+            };
+            let weights = Weights::from_checkpoint(
+                Checkpoint::from_file(path).unwrap(),
+                tch::Device::Cpu,
+                dtype,
+            )
+            .unwrap();
+            let kind = weights.float_kind();
+            let (t, _) = (weights.root() / "w")
+                .projection("weight", rows as i64, cols as i64, false)
+                .unwrap();
+            assert_eq!(t.kind(), kind);
+            assert!(t.equal(&stored.to_kind(kind)), "{path:?} as {dtype:?}");
+            let (tt, _) = (weights.root() / "w")
+                .projection("weight", cols as i64, rows as i64, true)
+                .unwrap();
+            assert!(
+                tt.equal(&stored.tr().to_kind(kind)),
+                "{path:?} as {dtype:?}, transposed"
+            );
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 

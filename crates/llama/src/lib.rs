@@ -18,10 +18,13 @@ use trident_core::{LoadOptions, ModelFiles, Result};
 
 /// Core's [`TextGenerator`] on a Llama, Mistral or Qwen2 checkpoint.
 pub fn generator(files: &ModelFiles, options: &LoadOptions) -> Result<TextGenerator> {
-    let model = LlamaForCausalLM::from_pretrained(files, options.device.resolve()?, options.dtype)?;
-    let (context, bos) = (
-        model.config.max_position_embeddings as usize,
-        model.config.bos_token_id,
-    );
-    TextGenerator::new(Box::new(model), files, context, bos)
+    TextGenerator::load(files, || {
+        let model =
+            LlamaForCausalLM::from_pretrained(files, options.device.resolve()?, options.dtype)?;
+        let (context, bos) = (
+            model.config.max_position_embeddings as usize,
+            model.config.bos_token_id,
+        );
+        Ok((Box::new(model), context, bos))
+    })
 }

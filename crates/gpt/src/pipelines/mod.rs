@@ -12,11 +12,13 @@ use trident_core::{LoadOptions, ModelFiles, Result};
 /// A [`TextGenerator`] on a GPT-2 checkpoint.
 pub fn generator(files: &ModelFiles, options: &LoadOptions) -> Result<TextGenerator> {
     let config = GPT2Config::from_file(&files.get("config.json")?)?;
-    let model = GPT2LMHeadModel::load(files, &config, options.device.resolve()?, options.dtype)?;
-    TextGenerator::new(
-        Box::new(model),
-        files,
-        config.n_positions as usize,
-        config.bos_id(),
-    )
+    TextGenerator::load(files, || {
+        let model =
+            GPT2LMHeadModel::load(files, &config, options.device.resolve()?, options.dtype)?;
+        Ok((
+            Box::new(model),
+            config.n_positions as usize,
+            config.bos_id(),
+        ))
+    })
 }
