@@ -640,15 +640,7 @@ impl Weights {
             return Ok((self.read_cast(shard, info, shape, stored_kind, kind)?, None));
         }
         let mut scratch = self.scratch.borrow_mut();
-        // u64 words: the buffer is aligned for every element type.
-        let words = nbytes.div_ceil(8);
-        if scratch.len() < words {
-            scratch.resize(words, 0);
-        }
-        // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
-        let bytes =
-            unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
-        shard.read_bytes(info, 0, bytes)?;
+        let bytes = read_stored(&mut scratch, shard, info, 0, nbytes)?;
         let strides = contiguous_strides(found);
         // SAFETY: a view of `nbytes` bytes of the scratch buffer, in the stored layout; it is
         // only read, and dropped before this function returns (before the buffer is reused).
@@ -718,15 +710,7 @@ impl Weights {
         let mut at = 0;
         while at < numel {
             let n = block.min(numel - at);
-            let nbytes = n * elt;
-            let words = nbytes.div_ceil(8);
-            if scratch.len() < words {
-                scratch.resize(words, 0);
-            }
-            // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
-            shard.read_bytes(info, at * elt, bytes)?;
+            let bytes = read_stored(&mut scratch, shard, info, at * elt, n * elt)?;
             // SAFETY: a view of the block's bytes in the stored kind, only read, and dropped
             // before the buffer is refilled.
             let raw = unsafe {
@@ -782,14 +766,7 @@ impl Weights {
         while r0 < rows {
             let n = block.min(rows - r0);
             let nbytes = n as usize * row_bytes;
-            let words = nbytes.div_ceil(8);
-            if scratch.len() < words {
-                scratch.resize(words, 0);
-            }
-            // SAFETY: the buffer holds at least `nbytes` bytes and is borrowed mutably here only.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
-            shard.read_bytes(info, r0 as usize * row_bytes, bytes)?;
+            let bytes = read_stored(&mut scratch, shard, info, r0 as usize * row_bytes, nbytes)?;
             // SAFETY: a view of the block's bytes in the stored layout, only read, and dropped
             // before the buffer is refilled.
             let raw = unsafe {
@@ -835,6 +812,27 @@ impl Weights {
 /// [`Weights::read_quantized`] and [`Weights::read_cast`]. (Unit tests use blocks of a few
 /// rows, so that their small tensors take several.)
 const QUANTIZE_BLOCK_BYTES: usize = if cfg!(test) { 64 } else { 8 << 20 };
+
+/// `nbytes` of `info`'s stored bytes, from byte `skip` on, read into `scratch` (grown as
+/// needed, and reused from block to block and tensor to tensor). u64 words: the buffer is
+/// aligned for every element type.
+fn read_stored<'a>(
+    scratch: &'a mut Vec<u64>,
+    shard: &Shard,
+    info: &TensorInfo,
+    skip: usize,
+    nbytes: usize,
+) -> Result<&'a [u8]> {
+    let words = nbytes.div_ceil(8);
+    if scratch.len() < words {
+        scratch.resize(words, 0);
+    }
+    // SAFETY: the buffer holds at least `nbytes` bytes, and `scratch` is borrowed mutably for
+    // as long as the slice lives.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(scratch.as_mut_ptr() as *mut u8, nbytes) };
+    shard.read_bytes(info, skip, bytes)?;
+    Ok(bytes)
+}
 
 /// Row-major strides of `shape`, in elements.
 fn contiguous_strides(shape: &[i64]) -> Vec<i64> {
