@@ -255,9 +255,13 @@ async fn gatekeeper(State(state): State<Arc<AppState>>, request: Request, next: 
     let openai = path.starts_with("/v1/");
     let shaped = |e: ApiError| if openai { e.openai() } else { e }.into_response();
     let response = if state.draining.load(Ordering::Relaxed) && !open {
-        shaped(ApiError::unavailable("the server is shutting down"))
+        refuse(
+            request,
+            shaped(ApiError::unavailable("the server is shutting down")),
+        )
+        .await
     } else if let Some(rejection) = (!open).then(|| authorize(&state, &request)).flatten() {
-        shaped(rejection)
+        refuse(request, shaped(rejection)).await
     } else if open {
         next.run(request).await
     } else {
@@ -273,10 +277,13 @@ async fn gatekeeper(State(state): State<Arc<AppState>>, request: Request, next: 
                 request.extensions_mut().insert(slot.clone());
                 next.run(request).await
             }
-            Err(_) => shaped(ApiError::overloaded(format!(
-                "more than {} requests in flight (--max-concurrent-requests): retry shortly",
-                state.config.max_concurrent_requests
-            ))),
+            Err(_) => {
+                let refusal = shaped(ApiError::overloaded(format!(
+                    "more than {} requests in flight (--max-concurrent-requests): retry shortly",
+                    state.config.max_concurrent_requests
+                )));
+                refuse(request, refusal).await
+            }
         }
     };
     let status = response.status();
@@ -295,6 +302,20 @@ async fn gatekeeper(State(state): State<Arc<AppState>>, request: Request, next: 
         tracing::info!(target: "trident::access", "{method} {path} {} {:.1} ms", status.as_u16(), seconds * 1e3);
     }
     response
+}
+
+/// Bytes of a refused request's body read before its refusal is sent.
+const REFUSED_BODY_LIMIT: usize = 1 << 20;
+
+/// `refusal` for `request`, sent after reading the request's body (up to
+/// [`REFUSED_BODY_LIMIT`], for at most a second). A response sent while the client is still
+/// sending makes the server close a connection with unread bytes, which resets it, and the
+/// client may then see the reset instead of the 429 (seen in `tests/serve.rs` under load as
+/// "Unexpected EOF"). Reading a small body costs nothing next to serving it.
+async fn refuse(request: Request, refusal: Response) -> Response {
+    let body = axum::body::to_bytes(request.into_body(), REFUSED_BODY_LIMIT);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), body).await;
+    refusal
 }
 
 /// A request's place among the `--max-concurrent-requests`: freed when the last holder
