@@ -350,6 +350,8 @@ fn run(
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
+        // Decoding steps run in one parallel region with helpers (`parallel::decoding_step`).
+        "helped_steps": trident::core::nn::parallel::helped_steps(),
     });
     Ok((line, outputs))
 }

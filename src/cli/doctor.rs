@@ -133,6 +133,17 @@ fn kernels() {
             "rayon's threads (no OpenMP runtime loaded)"
         }
     );
+    println!(
+        "decoding steps  {}",
+        if !trident_core::nn::parallel::on_openmp() {
+            "one parallel region per product (no OpenMP runtime to hold the threads in)"
+        } else if trident_core::nn::parallel::step_helpers_enabled() {
+            "one parallel region per step once its products are all streamed \
+             (TRIDENT_STEP_HELPERS=off: one per product)"
+        } else {
+            "one parallel region per product (TRIDENT_STEP_HELPERS=off)"
+        }
+    );
     let shapes = [(768, 768), (2304, 768), (3072, 768), (768, 3072)];
     let classes = [false, true]
         .into_iter()

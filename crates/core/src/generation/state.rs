@@ -132,8 +132,18 @@ impl<M: CausalLm + ?Sized> Decoder for CausalLmDecoder<'_, M> {
     fn step(&self, ids: &Tensor, state: &mut CausalLmState) -> Result<Tensor> {
         let ids = ids.f_to(self.0.device())?;
         let positions = state.advance(&ids)?;
-        self.0
-            .next_logits(&ids, &positions, &state.attention_mask, &mut state.caches)
+        let mut logits = || {
+            self.0
+                .next_logits(&ids, &positions, &state.attention_mask, &mut state.caches)
+        };
+        match ids.size()[..] {
+            // One new token per row on the CPU: a decoding step (not a prompt's prefill).
+            [rows, 1] if ids.device() == Device::Cpu => {
+                let site = self.0 as *const M as *const () as usize;
+                crate::nn::parallel::decoding_step(site, rows, logits)
+            }
+            _ => logits(),
+        }
     }
 
     fn reorder(&self, state: &mut CausalLmState, beam_idx: &Tensor) -> Result<()> {
@@ -280,13 +290,24 @@ impl<M: Seq2SeqLm + ?Sized> Decoder for Seq2SeqDecoder<'_, M> {
     }
 
     fn step(&self, ids: &Tensor, state: &mut Seq2SeqState) -> Result<Tensor> {
-        self.0.next_logits(
-            &ids.f_to(self.0.device())?,
-            &state.encoder_hidden,
-            &state.encoder_mask,
-            state.copies,
-            &mut state.caches,
-        )
+        let ids = ids.f_to(self.0.device())?;
+        // The first step projects the encoder's output for the cross-attention (many rows).
+        let first = state.caches.first().is_none_or(|c| c.cross_attn.is_empty());
+        let rows = ids.size()[0];
+        let site = self.0 as *const M as *const () as usize;
+        let mut logits = || {
+            self.0.next_logits(
+                &ids,
+                &state.encoder_hidden,
+                &state.encoder_mask,
+                state.copies,
+                &mut state.caches,
+            )
+        };
+        if first || ids.device() != Device::Cpu {
+            return logits();
+        }
+        crate::nn::parallel::decoding_step(site, rows, logits)
     }
 
     fn reorder(&self, state: &mut Seq2SeqState, beam_idx: &Tensor) -> Result<()> {

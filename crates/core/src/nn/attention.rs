@@ -268,6 +268,9 @@ impl MultiHeadAttention {
                 return Ok((context, None));
             }
         }
+        // libtorch's kernels below split their work by its thread count, and the sums with it:
+        // a decoding step that runs them must keep all the threads (`parallel::decoding_step`).
+        super::parallel::note_library_product();
         if !probe::is_recording() {
             // libtorch's fused kernel: dropout(softmax(q·kᵀ·scale + bias))·v. With grouped
             // heads (`enable_gqa`) it reads each cached K/V head once rather than a copy per

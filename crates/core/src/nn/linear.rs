@@ -173,11 +173,16 @@ impl Linear {
         }
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
+        if x.kind() != Kind::Float {
+            // (A bf16 step runs libtorch's norms and attention: `parallel::decoding_step`.)
+            super::parallel::note_library_product();
+        }
         let y = match &self.scales {
             // (The streamed product reads the weight's memory as rows: contiguous only.)
             Some(scales)
                 if x.device() != Device::Cpu || rows == 0 || !self.weight.is_contiguous() =>
             {
+                super::parallel::note_library_product();
                 self.forward_int8(Kernel::Library, &x2, scales)?
             }
             Some(scales) => {
@@ -197,6 +202,7 @@ impl Linear {
                 || self.weight.requires_grad()
                 || x.requires_grad() =>
             {
+                super::parallel::note_library_product();
                 x2.f_linear(&self.weight, self.bias.as_ref())?
             }
             None => {
@@ -256,6 +262,9 @@ impl Linear {
             }
         }
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
+        if x.kind() != Kind::Float {
+            super::parallel::note_library_product();
+        }
         let ys = if int8 {
             let mut weights = Vec::with_capacity(linears.len());
             for l in linears {
@@ -312,7 +321,10 @@ impl Linear {
             {
                 super::streamed::linear(x, &self.weight, self.bias.as_ref())?
             }
-            Kernel::Streamed => x.f_linear(&self.weight, self.bias.as_ref())?,
+            Kernel::Streamed => {
+                super::parallel::note_library_product();
+                x.f_linear(&self.weight, self.bias.as_ref())?
+            }
         })
     }
 
@@ -413,8 +425,13 @@ fn measured(
     run: impl FnOnce(Kernel) -> Result<Tensor>,
 ) -> Result<Tensor> {
     match kernels::plan(class) {
-        Plan::Use(kernel) => run(kernel),
+        Plan::Use(Kernel::Streamed) => run(Kernel::Streamed),
+        Plan::Use(kernel) => {
+            super::parallel::note_library_product();
+            run(kernel)
+        }
         Plan::Measure(kernel) => {
+            super::parallel::note_library_product();
             let start = Instant::now();
             let y = run(kernel)?;
             let seconds = start.elapsed().as_secs_f64();
