@@ -253,6 +253,24 @@ pub fn linear_many_shifted(
         let w_block = &values[i][first * in_dim..(first + n) * in_dim];
         let mut sums = vec![0i32; n * rows];
         product_block(w_block, in_dim, xu, rows, &mut sums); // [n, rows]
+        #[cfg(target_arch = "x86_64")]
+        if rows == 1 {
+            let range = first..first + n;
+            // SAFETY: `available()` (checked above) says AVX-512 is there; `ys[i]` is a fresh
+            // [1, out] f32 buffer of which this task alone writes the columns `range`.
+            unsafe {
+                let y = std::slice::from_raw_parts_mut(y_ptrs[i].get().add(first), n);
+                vnni::rescale_row(
+                    &sums,
+                    &row_sums[range.clone()],
+                    row_scale[0],
+                    &scales[range.clone()],
+                    bias.map(|b| &b[range]),
+                    y,
+                );
+            }
+            return;
+        }
         for (j, per_row) in sums.chunks_exact(rows).enumerate() {
             let c = first + j;
             let correction = 128 * row_sums[c];
@@ -420,6 +438,50 @@ mod vnni {
             for r in 0..R {
                 out[j][r] = _mm512_reduce_add_epi32(acc[j][r]);
             }
+        }
+    }
+
+    /// The rescale of one activation row's sums, 16 outputs at a time:
+    /// `y[c] = (sums[c] − 128·row_sums[c]) as f32 · row_scale · scales[c] (+ bias[c])`, the
+    /// scalar path's operations in its order (no fused multiply-add), so the same values.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F; all slices as long as `y`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rescale_row(
+        sums: &[i32],
+        row_sums: &[i32],
+        row_scale: f32,
+        scales: &[f32],
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        let n = y.len();
+        let full = n / 16 * 16;
+        let (k128, rs) = (_mm512_set1_epi32(128), _mm512_set1_ps(row_scale));
+        let mut c = 0;
+        while c < full {
+            let s = _mm512_loadu_si512(sums.as_ptr().add(c) as *const _);
+            let corr = _mm512_mullo_epi32(
+                k128,
+                _mm512_loadu_si512(row_sums.as_ptr().add(c) as *const _),
+            );
+            let mut v = _mm512_mul_ps(
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr)), rs),
+                _mm512_loadu_ps(scales.as_ptr().add(c)),
+            );
+            if let Some(b) = bias {
+                v = _mm512_add_ps(v, _mm512_loadu_ps(b.as_ptr().add(c)));
+            }
+            _mm512_storeu_ps(y.as_mut_ptr().add(c), v);
+            c += 16;
+        }
+        for c in full..n {
+            let mut v = (sums[c] - 128 * row_sums[c]) as f32 * row_scale * scales[c];
+            if let Some(b) = bias {
+                v += b[c];
+            }
+            y[c] = v;
         }
     }
 
