@@ -251,39 +251,23 @@ pub fn linear_many_shifted(
         let ((scales, bias, row_sums), out) = (per_weight[i], outs[i]);
         let n = block.min(out - first);
         let w_block = &values[i][first * in_dim..(first + n) * in_dim];
-        let mut sums = vec![0i32; n * rows];
-        product_block(w_block, in_dim, xu, rows, &mut sums); // [n, rows]
-        #[cfg(target_arch = "x86_64")]
-        if rows == 1 {
-            let range = first..first + n;
-            // SAFETY: `available()` (checked above) says AVX-512 is there; `ys[i]` is a fresh
-            // [1, out] f32 buffer of which this task alone writes the columns `range`.
+        let mut sums = vec![0i32; rows * n];
+        product_block(w_block, in_dim, xu, rows, &mut sums); // [rows, n]
+        let range = first..first + n;
+        for (r, row) in sums.chunks_exact(n).enumerate() {
+            // SAFETY: `ys[i]` is a fresh [rows, out] f32 buffer; this task alone writes the
+            // columns first..first + n of it, and r < rows.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(y_ptrs[i].get().add(r * out + first), n) };
+            let bias = bias.map(|b| &b[range.clone()]);
+            let (row_sums, scales) = (&row_sums[range.clone()], &scales[range.clone()]);
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `available()` (checked above) says AVX-512 is there; all are n long.
             unsafe {
-                let y = std::slice::from_raw_parts_mut(y_ptrs[i].get().add(first), n);
-                vnni::rescale_row(
-                    &sums,
-                    &row_sums[range.clone()],
-                    row_scale[0],
-                    &scales[range.clone()],
-                    bias.map(|b| &b[range]),
-                    y,
-                );
-            }
-            return;
-        }
-        for (j, per_row) in sums.chunks_exact(rows).enumerate() {
-            let c = first + j;
-            let correction = 128 * row_sums[c];
-            for (r, s) in per_row.iter().enumerate() {
-                // The library path's rescale, in its order of operations.
-                let mut v = (s - correction) as f32 * row_scale[r] * scales[c];
-                if let Some(b) = bias {
-                    v += b[c];
-                }
-                // SAFETY: `ys[i]` is a fresh [rows, out] f32 buffer; this task alone writes
-                // the columns first..first + n of it, and r < rows, c < out.
-                unsafe { *y_ptrs[i].get().add(r * out + c) = v };
-            }
+                vnni::rescale_row(row, row_sums, row_scale[r], scales, bias, y)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            rescale_row(row, row_sums, row_scale[r], scales, bias, y);
         }
     };
     for_each_task(tasks.len(), &run);
@@ -293,7 +277,7 @@ pub fn linear_many_shifted(
 /// One weight's scales, bias and row sums, as the tasks of [`linear_many`] read them.
 type Constants<'a> = (&'a [f32], Option<&'a [f32]>, &'a [i32]);
 
-/// `sums[j * rows + r] = Σ_k xu[r * in + k] · w[j * in + k]` (unsigned × signed) for the
+/// `sums[r * n + j] = Σ_k xu[r * in + k] · w[j * in + k]` (unsigned × signed) for the
 /// weight rows `w` `[n, in]` and the shifted activations `xu` `[rows, in]`.
 fn product_block(w: &[i8], in_dim: usize, xu: &[u8], rows: usize, sums: &mut [i32]) {
     let n = w.len() / in_dim;
@@ -315,11 +299,30 @@ fn product_block(w: &[i8], in_dim: usize, xu: &[u8], rows: usize, sums: &mut [i3
             scalar_tile(w_tile, x, in_dim, tile, take, &mut out);
             for (jj, per_row) in out.iter().enumerate().take(tile) {
                 for (r, s) in per_row.iter().enumerate().take(take) {
-                    sums[(j + jj) * rows + r0 + r] = *s;
+                    sums[(r0 + r) * n + j + jj] = *s;
                 }
             }
             j += tile;
         }
+    }
+}
+
+/// One activation row's rescale, the library path's operations in its order:
+/// `y[c] = (sums[c] − 128·row_sums[c]) as f32 · row_scale · scales[c] (+ bias[c])`.
+fn rescale_row(
+    sums: &[i32],
+    row_sums: &[i32],
+    row_scale: f32,
+    scales: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    for (c, out) in y.iter_mut().enumerate() {
+        let mut v = (sums[c] - 128 * row_sums[c]) as f32 * row_scale * scales[c];
+        if let Some(b) = bias {
+            v += b[c];
+        }
+        *out = v;
     }
 }
 
@@ -441,9 +444,8 @@ mod vnni {
         }
     }
 
-    /// The rescale of one activation row's sums, 16 outputs at a time:
-    /// `y[c] = (sums[c] − 128·row_sums[c]) as f32 · row_scale · scales[c] (+ bias[c])`, the
-    /// scalar path's operations in its order (no fused multiply-add), so the same values.
+    /// [`super::rescale_row`] 16 outputs at a time: the same operations in the same order (no
+    /// fused multiply-add), so the same values.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F; all slices as long as `y`.
@@ -476,13 +478,14 @@ mod vnni {
             _mm512_storeu_ps(y.as_mut_ptr().add(c), v);
             c += 16;
         }
-        for c in full..n {
-            let mut v = (sums[c] - 128 * row_sums[c]) as f32 * row_scale * scales[c];
-            if let Some(b) = bias {
-                v += b[c];
-            }
-            y[c] = v;
-        }
+        super::rescale_row(
+            &sums[full..],
+            &row_sums[full..],
+            row_scale,
+            &scales[full..],
+            bias.map(|b| &b[full..]),
+            &mut y[full..],
+        );
     }
 
     /// The sums of the 16 lanes of each of `a`, `b`, `c`, `d`, as `[Σa, Σb, Σc, Σd]`.
