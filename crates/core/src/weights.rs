@@ -368,6 +368,8 @@ pub struct Weights {
     training: RefCell<Option<Training>>,
     /// glibc's large blocks are mapped while this load lasts (see `device::tune_allocator`).
     _loading: crate::device::Loading,
+    /// This load's kernel-choice scope ([`Weights::scope`]).
+    scope: u32,
 }
 
 impl Weights {
@@ -400,7 +402,15 @@ impl Weights {
             staging: RefCell::default(),
             training: RefCell::default(),
             _loading: crate::device::Loading::begin(),
+            scope: crate::nn::kernels::new_scope(),
         })
+    }
+
+    /// The kernel-choice scope of the model this loader builds: every projection it loads
+    /// shares one, and no other model's ([`crate::nn::kernels`] decides per model, because
+    /// two models' shapes in one process are not one workload).
+    pub fn scope(&self) -> u32 {
+        self.scope
     }
 
     /// Load a model to train it: in f32, every parameter kept by name (for the optimizer and

@@ -19,8 +19,12 @@
 //! group's calls ([`choose`], a pure function), because switching libraries from one
 //! projection to the next costs more than each call's own time shows. Nothing extra is
 //! computed: the measuring calls are the model's own work, so the calibration costs only the
-//! few calls that ran a slower candidate. The choices are per process and shared by every
-//! model in it.
+//! few calls that ran a slower candidate. The choices are per process and per model
+//! ([`ShapeClass::scope`]): the threads and requests that share a model share its choices,
+//! but two models in one process (a server's) decide apart, because a row group's best kernel
+//! depends on the model's mix of shapes. Shared, an embedding model's 384-wide projections
+//! decided the 9–16-row group that GPT-2's decoding then ran: `trident serve`'s generation at
+//! 16 clients slowed from 10.1 to 5.9 requests/s once the embedding route had been used.
 //!
 //! `TRIDENT_KERNELS` overrides the measurement: `fixed` uses the library's product for every
 //! shape (the same kernel on every run, for reproducible numbers), `library`, `split`,
@@ -144,6 +148,9 @@ pub fn policy() -> Policy {
 /// The calls that share one kernel choice.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ShapeClass {
+    /// The model the projection belongs to ([`new_scope`]; 0 for projections of no loaded
+    /// model): each model measures and decides its own classes and row groups.
+    pub scope: u32,
     /// Element kind of input and weight.
     pub kind: Kind,
     /// Weight rows (output width).
@@ -164,11 +171,17 @@ impl ShapeClass {
             (rows.max(1) as u64).next_power_of_two() as i64 // (1..=64: no overflow)
         };
         ShapeClass {
+            scope: 0,
             kind,
             out,
             in_dim,
             rows,
         }
+    }
+
+    /// The same class in the model `scope` ([`new_scope`]).
+    pub fn of(self, scope: u32) -> Self {
+        ShapeClass { scope, ..self }
     }
 
     /// The kernels that compete on this class: the library's product always, the split
@@ -369,8 +382,15 @@ struct Entry {
     calls: u64,
 }
 
-/// A row group: the shape classes of one element kind and row class.
-type Group = (Kind, i64);
+/// A row group: the shape classes of one model, element kind and row class.
+type Group = (u32, Kind, i64);
+
+/// A new kernel-choice scope, one per loaded model (the weight loader takes one): numbers
+/// from 1, never reused in the process.
+pub fn new_scope() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The shape classes seen, and the decided row groups.
 #[derive(Default)]
@@ -385,7 +405,7 @@ fn table() -> &'static Mutex<Table> {
 }
 
 fn group_of(class: &ShapeClass) -> Group {
-    (class.kind, class.rows)
+    (class.scope, class.kind, class.rows)
 }
 
 /// The kernel `class` runs once it is decided (counted as a call of it), or `None` while it is
@@ -497,6 +517,8 @@ pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
 pub struct Decision {
     /// The class.
     pub class: ShapeClass,
+    /// Its model's scope, named where the process has classes of several models.
+    pub model: Option<u32>,
     /// The kernel in use, or `None` while it is still being measured.
     pub kernel: Option<Kernel>,
     /// Each candidate's median time (ms) for the class's largest row count (1024 rows in the
@@ -509,6 +531,9 @@ pub struct Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kernel = self.kernel.map_or("measuring", Kernel::name);
+        if let Some(model) = self.model {
+            write!(f, "model {model}, ")?;
+        }
         write!(f, "{}: {kernel} ({})", self.class, self.why)
     }
 }
@@ -518,6 +543,7 @@ pub fn report() -> Vec<Decision> {
     let Ok(table) = table().lock() else {
         return Vec::new();
     };
+    let scopes: std::collections::HashSet<u32> = table.classes.keys().map(|c| c.scope).collect();
     let mut out: Vec<Decision> = table
         .classes
         .iter()
@@ -600,6 +626,7 @@ pub fn report() -> Vec<Decision> {
             };
             Decision {
                 class: *class,
+                model: (scopes.len() > 1).then_some(class.scope),
                 kernel: entry
                     .chosen
                     .map(|(k, _)| k)
@@ -611,6 +638,7 @@ pub fn report() -> Vec<Decision> {
         .collect();
     out.sort_by_key(|d| {
         (
+            d.class.scope,
             d.class.kind != Kind::Float,
             d.class.out,
             d.class.in_dim,
@@ -789,6 +817,37 @@ mod tests {
         let d = report.iter().find(|d| d.class == large).unwrap();
         assert_eq!(d.kernel, None, "{d}");
         assert!(d.why.starts_with("still measuring"), "{d}");
+    }
+
+    #[test]
+    fn each_model_decides_its_own_row_groups() {
+        if policy() != Policy::Measure {
+            return;
+        }
+        // Two models (scopes of their own, so no other test shares them) with a shape of the
+        // same kind and rows: the first decides its group for the split product.
+        let (a, b) = (new_scope(), new_scope());
+        let first = ShapeClass::new(Kind::Half, 11, 13, 2).of(a);
+        for _ in 0..WARMUP + SAMPLES {
+            for (kernel, t) in [(Kernel::Library, 2.0), (Kernel::Split, 1.0)] {
+                assert_eq!(plan(first), Plan::Measure(kernel));
+                record(first, kernel, t);
+            }
+        }
+        assert_eq!(plan(first), Plan::Use(Kernel::Split));
+        // A new shape of the first model's group runs the group's kernel at once ...
+        let same_model = ShapeClass::new(Kind::Half, 17, 13, 2).of(a);
+        assert_eq!(plan(same_model), Plan::Use(Kernel::Split));
+        // ... while the second model's shapes of that kind and rows are measured afresh.
+        let other_model = ShapeClass::new(Kind::Half, 17, 13, 2).of(b);
+        assert_eq!(plan(other_model), Plan::Measure(Kernel::Library));
+        let report = report();
+        let d = report.iter().find(|d| d.class == other_model).unwrap();
+        assert_eq!(d.model, Some(b), "several models: each line names its own");
+        assert!(
+            d.to_string().starts_with(&format!("model {b}, Half 17x13")),
+            "{d}"
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Linear {
     /// Each row's sum of an int8 weight, computed on its first call that may run the streamed
     /// int8 kernel ([`streamed_int8::row_sums`]).
     sums: RowSums,
+    /// The model it belongs to, for the kernel choice ([`crate::weights::Weights::scope`]; 0: none).
+    scope: u32,
 }
 
 /// The row sums of an int8 weight, computed once when first needed.
@@ -55,6 +57,7 @@ impl Linear {
             bias,
             scales,
             sums: RowSums::default(),
+            scope: p.weights().scope(),
         })
     }
 
@@ -66,6 +69,7 @@ impl Linear {
             bias: Some(p.param("bias", &[out_dim])?),
             scales,
             sums: RowSums::default(),
+            scope: p.weights().scope(),
         })
     }
 
@@ -79,6 +83,7 @@ impl Linear {
                 bias: None,
                 scales: Some(scales.shallow_clone()),
                 sums: RowSums::default(),
+                scope: table.scope,
             });
         }
         if dtype == Dtype::Int8 {
@@ -88,6 +93,7 @@ impl Linear {
                 bias: None,
                 scales: Some(scales),
                 sums: RowSums::default(),
+                scope: table.scope,
             });
         }
         Ok(Linear {
@@ -95,6 +101,7 @@ impl Linear {
             bias: None,
             scales: None,
             sums: RowSums::default(),
+            scope: table.scope,
         })
     }
 
@@ -123,6 +130,7 @@ impl Linear {
             bias,
             scales: None,
             sums: RowSums::default(),
+            scope: 0,
         }
     }
 
@@ -135,6 +143,7 @@ impl Linear {
             bias,
             scales: Some(scales),
             sums: RowSums::default(),
+            scope: 0,
         })
     }
 
@@ -153,6 +162,7 @@ impl Linear {
             bias: self.bias.as_ref().map(pick).transpose()?,
             scales: self.scales.as_ref().map(pick).transpose()?,
             sums: RowSums::default(),
+            scope: self.scope,
         })
     }
 
@@ -186,7 +196,8 @@ impl Linear {
                 self.forward_int8(Kernel::Library, &x2, scales)?
             }
             Some(scales) => {
-                let class = ShapeClass::new(Kind::Int8, scales.size()[0], in_dim, rows);
+                let class =
+                    ShapeClass::new(Kind::Int8, scales.size()[0], in_dim, rows).of(self.scope);
                 if class.candidates(false).contains(&Kernel::Streamed) {
                     // Computed before any call is timed, so that the measurement compares
                     // the products, not a one-off pass over the weight.
@@ -209,7 +220,7 @@ impl Linear {
                 let [out, _] = self.weight.size()[..] else {
                     return Err(Error::Input("a projection weight must be 2-D".into()));
                 };
-                let class = ShapeClass::new(x.kind(), out, in_dim, rows);
+                let class = ShapeClass::new(x.kind(), out, in_dim, rows).of(self.scope);
                 measured(class, rows, |k| self.forward_with(k, &x2))?
             }
         }; // [rows, out]
@@ -250,7 +261,7 @@ impl Linear {
             };
             // The kernel each would run alone: the class's decided one, streamed.
             let kind = if int8 { Kind::Int8 } else { x.kind() };
-            let class = ShapeClass::new(kind, out, in_dim, rows);
+            let class = ShapeClass::new(kind, out, in_dim, rows).of(l.scope);
             if w_in != in_dim
                 || l.scales.is_some() != int8
                 || !l.weight.is_contiguous()
@@ -704,12 +715,17 @@ pub struct Embedding {
     /// What its ids are and which config field bounds them, for errors
     /// (`("token id", "vocab_size")`).
     names: Option<(&'static str, &'static str)>,
+    /// The model it belongs to, passed on to a tied head ([`crate::weights::Weights::scope`]; 0: none).
+    scope: u32,
 }
 
 impl Embedding {
     /// An `nn.Embedding` named `p`, in the model's float format (positions, token types).
     pub fn new(p: &WeightPath, num: i64, dim: i64) -> Result<Self> {
-        Ok(Embedding::from_weight(p.param("weight", &[num, dim])?))
+        Ok(Embedding {
+            scope: p.weights().scope(),
+            ..Embedding::from_weight(p.param("weight", &[num, dim])?)
+        })
     }
 
     /// The token table named `p` (`[vocab, dim]`). In an int8 model it is read as int8 rows
@@ -722,6 +738,7 @@ impl Embedding {
             weight,
             scales,
             names: None,
+            scope: p.weights().scope(),
         })
     }
 
@@ -731,6 +748,7 @@ impl Embedding {
             weight,
             scales: None,
             names: None,
+            scope: 0,
         }
     }
 
@@ -740,6 +758,7 @@ impl Embedding {
             weight: self.weight.shallow_clone(),
             scales: self.scales.as_ref().map(Tensor::shallow_clone),
             names: self.names,
+            scope: self.scope,
         }
     }
 
@@ -823,6 +842,7 @@ mod tests {
             bias: Some(b.copy()),
             scales: Some(scales),
             sums: RowSums::default(),
+            scope: 0,
         };
         for linear in [float, int8] {
             let expected = linear.forward(&x).unwrap().index_select(1, &index);
@@ -956,6 +976,7 @@ mod tests {
                 bias: bias.as_ref().map(Tensor::shallow_clone),
                 scales: Some(scales.shallow_clone()),
                 sums: RowSums::default(),
+                scope: 0,
             };
             for rows in [1i64, 3, 1000] {
                 let x = Tensor::randn([rows, 40], (Kind::Float, Device::Cpu)) * 3.0;
