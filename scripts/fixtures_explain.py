@@ -5,7 +5,8 @@ For a few of the existing tiny fixtures (it makes no checkpoint of its own), one
 `attn_implementation="eager"`, `output_attentions=True` and `output_hidden_states=True`:
 
 * `bert-tiny-ner` (BertForTokenClassification), `gpt2-tiny` (GPT2LMHeadModel), `llama-tiny` (LlamaForCausalLM,
-  grouped-query attention and rotary positions): `input_ids`, `attentions` (per layer [1, heads, seq, seq]) and
+  grouped-query attention and rotary positions), `bloom-tiny` (BloomForCausalLM, ALiBi; its `hidden_states[0]` is
+  after `word_embeddings_layernorm`): `input_ids`, `attentions` (per layer [1, heads, seq, seq]) and
   `hidden_states`;
 * `t5-tiny` (T5ForConditionalGeneration, relative position buckets) and `bart-tiny` (BartForConditionalGeneration):
   `input_ids`, `decoder_input_ids` (the decoder start token, then a few fixed ids), `encoder_attentions`,
@@ -13,7 +14,8 @@ For a few of the existing tiny fixtures (it makes no checkpoint of its own), one
 
 Hidden states are the residual stream as Trident's probe records it: the first block's input (transformers'
 `hidden_states[0]`), then every block's own output, taken with forward hooks on the blocks. transformers' last
-`hidden_states` entry is after the stack's final norm (GPT-2 `ln_f`, T5 `final_layer_norm`, Llama `norm`), which is
+`hidden_states` entry is after the stack's final norm (GPT-2 `ln_f`, T5 `final_layer_norm`, Llama `norm`, BLOOM
+`ln_f`), which is
 not a block's output; the script checks that every other entry equals the hooked outputs. `embeddings` gives, where
 a family adds a position vector to the token vector, each token's L2 norm of the two parts (BERT: word and position
 embeddings; GPT-2: `wte`, `wpe`; BART: the scaled token embedding and the learned positions, offset 2).
@@ -46,6 +48,7 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
     BartForConditionalGeneration,
     BertForTokenClassification,
+    BloomForCausalLM,
     GPT2LMHeadModel,
     LlamaForCausalLM,
     T5ForConditionalGeneration,
@@ -68,6 +71,7 @@ CAUSAL = [
     # (fixture, class, prompt, continuation ids, the blocks)
     ("gpt2-tiny", GPT2LMHeadModel, "The United Nations said", [17, 250, 3], lambda m: m.transformer.h),
     ("llama-tiny", LlamaForCausalLM, "Hello world, the cat", [40, 7, 300], lambda m: m.model.layers),
+    ("bloom-tiny", BloomForCausalLM, "Hello world, the cat", [40, 7, 300], lambda m: m.transformer.h),
 ]
 SEQ2SEQ = [
     # (fixture, class, text, decoder ids after the start token, encoder blocks, decoder blocks)

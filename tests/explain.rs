@@ -190,6 +190,40 @@ fn llama_grouped_query_rotary_step_by_step() {
     );
 }
 
+#[test]
+fn bloom_alibi_step_by_step() {
+    let c = case("bloom-tiny");
+    let model = trident_bloom::BloomForCausalLM::from_pretrained(
+        &files("bloom-tiny"),
+        Device::Cpu,
+        Dtype::F32,
+    )
+    .unwrap();
+    let all = ids(&c["input_ids"]);
+    let prompt = c["prompt_len"].as_u64().unwrap() as usize;
+    let mut path = all[prompt..].to_vec();
+    path.push(0);
+    let trace = follow(
+        &CausalLmDecoder(&model),
+        &batch(&all[..prompt], PaddingSide::Left),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(trace.decoder.heads(), 6);
+    // ALiBi's distance penalty is inside the recorded weights; the residual stream starts
+    // after `word_embeddings_layernorm`, as transformers' first hidden state does.
+    check(
+        &trace.decoder,
+        &c["attentions"],
+        &c["hidden_states"],
+        "BLOOM",
+    );
+    assert!(
+        trace.decoder.position_embeddings.is_none(),
+        "ALiBi adds no vector"
+    );
+}
+
 /// An encoder-decoder: the encoder once in `start`, the decoder step by step.
 fn seq2seq(name: &str, model: &dyn trident_core::generation::Seq2SeqLm, what: &str) {
     let c = case(name);
