@@ -184,6 +184,16 @@ impl ShapeClass {
         ShapeClass { scope, ..self }
     }
 
+    /// How its candidates' timings are compared: by their fastest above [`MANY_ROWS`]
+    /// (compute-bound), else by their median.
+    pub fn estimate(&self) -> Estimate {
+        if self.rows == i64::MAX {
+            Estimate::Fastest
+        } else {
+            Estimate::Median
+        }
+    }
+
     /// The kernels that compete on this class: the library's product always, the split
     /// product for few rows, oneDNN for f32 when libtorch has it, the streamed product for few
     /// f32 or bf16 rows on CPUs that run it.
@@ -231,9 +241,24 @@ impl fmt::Display for ShapeClass {
     }
 }
 
-/// The median of the timings that count (after [`WARMUP`]), or `None` when there are fewer
-/// than [`SAMPLES`] of them.
-fn settled_median(timings: &[f64]) -> Option<f64> {
+/// How a candidate's counted timings become the one time it is compared by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Estimate {
+    /// Their median: for few rows, where a product streams its weight from memory and the
+    /// calls' times scatter both ways with the memory's state.
+    Median,
+    /// Their fastest: for the compute-bound class above [`MANY_ROWS`], where nothing makes a
+    /// call faster than the kernel can be and much makes it slower (the first forward pass
+    /// faults its activations in, a request of another model runs beside it). Measured in
+    /// `trident serve` with three models: oneDNN's counted calls on bert-base's 768×768
+    /// projection took 26.4, 5.8 and 20.9 ms per 1024 rows, MKL's 26.1, 10.5 and 8.1; the
+    /// medians chose MKL, and NER ran at 150 ms a request instead of oneDNN's 87.
+    Fastest,
+}
+
+/// The [`Estimate`] of the timings that count (after [`WARMUP`]), or `None` when there are
+/// fewer than [`SAMPLES`] of them.
+fn settled(timings: &[f64], estimate: Estimate) -> Option<f64> {
     let counted = timings.get(WARMUP..)?;
     if counted.len() < SAMPLES {
         return None;
@@ -241,10 +266,10 @@ fn settled_median(timings: &[f64]) -> Option<f64> {
     let mut v = counted.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
+    Some(match estimate {
+        Estimate::Fastest => v[0],
+        Estimate::Median if v.len() % 2 == 1 => v[mid],
+        Estimate::Median => (v[mid - 1] + v[mid]) / 2.0,
     })
 }
 
@@ -273,19 +298,19 @@ fn ruled_out(timings: &[(Kernel, Vec<f64>)], i: usize) -> bool {
     matches!((fastest, others_slowest), (Some(f), Some(o)) if f > RULED_OUT * o)
 }
 
-/// Each candidate's median (after [`WARMUP`]), or for one [`ruled_out`] early its fastest
-/// call (a bound that still loses); `None` while some other candidate has fewer than
+/// Each candidate's time ([`Estimate`] after [`WARMUP`]), or for one [`ruled_out`] early its
+/// fastest call (a bound that still loses); `None` while some other candidate has fewer than
 /// [`SAMPLES`] timings.
-fn medians(timings: &[(Kernel, Vec<f64>)]) -> Option<Vec<(Kernel, f64)>> {
+fn medians(timings: &[(Kernel, Vec<f64>)], estimate: Estimate) -> Option<Vec<(Kernel, f64)>> {
     (0..timings.len())
-        .map(|i| candidate_time(timings, i).map(|m| (timings[i].0, m)))
+        .map(|i| candidate_time(timings, i, estimate).map(|m| (timings[i].0, m)))
         .collect()
 }
 
-/// Candidate `i`'s median, or its fastest call when [`ruled_out`], or `None`.
-fn candidate_time(timings: &[(Kernel, Vec<f64>)], i: usize) -> Option<f64> {
+/// Candidate `i`'s time, or its fastest call when [`ruled_out`], or `None`.
+fn candidate_time(timings: &[(Kernel, Vec<f64>)], i: usize, estimate: Estimate) -> Option<f64> {
     let t = &timings[i].1;
-    settled_median(t).or_else(|| {
+    settled(t, estimate).or_else(|| {
         ruled_out(timings, i)
             .then(|| counted(t).iter().copied().reduce(f64::min))
             .flatten()
@@ -298,7 +323,7 @@ fn next_to_measure(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
     timings
         .iter()
         .enumerate()
-        .filter(|(i, (_, t))| settled_median(t).is_none() && !ruled_out(timings, *i))
+        .filter(|(i, (_, t))| settled(t, Estimate::Median).is_none() && !ruled_out(timings, *i))
         .min_by_key(|(_, (_, t))| t.len())
         .map(|(_, (k, _))| *k)
 }
@@ -312,6 +337,8 @@ pub struct ShapeTimings<'a> {
     pub size: f64,
     /// Each candidate's timings in the order they were taken (seconds per row).
     pub timings: &'a [(Kernel, Vec<f64>)],
+    /// How they are compared ([`ShapeClass::estimate`]).
+    pub estimate: Estimate,
 }
 
 /// Share of a row group's work (calls × weight size) whose shapes must be measured before
@@ -334,11 +361,11 @@ pub fn choose(shapes: &[ShapeTimings]) -> Option<Kernel> {
     let total: f64 = shapes.iter().map(|s| s.calls * s.size).sum();
     let settled: Vec<(f64, Vec<(Kernel, f64)>)> = shapes
         .iter()
-        .filter_map(|s| medians(s.timings).map(|m| (s.calls, m)))
+        .filter_map(|s| medians(s.timings, s.estimate).map(|m| (s.calls, m)))
         .collect();
     let covered: f64 = shapes
         .iter()
-        .filter(|s| medians(s.timings).is_some())
+        .filter(|s| medians(s.timings, s.estimate).is_some())
         .map(|s| s.calls * s.size)
         .sum();
     if settled.is_empty() || covered < COVERAGE * total {
@@ -448,7 +475,7 @@ pub fn plan(class: ShapeClass) -> Plan {
         }
     });
     entry.calls += 1;
-    match (entry.chosen, own_choice(&entry.timings)) {
+    match (entry.chosen, own_choice(&entry.timings, class.estimate())) {
         (Some((k, _)), _) => Plan::Use(k),
         // Measured, but its group is not decided yet: its own fastest meanwhile.
         (None, Some(k)) => Plan::Use(k),
@@ -461,11 +488,12 @@ pub fn plan(class: ShapeClass) -> Plan {
 
 /// The kernel a measured class runs while its row group is not decided: its own fastest,
 /// or `None` while its own candidates are still being measured.
-fn own_choice(timings: &[(Kernel, Vec<f64>)]) -> Option<Kernel> {
+fn own_choice(timings: &[(Kernel, Vec<f64>)], estimate: Estimate) -> Option<Kernel> {
     choose(&[ShapeTimings {
         calls: 1.0,
         size: 1.0,
         timings,
+        estimate,
     }])
 }
 
@@ -495,6 +523,7 @@ pub fn record(class: ShapeClass, kernel: Kernel, seconds_per_row: f64) {
             calls: e.calls as f64,
             size: (c.out * c.in_dim) as f64,
             timings: &e.timings,
+            estimate: c.estimate(),
         })
         .collect();
     if let Some(k) = choose(&members) {
@@ -556,10 +585,14 @@ pub fn report() -> Vec<Decision> {
             };
             let medians_ms: Vec<(Kernel, f64)> = (0..entry.timings.len())
                 .filter_map(|i| {
-                    candidate_time(&entry.timings, i)
+                    candidate_time(&entry.timings, i, class.estimate())
                         .map(|m| (entry.timings[i].0, m * per as f64 * 1e3))
                 })
                 .collect();
+            let stat = match class.estimate() {
+                Estimate::Median => "medians",
+                Estimate::Fastest => "fastest",
+            };
             // "time per row: library 0.064 ms, split 0.133 ms (best call; dropped, …)".
             let times = format!(
                 "time per {}: {}",
@@ -574,7 +607,7 @@ pub fn report() -> Vec<Decision> {
                         let dropped = entry
                             .timings
                             .iter()
-                            .any(|(c, t)| c == k && settled_median(t).is_none());
+                            .any(|(c, t)| c == k && settled(t, Estimate::Median).is_none());
                         if dropped {
                             format!("{k} {ms:.3} ms (best call; dropped, over {RULED_OUT}× slower)")
                         } else {
@@ -590,7 +623,7 @@ pub fn report() -> Vec<Decision> {
                 }
                 Some((_, true)) => format!(
                     "measured with its row group (one kernel for all shapes of this kind \
-                     and row count); this shape's medians of {SAMPLES} calls, {times}"
+                     and row count); this shape's {stat} of {SAMPLES} calls, {times}"
                 ),
                 Some((_, false)) => match policy() {
                     Policy::Measure if class.kind == Kind::Int8 => format!(
@@ -610,9 +643,9 @@ pub fn report() -> Vec<Decision> {
                 },
                 // Measured itself, but its row group waits for other shapes: `plan` runs
                 // the shape's own fastest meanwhile.
-                None if own_choice(&entry.timings).is_some() => format!(
+                None if own_choice(&entry.timings, class.estimate()).is_some() => format!(
                     "measured on its own (its row group waits for other shapes); this \
-                     shape's medians, {times}"
+                     shape's {stat} of {SAMPLES} calls, {times}"
                 ),
                 None => format!(
                     "still measuring: {}",
@@ -630,7 +663,7 @@ pub fn report() -> Vec<Decision> {
                 kernel: entry
                     .chosen
                     .map(|(k, _)| k)
-                    .or_else(|| own_choice(&entry.timings)),
+                    .or_else(|| own_choice(&entry.timings, class.estimate())),
                 medians_ms,
                 why,
             }
@@ -663,6 +696,7 @@ mod tests {
             calls: 1.0,
             size: 1.0,
             timings: t,
+            estimate: Estimate::Median,
         }])
     }
 
@@ -708,6 +742,36 @@ mod tests {
         // A warm-up alone rules nothing out.
         let warm = [timings(Library, &[1.0, 1.0]), timings(Split, &[50.0])];
         assert_eq!(next_to_measure(&warm), Some(Split));
+    }
+
+    #[test]
+    fn compute_bound_classes_compare_their_fastest_calls() {
+        // The serve measurement of bert-base's 768×768 projection (ms per 1024 rows, the
+        // warm-up first): by medians MKL wins, by fastest calls oneDNN does, as it does in
+        // every quiet run.
+        let t = [
+            timings(Library, &[52.7, 26.1, 10.5, 8.1]),
+            timings(OneDnn, &[104.4, 26.4, 5.8, 20.9]),
+        ];
+        let by = |estimate| {
+            choose(&[ShapeTimings {
+                calls: 1.0,
+                size: 1.0,
+                timings: &t,
+                estimate,
+            }])
+        };
+        assert_eq!(by(Estimate::Median), Some(Library));
+        assert_eq!(by(Estimate::Fastest), Some(OneDnn));
+        // Which classes use which: the fastest only above MANY_ROWS.
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, 150).estimate(),
+            Estimate::Fastest
+        );
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, MANY_ROWS).estimate(),
+            Estimate::Median
+        );
     }
 
     #[test]
@@ -761,6 +825,7 @@ mod tests {
             calls,
             size,
             timings: t,
+            estimate: Estimate::Median,
         };
         // 12 layer calls per head call: library costs 12 + 18 = 30, oneDNN 14.4 + 10 = 24.4.
         let group = [shape(12.0, 1.0, &layer), shape(1.0, 1.0, &head)];
@@ -783,6 +848,7 @@ mod tests {
             calls,
             size,
             timings: t,
+            estimate: Estimate::Median,
         };
         // The unsettled shape is a third of the work: wait.
         let group = [shape(10.0, 2.0, &settled), shape(1.0, 10.0, &unsettled)];
