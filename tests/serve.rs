@@ -1054,6 +1054,28 @@ fn openai_routes_have_openai_shapes_and_stream() {
         &json!({"input": e0, "encoding_format": "float", "user": "u"}),
     );
     assert_eq!(v["data"].as_array().unwrap().len(), 1, "default model");
+    // base64 (what OpenAI's Python client asks for by default): the same f32 values as
+    // little-endian bytes.
+    let b = server.ok(
+        "/v1/embeddings",
+        &json!({"input": e0, "encoding_format": "base64"}),
+    );
+    let bytes = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(b["data"][0]["embedding"].as_str().expect("a base64 string"))
+            .unwrap()
+    };
+    let decoded: Vec<f64> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    assert_close(
+        "/v1/embeddings base64",
+        &json!(decoded),
+        &v["data"][0]["embedding"],
+        1e-6,
+    );
 
     // /v1/completions, whole: the greedy continuation /generate gives.
     let [g0, g1] = GEN_TEXTS;
@@ -1517,7 +1539,7 @@ fn bad_requests_get_json_errors_and_the_server_goes_on() {
         ("an input over --max-input-tokens (generate)", "POST", "/generate", s(json!({"inputs": ["a", long_text]})), 413, Tei),
         ("OpenAI: not JSON", "POST", "/v1/embeddings", b"zzz".to_vec(), 400, OpenAi),
         ("OpenAI: input: 5", "POST", "/v1/embeddings", s(json!({"input": 5})), 422, OpenAi),
-        ("OpenAI: encoding_format base64", "POST", "/v1/embeddings", s(json!({"input": "a", "encoding_format": "base64"})), 422, OpenAi),
+        ("OpenAI: encoding_format binary", "POST", "/v1/embeddings", s(json!({"input": "a", "encoding_format": "binary"})), 422, OpenAi),
         ("OpenAI: no prompt", "POST", "/v1/completions", s(json!({"max_tokens": 3})), 422, OpenAi),
         ("OpenAI: max_tokens: -1", "POST", "/v1/completions", s(json!({"prompt": "a", "max_tokens": -1})), 422, OpenAi),
         ("OpenAI: max_tokens: 0", "POST", "/v1/completions", s(json!({"prompt": "a", "max_tokens": 0})), 422, OpenAi),

@@ -802,12 +802,21 @@ pub struct OpenAiEmbeddingsRequest {
     /// Which loaded model (default: the first embedding model).
     #[serde(default)]
     pub model: Option<String>,
-    /// Only `float` is supported.
+    /// `float` (the default: a list of numbers) or `base64` (the little-endian f32 bytes,
+    /// base64-encoded: what OpenAI's Python client asks for unless told otherwise).
     #[serde(default)]
     pub encoding_format: Option<String>,
     /// Accepted, not used.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// OpenAI's `encoding_format: "base64"`: the vector's f32 values as little-endian bytes, in
+/// standard base64 (the client decodes them with `numpy.frombuffer(..., dtype="float32")`).
+fn base64_f32(v: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// `POST /v1/embeddings`.
@@ -818,18 +827,29 @@ pub async fn v1_embeddings(
 ) -> Result<Json<Value>, ApiError> {
     let go = async {
         let req: OpenAiEmbeddingsRequest = parse(&body, "/v1/embeddings")?;
-        if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-            return Err(ApiError::validation(
-                "encoding_format: only \"float\" is supported",
-            ));
-        }
+        let base64 = match req.encoding_format.as_deref() {
+            None | Some("float") => false,
+            Some("base64") => true,
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "encoding_format: \"{other}\" is not one of \"float\", \"base64\""
+                )))
+            }
+        };
         let model = state.model(req.model.as_deref(), Task::Embed)?;
         let (texts, _) = req.input.texts();
         let (vectors, tokens) = embeddings(&state, &model, texts, false).await?;
         let data: Vec<Value> = vectors
             .into_iter()
             .enumerate()
-            .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+            .map(|(i, v)| {
+                let embedding = if base64 {
+                    json!(base64_f32(&v))
+                } else {
+                    json!(v)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
             .collect();
         Ok(Json(json!({
             "object": "list",
