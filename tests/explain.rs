@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 use tch::{Device, Tensor};
-use trident::explain::trace::{follow, StackTrace};
+use trident::explain::trace::{follow, DecodeTrace, StackTrace};
 use trident_core::generation::{CausalLmDecoder, Seq2SeqDecoder};
 use trident_core::nn::probe;
 use trident_core::{Batch, Dtype, Encoded, ModelFiles, PaddingSide};
@@ -125,19 +125,22 @@ fn bert_encoder_attentions_and_hidden_states() {
     check_embeddings(&trace, &c["embeddings"], "BERT");
 }
 
-#[test]
-fn gpt2_step_by_step_equals_one_full_pass() {
-    let c = case("gpt2-tiny");
-    let model =
-        trident_gpt::GPT2LMHeadModel::from_pretrained(&files("gpt2-tiny"), Device::Cpu, Dtype::F32)
-            .unwrap();
+/// A decoder-only case: the prompt, then the continuation one token per step with the
+/// cache, through the model as `trident explain` runs it; the stitched attention maps and
+/// residual stream checked against transformers' one full pass.
+fn causal_step_by_step(
+    name: &str,
+    model: &dyn trident_core::generation::CausalLm,
+    what: &str,
+) -> (Value, DecodeTrace) {
+    let c = case(name);
     let all = ids(&c["input_ids"]);
     let prompt = c["prompt_len"].as_u64().unwrap() as usize;
     // The path's last token is chosen but never read: the reference reads every id.
     let mut path = all[prompt..].to_vec();
     path.push(0);
     let trace = follow(
-        &CausalLmDecoder(&model),
+        &CausalLmDecoder(model),
         &batch(&all[..prompt], PaddingSide::Left),
         &path,
     )
@@ -145,44 +148,32 @@ fn gpt2_step_by_step_equals_one_full_pass() {
     assert!(trace.encoder.is_none());
     assert_eq!(trace.read, all);
     assert_eq!(trace.logits.len(), path.len());
-    check(
-        &trace.decoder,
-        &c["attentions"],
-        &c["hidden_states"],
-        "GPT-2",
-    );
+    check(&trace.decoder, &c["attentions"], &c["hidden_states"], what);
+    (c, trace)
+}
+
+#[test]
+fn gpt2_step_by_step_equals_one_full_pass() {
+    let model =
+        trident_gpt::GPT2LMHeadModel::from_pretrained(&files("gpt2-tiny"), Device::Cpu, Dtype::F32)
+            .unwrap();
+    let (c, trace) = causal_step_by_step("gpt2-tiny", &model, "GPT-2");
     check_embeddings(&trace.decoder, &c["embeddings"], "GPT-2");
 }
 
 #[test]
 fn llama_grouped_query_rotary_step_by_step() {
-    let c = case("llama-tiny");
     let model = trident_llama::LlamaForCausalLM::from_pretrained(
         &files("llama-tiny"),
         Device::Cpu,
         Dtype::F32,
     )
     .unwrap();
-    let all = ids(&c["input_ids"]);
-    let prompt = c["prompt_len"].as_u64().unwrap() as usize;
-    let mut path = all[prompt..].to_vec();
-    path.push(0);
-    let trace = follow(
-        &CausalLmDecoder(&model),
-        &batch(&all[..prompt], PaddingSide::Left),
-        &path,
-    )
-    .unwrap();
+    let (_, trace) = causal_step_by_step("llama-tiny", &model, "Llama");
     assert_eq!(
         trace.decoder.heads(),
         8,
         "the 2 key/value heads serve 8 query heads"
-    );
-    check(
-        &trace.decoder,
-        &c["attentions"],
-        &c["hidden_states"],
-        "Llama",
     );
     assert!(
         trace.decoder.position_embeddings.is_none(),
@@ -192,32 +183,16 @@ fn llama_grouped_query_rotary_step_by_step() {
 
 #[test]
 fn bloom_alibi_step_by_step() {
-    let c = case("bloom-tiny");
     let model = trident_bloom::BloomForCausalLM::from_pretrained(
         &files("bloom-tiny"),
         Device::Cpu,
         Dtype::F32,
     )
     .unwrap();
-    let all = ids(&c["input_ids"]);
-    let prompt = c["prompt_len"].as_u64().unwrap() as usize;
-    let mut path = all[prompt..].to_vec();
-    path.push(0);
-    let trace = follow(
-        &CausalLmDecoder(&model),
-        &batch(&all[..prompt], PaddingSide::Left),
-        &path,
-    )
-    .unwrap();
-    assert_eq!(trace.decoder.heads(), 6);
     // ALiBi's distance penalty is inside the recorded weights; the residual stream starts
     // after `word_embeddings_layernorm`, as transformers' first hidden state does.
-    check(
-        &trace.decoder,
-        &c["attentions"],
-        &c["hidden_states"],
-        "BLOOM",
-    );
+    let (_, trace) = causal_step_by_step("bloom-tiny", &model, "BLOOM");
+    assert_eq!(trace.decoder.heads(), 6);
     assert!(
         trace.decoder.position_embeddings.is_none(),
         "ALiBi adds no vector"
