@@ -44,7 +44,8 @@ pub struct ServeArgs {
     /// Port (0: any free port, printed at start).
     #[arg(long, value_name = "PORT")]
     port: Option<u16>,
-    /// Most tokens in one encoder batch.
+    /// Most tokens in one encoder batch (default 2048): requests that wait together are
+    /// packed up to it; it bounds the memory a batch's activations take.
     #[arg(long, value_name = "N", value_parser = at_least_one)]
     max_batch_tokens: Option<u64>,
     /// Most requests in one batch.

@@ -53,7 +53,9 @@ pub struct ServeConfig {
     pub port: u16,
     /// The models; empty: the CLI's default models.
     pub models: Vec<ModelSpec>,
-    /// Most tokens in one encoder batch (requests are packed up to it, shortest first).
+    /// Most tokens in one encoder batch (requests are packed up to it, shortest first). It
+    /// bounds the server's peak memory: at 4,096, NER's peak RSS grew 12–15 % from 16 to 64
+    /// clients (batches of ~26 paragraphs); at 2,048 it stayed flat at the same throughput.
     pub max_batch_tokens: usize,
     /// Most requests in one batch.
     pub max_batch_requests: usize,
@@ -82,7 +84,7 @@ impl Default for ServeConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             models: Vec::new(),
-            max_batch_tokens: 4_096,
+            max_batch_tokens: 2_048,
             max_batch_requests: 64,
             max_concurrent_requests: 512,
             max_input_tokens: 8_192,
