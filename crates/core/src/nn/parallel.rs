@@ -413,8 +413,9 @@ pub fn decoding_step<R>(
     result
 }
 
-/// Bytes of weight each task of a streamed product reads, for a product over `total` bytes:
-/// about two tasks per thread, within 64 KB–512 KB.
+/// Bytes of weight each task of a streamed product of 5–8 input rows reads, for a product
+/// over `total` bytes: about two tasks per thread, within 64 KB–512 KB. (Up to 4 rows each
+/// thread reads one run of consecutive rows instead: see `streamed::stream`.)
 ///
 /// Long runs through memory stream faster: on a 2-core Zen 5, tasks of 256 KB rather than
 /// 64 KB made int8 and bf16 decoding up to 1.2× faster, and 512 KB rather than 256 KB
