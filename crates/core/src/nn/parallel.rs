@@ -413,6 +413,13 @@ pub fn decoding_step<R>(
     result
 }
 
+/// Weight rows each thread takes in a streamed product of up to 4 input rows: one run of
+/// consecutive rows per thread, `rows` over the thread count rounded up (one long stream
+/// per thread reads faster than tasks handed out in turn: see `streamed::stream`).
+pub fn rows_per_thread(rows: usize) -> usize {
+    rows.div_ceil(tch::get_num_threads().max(1) as usize)
+}
+
 /// Bytes of weight each task of a streamed product of 5–8 input rows reads, for a product
 /// over `total` bytes: about two tasks per thread, within 64 KB–512 KB. (Up to 4 rows each
 /// thread reads one run of consecutive rows instead: see `streamed::stream`.)

@@ -23,7 +23,7 @@
 //! differs from libtorch's by the order of the additions alone. It needs AVX-512 (checked at
 //! run time); elsewhere [`available`] is false and the library's product runs.
 
-use super::parallel::{for_each_task, task_bytes, SharedMut};
+use super::parallel::{for_each_task, rows_per_thread, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -153,8 +153,7 @@ fn stream<T: Stored>(
     let row_bytes = in_dim * std::mem::size_of::<T>();
     let all_rows = outs.iter().sum::<i64>() as usize;
     let rows_per_task = if rows <= ROWS_PER_PASS {
-        let threads = tch::get_num_threads().max(1) as usize;
-        BLOCK.max(all_rows.div_ceil(threads))
+        BLOCK.max(rows_per_thread(all_rows))
     } else {
         BLOCK.max(task_bytes(all_rows * row_bytes) / row_bytes)
     };

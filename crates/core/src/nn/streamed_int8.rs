@@ -28,7 +28,7 @@
 //! loaded serves all the rows of the call. It needs AVX-512 with VNNI (checked at run time);
 //! elsewhere [`available`] is false and the library's product runs.
 
-use super::parallel::{for_each_task, task_bytes, SharedMut};
+use super::parallel::{for_each_task, rows_per_thread, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
@@ -227,8 +227,7 @@ pub fn linear_many_shifted(
     // `…-stream-per-thread-ab.log`). More rows keep those tasks to balance the threads.
     let all_rows: usize = outs.iter().sum();
     let block = if rows <= ROWS_PER_PASS {
-        let threads = tch::get_num_threads().max(1) as usize;
-        all_rows.div_ceil(threads).next_multiple_of(WEIGHT_ROWS)
+        rows_per_thread(all_rows).next_multiple_of(WEIGHT_ROWS)
     } else {
         task_bytes(all_rows * in_dim)
             .div_ceil(in_dim)
