@@ -152,6 +152,46 @@ fn timed<T, E>(f: impl FnOnce() -> Result<T, E>) -> Result<(T, f64), E> {
     Ok((out, t.elapsed().as_secs_f64()))
 }
 
+/// The decoding part of a generation run: the steps after the first streamed piece, whose
+/// time run.py sets against the memory-bandwidth bound of a step (the prefill before it is
+/// bound by compute, and the first calls measure the kernels).
+#[derive(Default)]
+struct Decoding {
+    /// Seconds from the first piece of the first sequence to the end of the run.
+    seconds: f64,
+    /// Steps in that time (new tokens of the first sequence after its first piece).
+    steps: usize,
+}
+
+/// `p.run(prompts, options)`, timed, with its [`Decoding`].
+fn timed_generation(
+    p: &trident::core::causal::TextGenerator,
+    prompts: &[&str],
+    options: &GenerateOptions,
+) -> anyhow::Result<(
+    Vec<Vec<trident::core::causal::GeneratedText>>,
+    f64,
+    Decoding,
+)> {
+    let t = Instant::now();
+    let mut first: Option<(Instant, usize)> = None;
+    let out = p.run_streaming(prompts, options, &mut |piece| {
+        if piece.input == 0 && piece.sequence == 0 && first.is_none() {
+            first = Some((Instant::now(), piece.tokens));
+        }
+        Ok(())
+    })?;
+    let run = t.elapsed().as_secs_f64();
+    let decoding = match (first, out.first().and_then(|o| o.first())) {
+        (Some((at, tokens)), Some(s)) => Decoding {
+            seconds: at.elapsed().as_secs_f64(),
+            steps: s.generated_tokens.saturating_sub(tokens),
+        },
+        _ => Decoding::default(),
+    };
+    Ok((out, run, decoding))
+}
+
 /// Run one workload in `dtype`; `scale` divides the number of new tokens (1 for real
 /// measurements). Returns the measurement line and the pipeline's results.
 fn run(
@@ -169,6 +209,8 @@ fn run(
     let (t5_new, gpt_new, marian_new) = (64 / scale, 128 / scale, 32 / scale);
     let start = Instant::now();
     // Each arm: load (timed as load), then run (timed as run); returns units of work done.
+    // The generation arms also time their decoding steps apart.
+    let mut decode = Decoding::default();
     let (load_s, run_s, units, unit, outputs) = match workload {
         "ner" => {
             let p = TokenClassifier::from_pretrained(files, &load_options)?;
@@ -252,7 +294,8 @@ fn run(
                 generation,
                 ..Default::default()
             };
-            let (out, run) = timed(|| p.run(&refs[..batch], &options))?;
+            let (out, run, decoding) = timed_generation(&p, &refs[..batch], &options)?;
+            decode = decoding;
             (
                 load,
                 run,
@@ -284,7 +327,8 @@ fn run(
                 generation,
                 ..Default::default()
             };
-            let (out, run) = timed(|| p.run(&refs[..batch], &options))?;
+            let (out, run, decoding) = timed_generation(&p, &refs[..batch], &options)?;
+            decode = decoding;
             for (i, s) in out.iter().enumerate() {
                 anyhow::ensure!(
                     s[0].generated_tokens == new_tokens,
@@ -344,6 +388,8 @@ fn run(
     let line = serde_json::json!({
         "system": "trident", "dtype": dtype.to_string(), "workload": workload, "load_s": load_s,
         "run_s": run_s, "units": units, "unit": unit, "peak_rss_kb": peak_rss_kb(),
+        // Decoding apart (generation only): seconds and steps after the first new token.
+        "decode_s": decode.seconds, "decode_steps": decode.steps,
         "threads": tch::get_num_threads(),
         // Which kernel each projection shape took, and why (measured timings or the policy).
         "kernels": trident::core::nn::kernels::report()

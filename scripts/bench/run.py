@@ -287,21 +287,26 @@ def bounds(threads):
     for _ in range(n):
         a @ a
     flops = n * 2 * 2048 ** 3 / (time.perf_counter() - t)
-    return flops, bandwidth(threads, repeats=25)
+    return flops, bandwidth(threads, seconds=1.0)
 
 
-def bandwidth(threads, repeats=9):
+def bandwidth(threads, seconds=0.5):
     """Memory read bandwidth now (bytes/s): a sum over a 256 MB float32 matrix on every thread,
-    median of `repeats` less the first. (A plain `v @ w` runs on one thread here and reads at
-    about half this rate.) Some machines' bandwidth changes by a factor of two within minutes
-    (a shared host), so the decoding workloads take it again around each run."""
+    repeated for `seconds` (at least 9 times), the median less the first. (A plain `v @ w`
+    runs on one thread here and reads at about half this rate.) Some machines' bandwidth
+    changes by a factor of two within minutes (a shared host), so the decoding workloads take
+    it again around each run. Half a second, not a few sums: the 2-core Zen 5 VM reads ~93
+    GB/s most of the time but dips to ~55 GB/s for 0.1–0.6 s now and then, and 9 sums (25 ms)
+    landed in a dip often enough to set bounds 40 % low (2026-12-05: 94 and 53–55 GB/s before
+    and after the same runs; 0.5 s medians 92–94)."""
     import torch
     torch.set_num_threads(threads)
     if getattr(bandwidth, "matrix", None) is None:
         bandwidth.matrix = torch.randn(8192, 8192)
     w = bandwidth.matrix
     times = []
-    for _ in range(repeats):
+    start = time.perf_counter()
+    while len(times) < 9 or time.perf_counter() - start < seconds:
         t = time.perf_counter()
         w.sum()
         times.append(time.perf_counter() - t)
@@ -628,10 +633,16 @@ Q8_0; TinyLlama-1.1B: 1,034.4 M, 4,138 / 2,069 / 1,034 / 1,099 MB. Left out: the
 GPT-2's biases), the one row of the token table a token looks up, int8 scales, and the KV
 cache (0.1–0.5 % of the f32 weights at the workloads' 96 positions on average, up to 2.2 % of
 the int8 ones). The bound in tokens/s is the memory bandwidth over those bytes. The bandwidth
-is measured as for the machine line (a sum over a 256 MB f32 matrix on the benchmark's
-threads), again just before and just after each decoding run, and the run's bound uses their
-mean: on a shared host it can change twofold within minutes (logs made before this use the
-machine line's). At batch 8 one step serves 8 tokens, so its bound is 8 times that (compute
+is measured as for the machine line (sums over a 256 MB f32 matrix on the benchmark's threads
+for half a second, their median), again just before and just after each decoding run. On a
+shared host it switches between levels (on the Zen 5 VM about 93 and 55 GB/s, in spells of
+0.1 s to seconds), so a run and the measurements beside it can fall in different spells: the
+bound uses the highest bandwidth measured around a workload's runs and sets it against the
+fastest run (logs before 2026-12-05 set each run against the mean of its own two
+measurements; older ones use the machine line's). For Trident the table also sets the
+decoding steps alone against the bound: the steps after the first new token (the run less
+its prompt's prefill and the first calls that measure the kernels), `decode_s` and
+`decode_steps` in the log lines. At batch 8 one step serves 8 tokens, so its bound is 8 times that (compute
 may bind first). Prefill is compute-bound: 2 FLOPs per projection weight per prompt token
 plus causal attention (2 · 512 · hidden per layer; the head runs for the last position
 only), 0.66 GFLOP per token for SmolLM2-360M and 1.98 for TinyLlama-1.1B, over the measured
@@ -710,37 +721,52 @@ def section(m, results, acc, logs, runs):
 
 
 def workload_bound(m, workload, system, ms=()):
-    """(basis, bound in the workload's unit/s, measured / bound) of a decoding workload (GPT-2's
-    or a Llama model's) or a Llama prefill on a system, from its measurements `ms`: decoding,
-    the weights one step reads × bytes per weight over the memory bandwidth, times the batch;
-    prefill (f32 systems only), the FLOPs per prompt token over the measured f32 matmul rate.
-    The bandwidth is the one measured around each run where the runs carry it (the ratio is
-    then the median of the runs' own ratios), else the machine line's. None where there is
-    no such bound or nothing was measured."""
+    """(basis, bound in the workload's unit/s, measured unit/s, measured / bound, decoding
+    steps' unit/s or None, theirs / bound or None) of a decoding workload (GPT-2's or a Llama
+    model's) or a Llama prefill on a system, from its measurements `ms`: decoding, the weights
+    one step reads × bytes per weight over the memory bandwidth, times the batch; prefill (f32
+    systems only), the FLOPs per prompt token over the measured f32 matmul rate.
+
+    Where the runs carry the bandwidth measured around them, the bound is the highest of those
+    measurements and the measured speed the fastest run's: this machine's bandwidth switches
+    between two levels (about 93 and 55 GB/s on the Zen 5 VM) for spells of 0.1 s to seconds,
+    so a run and the measurements beside it may fall in different spells, and only the fast
+    spell's figures pair up reliably. Else the machine line's bandwidth and the median run.
+    The decoding steps' speed (the steps after the first new token: no prefill, no first calls
+    that measure kernels) is there for the systems that report it (Trident's
+    `decode_s`/`decode_steps`). None where there is no such bound or nothing was measured."""
     done = [x for x in ms if x.get("run_s") and x.get("units")]
     if not done:
         return None
-    speed = statistics.median(x["units"] / x["run_s"] for x in done)
     if workload in LLAMA_WORKLOADS and LLAMA_KINDS[LLAMA_WORKLOADS[workload][1]][2] == 1:
         if system not in F32_SYSTEMS:
             return None
+        speed = statistics.median(x["units"] / x["run_s"] for x in done)
         flops = prefill_flops_per_token(LLAMA[LLAMA_WORKLOADS[workload][0]], 512)
         limit = m["flops"] / flops
-        return f"{flops / 1e9:.2f} GFLOP per prompt token at {m['flops'] / 1e9:.0f} GFLOP/s", limit, speed / limit
+        return (f"{flops / 1e9:.2f} GFLOP per prompt token at {m['flops'] / 1e9:.0f} GFLOP/s", limit, speed,
+                speed / limit, None, None)
     if workload not in DECODING or system not in BYTES_PER_WEIGHT:
         return None
     weights, batch = DECODING[workload]
     nbytes = weights * BYTES_PER_WEIGHT[system]
     per = f", {batch} tokens per step" if batch > 1 else ""
+    steps = [x for x in done if x.get("decode_s") and x.get("decode_steps")]
     if all(x.get("bandwidth") for x in done):
-        bw = statistics.median(x["bandwidth"] for x in done)
-        ratio = statistics.median(x["units"] / x["run_s"] / (batch * x["bandwidth"] / nbytes) for x in done)
         lo = min(min(x.get("bandwidth_range", [x["bandwidth"]])) for x in done)
-        hi = max(max(x.get("bandwidth_range", [x["bandwidth"]])) for x in done)
-        return (f"{nbytes / 1e6:.0f} MB per step at {bw / 1e9:.1f} GB/s (measured around each run: "
-                f"{lo / 1e9:.1f}–{hi / 1e9:.1f}){per}", batch * bw / nbytes, ratio)
-    limit = batch * m["bandwidth"] / nbytes
-    return f"{nbytes / 1e6:.0f} MB per step at {m['bandwidth'] / 1e9:.1f} GB/s{per}", limit, speed / limit
+        bw = max(max(x.get("bandwidth_range", [x["bandwidth"]])) for x in done)
+        speed = max(x["units"] / x["run_s"] for x in done)
+        basis = (f"{nbytes / 1e6:.0f} MB per step at {bw / 1e9:.1f} GB/s (the highest measured around the "
+                 f"runs; lowest {lo / 1e9:.1f}){per}")
+        decoding = max((batch * x["decode_steps"] / x["decode_s"] for x in steps), default=None)
+    else:
+        bw = m["bandwidth"]
+        speed = statistics.median(x["units"] / x["run_s"] for x in done)
+        basis = f"{nbytes / 1e6:.0f} MB per step at {bw / 1e9:.1f} GB/s{per}"
+        decoding = (statistics.median(batch * x["decode_steps"] / x["decode_s"] for x in steps)
+                    if steps else None)
+    limit = batch * bw / nbytes
+    return basis, limit, speed, speed / limit, decoding, (decoding / limit if decoding else None)
 
 
 def bounds_table(m, results):
@@ -754,16 +780,18 @@ def bounds_table(m, results):
             bound = workload_bound(m, w, s, ms)
             if bound is None:
                 continue
-            basis, limit, ratio = bound
-            run, units = median(ms, "run_s"), median(ms, "units")
-            rows.append(f"| {w} | {s} | {basis} | {limit:.1f} | {units / run:.1f} | {100 * ratio:.0f} % |")
+            basis, limit, speed, ratio, decoding, decoding_ratio = bound
+            steps = f"{decoding:.1f} | {100 * decoding_ratio:.0f} %" if decoding else "– | –"
+            rows.append(f"| {w} | {s} | {basis} | {limit:.1f} | {speed:.1f} | {100 * ratio:.0f} % | {steps} |")
     if not rows:
         return []
     return ["", "Decoding and Llama prefill against their bounds (decoding: weight bytes per step over the memory "
-                "bandwidth measured just before and after each run, the ratio the median of the runs' own; "
-                "prefill, f32 only: FLOPs per prompt token over the measured f32 matmul rate):", "",
-            "| workload | system | bound from | bound unit/s | measured unit/s | measured / bound |",
-            "|---|---|---|---|---|---|"] + rows
+                "bandwidth, the highest measured just before and after the runs, against the fastest run, and "
+                "for Trident the same for its decoding steps alone, after the first new token; prefill, f32 only: "
+                "FLOPs per prompt token over the measured f32 matmul rate, against the median run):", "",
+            "| workload | system | bound from | bound unit/s | measured unit/s | measured / bound "
+            "| decoding steps unit/s | steps / bound |",
+            "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def sections_of(page):

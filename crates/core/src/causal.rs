@@ -120,6 +120,9 @@ pub struct Piece<'a> {
     pub text: &'a str,
     /// The step's probabilities, when asked for.
     pub step: Option<&'a StepProbs>,
+    /// Tokens generated for this sequence so far, this piece's among them (a piece may hold
+    /// several tokens' text, or none).
+    pub tokens: usize,
 }
 
 /// Generates text with a decoder-only checkpoint. Loaded once, it serves any number of calls, from
@@ -372,6 +375,7 @@ impl TextGenerator {
                 sequence: t.sequence % copies,
                 text: &piece,
                 step: stream.steps.last().filter(|_| options.show_probs.is_some()),
+                tokens: stream.ids.len(),
             })
         };
         let detokenize = |ids: &[i64]| self.tokenizer.decode(ids, true);
@@ -401,6 +405,7 @@ impl TextGenerator {
                     sequence: i % copies,
                     text: &rest,
                     step: None,
+                    tokens: seq.generated().len(),
                 })?;
             }
             let row = results.get_mut(seq.input).ok_or_else(|| {
@@ -761,6 +766,7 @@ impl ContinuousGenerator<'_> {
                             sequence,
                             text: &piece,
                             step: stream.steps.last().filter(|_| recorded),
+                            tokens: stream.ids.len(),
                         },
                     )?;
                 }
@@ -786,6 +792,7 @@ impl ContinuousGenerator<'_> {
                             sequence,
                             text: &rest,
                             step: None,
+                            tokens: seq.generated().len(),
                         },
                     )?;
                 }

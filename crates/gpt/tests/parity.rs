@@ -271,12 +271,19 @@ fn pipeline_output_equals_transformers_text_generation() {
     for case in cases {
         let prompt = case["input"].as_str().unwrap();
         let mut streamed = String::new();
+        let mut counts = Vec::new();
         let out = g
             .run_streaming(&[prompt], &call(&case["kwargs"], 1), &mut |p| {
                 streamed.push_str(p.text);
+                counts.push(p.tokens);
                 Ok(())
             })
             .unwrap();
+        // Each piece counts the tokens so far; the last one, all of them.
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+        if let Some(&last) = counts.last() {
+            assert_eq!(last, out[0][0].generated_tokens, "{prompt:?}");
+        }
         assert_eq!(
             json!(out[0]),
             case["output"],
