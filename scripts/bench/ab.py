@@ -7,8 +7,9 @@ dtype of the benchmark, the two binaries alternating run by run, medians and the
 The binaries are `workloads` bench executables (`cargo bench --bench workloads --no-run`) of
 two commits; the models and inputs are those of `make bench` (scripts/bench/make_models.py,
 under .bench/). Each measurement is a fresh process. Nothing else should run meanwhile.
-Prints one raw JSON line per run, then a table: throughput of each, ratio new/old, and peak
-RSS and load time of each.
+Prints one raw JSON line per run, then a table: throughput of each, ratio new/old (for
+generation also of the decoding steps alone, where both binaries report them), and peak RSS
+and load time of each.
 """
 
 import argparse
@@ -58,13 +59,20 @@ def main():
             rss = {w: statistics.median(x["peak_rss_kb"] for x in got[w]) / 1024 for w in got}
             load = {w: statistics.median(x["load_s"] for x in got[w]) for w in got}
             unit = got["new"][0]["unit"]
-            rows.append((workload, dtype, unit, med, rss, load))
+            # Generation: the decoding steps alone too (after the first new token), where both
+            # binaries report them.
+            steps = None
+            if all(x.get("decode_s") for w in got for x in got[w]):
+                steps = {w: statistics.median(x["decode_steps"] / x["decode_s"] for x in got[w]) for w in got}
+            rows.append((workload, dtype, unit, med, rss, load, steps))
     print()
-    print("| workload | dtype | old unit/s | new unit/s | new/old | old RSS MB | new RSS MB | old load s | new load s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for workload, dtype, unit, med, rss, load in rows:
+    print("| workload | dtype | old unit/s | new unit/s | new/old | decoding steps new/old | old RSS MB | new RSS MB "
+          "| old load s | new load s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for workload, dtype, unit, med, rss, load, steps in rows:
+        ratio = f"{steps['new'] / steps['old']:.2f}×" if steps else "–"
         print(f"| {workload} | {dtype} | {med['old']:.1f} {unit} | {med['new']:.1f} | {med['new'] / med['old']:.2f}× "
-              f"| {rss['old']:.0f} | {rss['new']:.0f} | {load['old']:.2f} | {load['new']:.2f} |")
+              f"| {ratio} | {rss['old']:.0f} | {rss['new']:.0f} | {load['old']:.2f} | {load['new']:.2f} |")
 
 
 if __name__ == "__main__":
