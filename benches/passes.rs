@@ -70,10 +70,10 @@ fn main() -> anyhow::Result<()> {
         Ok(())
     };
     let names = [
-        "one tensor, libtorch sum",
-        "49 weights, libtorch sum each",
-        "49 weights, streamed products",
-        "49 weights, streamed products in a helped step",
+        "one tensor of their size, libtorch sum",
+        "each weight, libtorch sum",
+        "each weight, streamed product",
+        "each weight, streamed product, in a helped step",
     ];
     let mut rates: [Vec<f64>; 4] = Default::default();
     let site = &rates as *const _ as usize; // (any address that names this step)
@@ -101,7 +101,8 @@ fn main() -> anyhow::Result<()> {
         timed(3, &mut || Ok(parallel::decoding_step(site, 1, passes)?))?;
     }
     println!(
-        "{model}: {:.0} MB of projection weights, {repeats} rounds",
+        "{model}: {} projection weights, {:.1} MB, {repeats} rounds",
+        weights.len(),
         bytes / 1e6
     );
     for (name, mut r) in names.iter().zip(rates) {
