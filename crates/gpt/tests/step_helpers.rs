@@ -1,6 +1,7 @@
 //! Decoding steps run with helpers (`trident_core::nn::parallel::decoding_step`: one parallel
 //! region per step, the other threads serving its passes) give exactly what steps run with
-//! one region per product give: the same ids and the same probabilities, to the bit.
+//! one region per product give: the same ids and the same probabilities, to the bit, in f32
+//! and in bf16.
 //!
 //! The model is the tiny GPT-2 fixture read with 2 heads of 16 values instead of 4 of 8 (the
 //! same weights), so that its attention runs the fused kernel; products are forced onto the
@@ -11,7 +12,7 @@
 use std::path::PathBuf;
 use trident_core::generation::GenerationConfig;
 use trident_core::nn::{parallel, streamed};
-use trident_core::{DeviceChoice, LoadOptions, ModelFiles};
+use trident_core::{DeviceChoice, Dtype, LoadOptions, ModelFiles};
 use trident_gpt::GenerateOptions;
 
 /// The fixture's files with `n_head` 2 in its config, in a directory of this process.
@@ -37,11 +38,20 @@ fn helped_steps_give_the_same_ids_and_probabilities() {
     // SAFETY: this binary's only test sets it before anything reads the environment.
     unsafe { std::env::set_var("TRIDENT_KERNELS", "streamed") };
     let dir = two_head_gpt2();
+    // f32, and bf16 (whose norms and element-wise steps are libtorch's, on one thread inside
+    // a helped step).
+    for dtype in [Dtype::F32, Dtype::Bf16] {
+        helped_equals_alone(&dir, dtype);
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn helped_equals_alone(dir: &std::path::Path, dtype: Dtype) {
     let g = trident_gpt::generator(
-        &ModelFiles::local(&dir).unwrap(),
+        &ModelFiles::local(dir).unwrap(),
         &LoadOptions {
             device: DeviceChoice::Cpu,
-            ..Default::default()
+            dtype,
         },
     )
     .unwrap();
@@ -78,10 +88,9 @@ fn helped_steps_give_the_same_ids_and_probabilities() {
             // shows that the step's products are all streamed).
             assert!(
                 parallel::helped_steps() >= before + 2 * 9,
-                "no step was helped"
+                "no {dtype:?} step was helped"
             );
         }
-        assert_eq!(helped, alone);
+        assert_eq!(helped, alone, "{dtype:?}");
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -18,6 +18,7 @@
 //! ([`super::cache`]) and the one attention ([`super::attention`]).
 
 use super::parallel::{for_each_task, SharedMut};
+use super::streamed::Stored;
 use crate::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -188,8 +189,10 @@ pub const ATTENTION_MAX_QUERIES: i64 = 8;
 /// `[batch, kv_heads, k_len, head_dim]` (any strides with the last one 1: the KV cache's
 /// views), `bias` broadcastable to `[batch, heads, q_len, k_len]`. Each query row is one
 /// pass over its keys and values: scores, their softmax (the maximum subtracted first, as
-/// libtorch's kernel does), the weighted sum of the values. `None` (the caller runs
-/// libtorch's kernel) unless all are f32 CPU tensors without gradients, `q_len` ≤
+/// libtorch's kernel does), the weighted sum of the values, all in f32. `q`, `k` and `v` may
+/// be bf16 (a bf16 model's cache, widened to f32 as it is read; the result is rounded to
+/// bf16, where libtorch's kernel also accumulates in f32). `None` (the caller runs
+/// libtorch's kernel) unless all are f32 or all bf16 CPU tensors without gradients, `q_len` ≤
 /// [`ATTENTION_MAX_QUERIES`] and [`attends_in_registers`] takes the head width: without
 /// AVX-512 the plain-Rust loop (its sums serial, as float addition does not reorder) is
 /// slower than libtorch's kernel, and a speed-up on one CPU must not be a slow-down on
@@ -208,10 +211,16 @@ pub fn attention(
         return Ok(None);
     };
     let (ks, vs) = (k.stride(), v.stride());
-    if !plain_f32(q)
-        || !plain_f32(k)
-        || !plain_f32(v)
-        || bias.is_some_and(|m| !plain_f32(m))
+    let kind = q.kind();
+    let plain = |t: &Tensor, kinds: &[Kind]| {
+        kinds.contains(&t.kind()) && t.device() == Device::Cpu && !t.requires_grad()
+    };
+    // (A bf16 model's mask may be f32 or bf16.)
+    if !matches!(kind, Kind::Float | Kind::BFloat16)
+        || !plain(q, &[kind])
+        || !plain(k, &[kind])
+        || !plain(v, &[kind])
+        || bias.is_some_and(|m| !plain(m, &[kind, Kind::Float]))
         || lq > ATTENTION_MAX_QUERIES
         || !attends_in_registers(d)
         || kb != b
@@ -226,7 +235,8 @@ pub fn attention(
     {
         return Ok(None);
     }
-    // The bias as a [batch, heads, q_len, k_len] view (stride 0 where it broadcasts).
+    // The bias as a [batch, heads, q_len, k_len] f32 view (stride 0 where it broadcasts).
+    let bias = bias.map(|m| m.f_to_kind(Kind::Float)).transpose()?;
     let bias = match bias {
         Some(m) => match m.f_expand([b, h, lq, lk], false) {
             Ok(m) if m.stride()[3] == 1 || lk == 1 => Some(m),
@@ -234,7 +244,7 @@ pub fn attention(
         },
         None => None,
     };
-    let q = q.f_contiguous()?;
+    let q = q.f_to_kind(Kind::Float)?.f_contiguous()?;
     let y = Tensor::f_empty([b, h, lq, d], (Kind::Float, Device::Cpu))?;
     let (b, h, lq, lk, d, kh) = (
         b as usize,
@@ -251,38 +261,95 @@ pub fn attention(
     let bias_at = bias.as_ref().map(|m| (m.data_ptr() as usize, m.stride()));
     let out = SharedMut(y.data_ptr() as *mut f32);
     let scale = scale as f32;
-    // One task per (batch row, key/value head): its keys and values are read once for the
-    // query heads that share them.
+    let geometry = Geometry {
+        h,
+        lq,
+        lk,
+        d,
+        kh,
+        group,
+        ks: &ks,
+        vs: &vs,
+        scale,
+    };
+    let (rows, bias) = (Rows { qs, kp, vp, out }, bias_at.as_ref());
+    match kind {
+        Kind::BFloat16 => run_heads::<u16>(&geometry, &rows, bias, b),
+        _ => run_heads::<f32>(&geometry, &rows, bias, b),
+    }
+    let y = if kind == Kind::Float {
+        y
+    } else {
+        y.f_to_kind(kind)?
+    };
+    Ok(Some(y))
+}
+
+/// The shapes [`attention`] works over.
+struct Geometry<'a> {
+    h: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    kh: usize,
+    group: usize,
+    ks: &'a [i64],
+    vs: &'a [i64],
+    scale: f32,
+}
+
+/// Where [`attention`] reads and writes: `q` (f32, contiguous), the first key and value, the
+/// output rows (f32, contiguous).
+struct Rows<'a> {
+    qs: &'a [f32],
+    kp: usize,
+    vp: usize,
+    out: SharedMut<f32>,
+}
+
+/// [`attention`]'s work for keys and values stored as `T`: one task per (batch row,
+/// key/value head), whose keys and values are read once for the query heads that share them.
+fn run_heads<T: Stored>(g: &Geometry, rows: &Rows, bias_at: Option<&(usize, Vec<i64>)>, b: usize) {
+    let (h, lq, lk, d, kh, group, ks, vs) = (g.h, g.lq, g.lk, g.d, g.kh, g.group, g.ks, g.vs);
     let run = |task: usize| {
-        let (bi, g) = (task / kh, task % kh);
+        let (bi, kv) = (task / kh, task % kh);
         let mut scores = vec![0f32; lk];
         let head = Head {
-            keys: (kp as *const f32)
-                .wrapping_offset((bi as i64 * ks[0] + g as i64 * ks[1]) as isize),
+            keys: (rows.kp as *const T)
+                .wrapping_offset((bi as i64 * ks[0] + kv as i64 * ks[1]) as isize),
             key_stride: ks[2] as isize,
-            values: (vp as *const f32)
-                .wrapping_offset((bi as i64 * vs[0] + g as i64 * vs[1]) as isize),
+            values: (rows.vp as *const T)
+                .wrapping_offset((bi as i64 * vs[0] + kv as i64 * vs[1]) as isize),
             value_stride: vs[2] as isize,
             len: lk,
             dim: d,
         };
-        for hi in g * group..(g + 1) * group {
+        for hi in kv * group..(kv + 1) * group {
             for qi in 0..lq {
                 let row = ((bi * h + hi) * lq + qi) * d;
-                let bias = bias_at.as_ref().map(|(mp, ms)| {
+                let bias = bias_at.map(|(mp, ms)| {
                     let at = bi as i64 * ms[0] + hi as i64 * ms[1] + qi as i64 * ms[2];
                     (
                         (*mp as *const f32).wrapping_offset(at as isize),
                         ms[3] as isize,
                     )
                 });
-                // SAFETY: `y` is a fresh contiguous [b, h, lq, d] tensor; this task alone
-                // writes the rows of its query heads.
-                let y_row = unsafe { std::slice::from_raw_parts_mut(out.get().add(row), d) };
-                // SAFETY: `head` points at the (bi, g) head of `k` and `v`, whose sizes and
-                // strides were checked above, and `bias` at the (bi, hi, qi) row of the
+                // SAFETY: the output is a fresh contiguous [b, h, lq, d] tensor; this task
+                // alone writes the rows of its query heads.
+                let y_row = unsafe { std::slice::from_raw_parts_mut(rows.out.get().add(row), d) };
+                // SAFETY: `head` points at the (bi, kv) head of `k` and `v`, whose sizes and
+                // strides `attention` checked, and `bias` at the (bi, hi, qi) row of the
                 // [b, h, lq, lk] bias view.
-                unsafe { attend_row(&qs[row..row + d], &head, bias, scale, &mut scores, y_row) };
+                unsafe {
+                    attend_row(
+                        &rows.qs[row..row + d],
+                        &head,
+                        bias,
+                        g.scale,
+                        &mut scores,
+                        y_row,
+                    )
+                };
             }
         }
     };
@@ -292,7 +359,6 @@ pub fn attention(
     } else {
         for_each_task(tasks, &run);
     }
-    Ok(Some(y))
 }
 
 /// Whether this CPU runs [`attention`] for heads of `dim` values in registers: AVX-512 and a
@@ -311,10 +377,10 @@ pub fn attends_in_registers(dim: i64) -> bool {
 
 /// One key/value head: its `len` rows of `dim` values, `key_stride` / `value_stride`
 /// elements apart.
-struct Head {
-    keys: *const f32,
+struct Head<T> {
+    keys: *const T,
     key_stride: isize,
-    values: *const f32,
+    values: *const T,
     value_stride: isize,
     len: usize,
     dim: usize,
@@ -327,9 +393,9 @@ struct Head {
 ///
 /// # Safety
 /// `head` must point at `len` readable rows of `dim` values each; `bias` at `len` values.
-unsafe fn attend_row(
+unsafe fn attend_row<T: Stored>(
     q: &[f32],
-    head: &Head,
+    head: &Head<T>,
     bias: Option<(*const f32, isize)>,
     scale: f32,
     scores: &mut [f32],
@@ -338,14 +404,14 @@ unsafe fn attend_row(
     #[cfg(target_arch = "x86_64")]
     if simd::has_avx512() && head.dim.is_multiple_of(16) {
         let run = match head.dim / 16 {
-            1 => simd::avx512::attend_row::<1>,
-            2 => simd::avx512::attend_row::<2>,
-            3 => simd::avx512::attend_row::<3>,
-            4 => simd::avx512::attend_row::<4>,
-            5 => simd::avx512::attend_row::<5>,
-            6 => simd::avx512::attend_row::<6>,
-            8 => simd::avx512::attend_row::<8>,
-            _ => scalar_attend_row,
+            1 => simd::avx512::attend_row::<T, 1>,
+            2 => simd::avx512::attend_row::<T, 2>,
+            3 => simd::avx512::attend_row::<T, 3>,
+            4 => simd::avx512::attend_row::<T, 4>,
+            5 => simd::avx512::attend_row::<T, 5>,
+            6 => simd::avx512::attend_row::<T, 6>,
+            8 => simd::avx512::attend_row::<T, 8>,
+            _ => scalar_attend_row::<T>,
         };
         return run(q, head, bias, scale, scores, y);
     }
@@ -356,21 +422,21 @@ unsafe fn attend_row(
 ///
 /// # Safety
 /// As for [`attend_row`].
-unsafe fn scalar_attend_row(
+unsafe fn scalar_attend_row<T: Stored>(
     q: &[f32],
-    head: &Head,
+    head: &Head<T>,
     bias: Option<(*const f32, isize)>,
     scale: f32,
     scores: &mut [f32],
     y: &mut [f32],
 ) {
     let d = head.dim;
-    let row = |base: *const f32, stride: isize, j: usize| {
+    let row = |base: *const T, stride: isize, j: usize| {
         std::slice::from_raw_parts(base.offset(j as isize * stride), d)
     };
     for (j, s) in scores.iter_mut().enumerate().take(head.len) {
         let k = row(head.keys, head.key_stride, j);
-        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+        *s = q.iter().zip(k).map(|(a, b)| a * b.widen()).sum::<f32>() * scale;
         if let Some((m, stride)) = bias {
             *s += *m.offset(j as isize * stride);
         }
@@ -385,7 +451,7 @@ unsafe fn scalar_attend_row(
     y.fill(0.0);
     for (j, &p) in scores.iter().enumerate() {
         for (y, &v) in y.iter_mut().zip(row(head.values, head.value_stride, j)) {
-            *y += p * v;
+            *y += p * v.widen();
         }
     }
     let inv = 1.0 / total;
@@ -428,7 +494,7 @@ mod simd {
 
     #[cfg(target_arch = "x86_64")]
     pub mod avx512 {
-        use super::super::Head;
+        use super::super::{Head, Stored};
         use std::arch::x86_64::*;
 
         /// # Safety
@@ -468,9 +534,9 @@ mod simd {
         /// # Safety
         /// AVX-512F; as for `attend_row`, with `head.dim == 16·C`.
         #[target_feature(enable = "avx512f")]
-        pub unsafe fn attend_row<const C: usize>(
+        pub unsafe fn attend_row<T: Stored, const C: usize>(
             q: &[f32],
-            head: &Head,
+            head: &Head<T>,
             bias: Option<(*const f32, isize)>,
             scale: f32,
             scores: &mut [f32],
@@ -483,9 +549,9 @@ mod simd {
             let mut max = f32::NEG_INFINITY;
             for (j, s) in scores.iter_mut().enumerate().take(head.len) {
                 let k = head.keys.offset(j as isize * head.key_stride);
-                let mut acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k));
+                let mut acc = _mm512_mul_ps(qv[0], T::load16(k));
                 for (c, v) in qv.iter().enumerate().skip(1) {
-                    acc = _mm512_fmadd_ps(*v, _mm512_loadu_ps(k.add(16 * c)), acc);
+                    acc = _mm512_fmadd_ps(*v, T::load16(k.add(16 * c)), acc);
                 }
                 *s = _mm512_reduce_add_ps(acc) * scale;
                 if let Some((m, stride)) = bias {
@@ -505,7 +571,7 @@ mod simd {
                     head.values.offset(j as isize * head.value_stride),
                 );
                 for (c, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(p, _mm512_loadu_ps(v.add(16 * c)), *a);
+                    *a = _mm512_fmadd_ps(p, T::load16(v.add(16 * c)), *a);
                 }
             }
             let inv = _mm512_set1_ps(1.0 / total);

@@ -183,10 +183,6 @@ impl Linear {
         }
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
-        if x.kind() != Kind::Float {
-            // (A bf16 step runs libtorch's norms and attention: `parallel::decoding_step`.)
-            super::parallel::note_library_product();
-        }
         let y = match &self.scales {
             // (The streamed product reads the weight's memory as rows: contiguous only.)
             Some(scales)
@@ -273,9 +269,6 @@ impl Linear {
             }
         }
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
-        if x.kind() != Kind::Float {
-            super::parallel::note_library_product();
-        }
         let ys = if int8 {
             let mut weights = Vec::with_capacity(linears.len());
             for l in linears {

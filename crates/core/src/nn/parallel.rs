@@ -321,9 +321,10 @@ thread_local! {
 }
 
 /// Note that a step does work libtorch spreads over its threads: a product on the library's
-/// kernel (or one being measured), attention in libtorch's kernels (whose sums follow the
-/// thread count: run on one thread, a step's probabilities moved in the last bits), or a
-/// product of activations other than f32, whose norms run in libtorch's kernels too.
+/// kernel (or one being measured), or attention in libtorch's kernels (whose sums follow the
+/// thread count: run on one thread, a step's probabilities moved in the last bits). A bf16
+/// step's norms and element-wise operations are libtorch's too, but on a few rows they run
+/// on one thread anyway, and give the same bits on one (`crates/gpt/tests/step_helpers.rs`).
 pub(crate) fn note_library_product() {
     LIBRARY_PRODUCTS.with(|n| n.set(n.get() + 1));
 }

@@ -220,8 +220,9 @@ fn product_block<T: Stored>(w: &[T], in_dim: usize, x: &[f32], rows: usize, y: &
     }
 }
 
-/// A weight element as stored: a bf16 (its bits) or an f32.
-trait Stored: Copy + Send + Sync {
+/// A weight element as stored: a bf16 (its bits) or an f32. (Also how the fused decoding
+/// attention reads a bf16 or f32 KV cache: [`super::fused::attention`].)
+pub(super) trait Stored: Copy + Send + Sync {
     /// Its value as an f32 (exact for both).
     fn widen(self) -> f32;
     /// 16 consecutive elements from `p`, widened to f32.
