@@ -680,6 +680,30 @@ mod tests {
                 );
                 let diff = max_diff(&ours, &expected);
                 assert!(diff < 1e-5, "{b}x{h}/{kh}x{lq}x{lk}x{d}: {diff}");
+                // A bf16 model's: the same values stored in bf16 (a bf16 or f32 mask), the
+                // sums in f32, the result rounded to bf16 once.
+                let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+                let (qb, kb, vb) = (bf16(&q), bf16(&k), bf16(&v));
+                let float = |t: &Tensor| t.to_kind(Kind::Float);
+                let exact = Tensor::scaled_dot_product_attention(
+                    &float(&qb),
+                    &float(&kb),
+                    &float(&vb),
+                    bias,
+                    0.0,
+                    false,
+                    0.125,
+                    h != kh,
+                );
+                for mask in [bias.map(Tensor::shallow_clone), bias.map(bf16)] {
+                    let ours = attention(&qb, &kb, &vb, mask.as_ref(), 0.125)
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!(ours.kind(), Kind::BFloat16);
+                    // One bf16 rounding of values below 4 (and of a bf16 mask): within 2⁻⁵.
+                    let diff = max_diff(&float(&ours), &exact);
+                    assert!(diff < 0.04, "bf16 {b}x{h}/{kh}x{lq}x{lk}x{d}: {diff}");
+                }
             }
         }
     }
