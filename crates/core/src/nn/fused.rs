@@ -48,6 +48,9 @@ const SERIAL: usize = 1 << 16;
 /// same order of the final multiplications. `None` unless `x` and `weight` are f32 CPU
 /// tensors without gradients and `x` is contiguous.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if x.kind() == Kind::BFloat16 {
+        return rms_norm_bf16(x, weight, eps);
+    }
     let dim = weight.numel();
     if !plain_f32(x)
         || !plain_f32(weight)
@@ -75,6 +78,55 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
             let y_row = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * dim), dim) };
             for ((y, &v), &g) in y_row.iter_mut().zip(row).zip(w) {
                 *y = g * (v * inv);
+            }
+        }
+    };
+    for_each_task(rows.div_ceil(block), &run);
+    Ok(Some(y))
+}
+
+/// [`rms_norm`] for a bf16 model: `x` and `weight` bf16, as [`super::Norm::RmsNorm`]'s
+/// tensor operations compute it (T5's and Llama's order): the row widened to f32, its mean
+/// square in f32, `x · 1/√(mean + eps)` rounded to bf16, then times the weight, rounded
+/// again. `None` unless both are contiguous bf16 CPU tensors without gradients.
+fn rms_norm_bf16(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let dim = weight.numel();
+    let plain = |t: &Tensor| {
+        t.kind() == Kind::BFloat16
+            && t.device() == Device::Cpu
+            && !t.requires_grad()
+            && t.is_contiguous()
+    };
+    if !plain(x) || !plain(weight) || x.size().last().copied() != Some(dim as i64) || dim == 0 {
+        return Ok(None);
+    }
+    let y = Tensor::f_empty(x.size().as_slice(), (Kind::BFloat16, Device::Cpu))?;
+    // SAFETY: contiguous bf16 CPU tensors (checked above), their bits read as u16, only read
+    // while `y` is written.
+    let (xs, w) = unsafe {
+        (
+            std::slice::from_raw_parts(x.data_ptr() as *const half::bf16, x.numel()),
+            std::slice::from_raw_parts(weight.data_ptr() as *const half::bf16, dim),
+        )
+    };
+    let out = SharedMut(y.data_ptr() as *mut half::bf16);
+    let rows = xs.len() / dim;
+    let eps = eps as f32;
+    let block = (SERIAL / dim).max(1);
+    let run = |b: usize| {
+        let mut row32 = vec![0f32; dim];
+        let first = b * block;
+        for r in first..(first + block).min(rows) {
+            for (v32, v) in row32.iter_mut().zip(&xs[r * dim..(r + 1) * dim]) {
+                *v32 = v.to_f32();
+            }
+            let mean_square = simd::dot(&row32, &row32) / dim as f32;
+            let inv = 1.0 / (mean_square + eps).sqrt();
+            // SAFETY: `y` has `rows · dim` elements; this task alone writes row r.
+            let y_row = unsafe { std::slice::from_raw_parts_mut(out.get().add(r * dim), dim) };
+            for ((y, &v), &g) in y_row.iter_mut().zip(&row32).zip(w) {
+                let normed = half::bf16::from_f32(v * inv);
+                *y = half::bf16::from_f32(g.to_f32() * normed.to_f32());
             }
         }
     };
@@ -606,6 +658,33 @@ mod tests {
             let expected = &w * (&x * (variance + 1e-5).rsqrt());
             assert!(max_diff(&ours, &expected) < 1e-5, "{size:?}");
             assert_eq!(ours.size(), size);
+        }
+    }
+
+    #[test]
+    fn bf16_rms_norm_is_the_tensor_ops_formula() {
+        tch::manual_seed(6);
+        for size in [
+            vec![1, 1, 960],
+            vec![2, 3, 2048],
+            vec![80, 1000],
+            vec![4, 7],
+        ] {
+            let x = (randn(&size) * 3.0).to_kind(Kind::BFloat16);
+            let w = randn(&size[size.len() - 1..]).to_kind(Kind::BFloat16);
+            let ours = rms_norm(&x, &w, 1e-5).unwrap().unwrap();
+            assert_eq!(ours.kind(), Kind::BFloat16);
+            // `Norm::RmsNorm`'s libtorch path for half-precision weights.
+            let x32 = x.to_kind(Kind::Float);
+            let variance = x32.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+            let normed = &x32 * (variance + 1e-5).rsqrt();
+            let expected = &w * normed.to_kind(Kind::BFloat16);
+            // Equal but where the f32 reciprocal square roots differ in their last bit and
+            // that moves a bf16 rounding (one bf16 step, 2⁻⁸ relative, at most).
+            let diff = (ours.to_kind(Kind::Float) - expected.to_kind(Kind::Float)).abs();
+            let scale = expected.to_kind(Kind::Float).abs() + 1e-3;
+            let worst = (diff / scale).max().double_value(&[]);
+            assert!(worst <= 1.0 / 128.0, "{size:?}: {worst}");
         }
     }
 
