@@ -137,16 +137,21 @@ fn rms_norm_bf16(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>
 /// The rotary turn `x·cos + rotate_half(x)·sin` of `x` `[batch, heads, seq, head_dim]` (any
 /// strides with the last one 1) by `cos`, `sin` `[batch, 1, seq, head_dim]` (contiguous),
 /// where `rotate_half([x₁, x₂]) = [−x₂, x₁]`: the same multiplications and addition, in the
-/// same order, as [`super::RotaryAngles::apply`]'s tensor ops, into a contiguous result.
+/// same order, as [`super::RotaryAngles::apply`]'s tensor ops, into a contiguous result. All
+/// three f32, or all bf16 (each product and the sum then rounded to bf16, as libtorch's bf16
+/// operations round each result).
 pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
     let size = x.size();
     let [b, h, s, d] = size[..] else {
         return Ok(None);
     };
     let stride = x.stride();
-    if !plain_f32(x)
-        || !plain_f32(cos)
-        || !plain_f32(sin)
+    let kind = x.kind();
+    let plain = |t: &Tensor| t.kind() == kind && t.device() == Device::Cpu && !t.requires_grad();
+    if !matches!(kind, Kind::Float | Kind::BFloat16)
+        || !plain(x)
+        || !plain(cos)
+        || !plain(sin)
         || stride[3] != 1
         || d % 2 != 0
         || cos.size() != [b, 1, s, d]
@@ -157,13 +162,66 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> 
     {
         return Ok(None);
     }
-    let y = Tensor::f_empty([b, h, s, d], (Kind::Float, Device::Cpu))?;
-    // SAFETY: contiguous f32 CPU tensors (checked above).
-    let (cos, sin) = unsafe { (values(cos), values(sin)) };
-    let (b, h, s, d) = (b as usize, h as usize, s as usize, d as usize);
+    let y = Tensor::f_empty([b, h, s, d], (kind, Device::Cpu))?;
+    let shape = [b as usize, h as usize, s as usize, d as usize];
+    let stride = [stride[0], stride[1], stride[2]];
+    // SAFETY: CPU tensors of the element type named (checked above), `cos`/`sin` contiguous
+    // [b, 1, s, d], `x` of `shape` with `stride` and its last stride 1, `y` fresh and
+    // contiguous of `shape`.
+    unsafe {
+        if kind == Kind::BFloat16 {
+            rotary_as::<half::bf16>(x, cos, sin, &y, shape, stride);
+        } else {
+            rotary_as::<f32>(x, cos, sin, &y, shape, stride);
+        }
+    }
+    Ok(Some(y))
+}
+
+/// An element [`rotary`] reads and writes: f32, or bf16 rounded after each operation.
+trait Element: Copy + Send + Sync {
+    fn get(self) -> f32;
+    fn put(v: f32) -> Self;
+}
+
+impl Element for f32 {
+    fn get(self) -> f32 {
+        self
+    }
+    fn put(v: f32) -> Self {
+        v
+    }
+}
+
+impl Element for half::bf16 {
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    fn put(v: f32) -> Self {
+        half::bf16::from_f32(v) // to nearest, ties to even: libtorch's rounding
+    }
+}
+
+/// [`rotary`]'s loop over elements of type `T`.
+///
+/// # Safety
+/// As stated where [`rotary`] calls it.
+unsafe fn rotary_as<T: Element>(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    y: &Tensor,
+    [b, h, s, d]: [usize; 4],
+    stride: [i64; 3],
+) {
+    let angles_len = b * s * d;
+    let (cos, sin) = (
+        std::slice::from_raw_parts(cos.data_ptr() as *const T, angles_len),
+        std::slice::from_raw_parts(sin.data_ptr() as *const T, angles_len),
+    );
     let half = d / 2;
-    let xp = SharedMut(x.data_ptr() as *mut f32);
-    let out = SharedMut(y.data_ptr() as *mut f32);
+    let xp = SharedMut(x.data_ptr() as *mut T);
+    let out = SharedMut(y.data_ptr() as *mut T);
     let run = |bh: usize| {
         let (bi, hi) = (bh / h, bh % h);
         for si in 0..s {
@@ -181,11 +239,15 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> 
             let (c, sn) = (&cos[angles.clone()], &sin[angles]);
             for i in 0..d {
                 let turned = if i < half {
-                    -row[i + half]
+                    -row[i + half].get()
                 } else {
-                    row[i - half]
+                    row[i - half].get()
                 };
-                y_row[i] = row[i] * c[i] + turned * sn[i];
+                let (a, b) = (
+                    T::put(row[i].get() * c[i].get()),
+                    T::put(turned * sn[i].get()),
+                );
+                y_row[i] = T::put(a.get() + b.get());
             }
         }
     };
@@ -195,7 +257,6 @@ pub fn rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> 
     } else {
         for_each_task(tasks, &run);
     }
-    Ok(Some(y))
 }
 
 /// `dst.copy_(src)` for two 4-D tensors of one size, CPU, one element type, the last
@@ -700,6 +761,13 @@ mod tests {
             let turned = Tensor::cat(&[-x.narrow(3, half, half), x.narrow(3, 0, half)], 3);
             let expected = &x * &cos + turned * &sin;
             assert!(ours.equal(&expected), "{b}x{h}x{s}x{d}");
+            // A bf16 model's: the tensor ops' roundings, to the bit.
+            let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+            let (xb, cb, sb) = (bf16(&x), bf16(&cos), bf16(&sin));
+            let ours = rotary(&xb, &cb, &sb).unwrap().unwrap();
+            let turned = Tensor::cat(&[-xb.narrow(3, half, half), xb.narrow(3, 0, half)], 3);
+            let expected = &xb * &cb + turned * &sb;
+            assert!(ours.equal(&expected), "bf16 {b}x{h}x{s}x{d}");
         }
     }
 
