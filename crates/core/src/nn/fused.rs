@@ -46,7 +46,7 @@ const SERIAL: usize = 1 << 16;
 /// RMSNorm, `weight · x / √(mean(x²) + eps)` over the last dimension, as
 /// [`super::Norm::RmsNorm`] computes it with libtorch: the mean square summed in f32, the
 /// same order of the final multiplications. `None` unless `x` and `weight` are f32 CPU
-/// tensors without gradients and `x` is contiguous.
+/// tensors without gradients and `x` is contiguous, or both contiguous bf16 ones.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     if x.kind() == Kind::BFloat16 {
         return rms_norm_bf16(x, weight, eps);
