@@ -638,8 +638,8 @@ for half a second, their median), again just before and just after each decoding
 shared host it switches between levels (on the Zen 5 VM about 93 and 55 GB/s, in spells of
 0.1 s to seconds), so a run and the measurements beside it can fall in different spells: the
 bound uses the highest bandwidth measured around a workload's runs and sets it against the
-fastest run (logs before 2026-12-05 set each run against the mean of its own two
-measurements; older ones use the machine line's). For Trident the table also sets the
+fastest run (tables written before the eighth pass of 2026-12-05 set each run against the
+mean of its own two measurements; logs without them use the machine line's). For Trident the table also sets the
 decoding steps alone against the bound: the steps after the first new token (the run less
 its prompt's prefill and the first calls that measure the kernels), `decode_s` and
 `decode_steps` in the log lines. At batch 8 one step serves 8 tokens, so its bound is 8 times that (compute
