@@ -349,7 +349,12 @@ pub fn attention(
         return Ok(None);
     }
     // The bias as a [batch, heads, q_len, k_len] f32 view (stride 0 where it broadcasts).
-    let bias = bias.map(|m| m.f_to_kind(Kind::Float)).transpose()?;
+    // (Converted only where it is bf16: each libtorch call costs microseconds in a step.)
+    let bias = match bias {
+        Some(m) if m.kind() != Kind::Float => Some(m.f_to_kind(Kind::Float)?),
+        Some(m) => Some(m.shallow_clone()),
+        None => None,
+    };
     let bias = match bias {
         Some(m) => match m.f_expand([b, h, lq, lk], false) {
             Ok(m) if m.stride()[3] == 1 || lk == 1 => Some(m),
@@ -357,7 +362,10 @@ pub fn attention(
         },
         None => None,
     };
-    let q = q.f_to_kind(Kind::Float)?.f_contiguous()?;
+    let q = match kind {
+        Kind::Float => q.f_contiguous()?,
+        _ => q.f_to_kind(Kind::Float)?.f_contiguous()?,
+    };
     let y = Tensor::f_empty([b, h, lq, d], (Kind::Float, Device::Cpu))?;
     let (b, h, lq, lk, d, kh) = (
         b as usize,
