@@ -898,6 +898,10 @@ impl Decoder for Probed<'_> {
     fn reorder(&self, state: &mut CausalLmState, beam_idx: &Tensor) -> Result<()> {
         self.model.reorder(state, beam_idx)
     }
+
+    fn plan(&self, state: &mut CausalLmState, positions: usize) {
+        self.model.plan(state, positions)
+    }
 }
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ pub trait Decoder {
     /// encoder output, cross-attention keys and values) may therefore be kept once per input
     /// and left alone by those (T5 does).
     fn reorder(&self, state: &mut Self::State, beam_idx: &Tensor) -> Result<()>;
+
+    /// A hint, given once after [`Decoder::start`]: no row will hold more than `positions`
+    /// positions (initial ids and new tokens fed back) in this run, so caches may stop growing
+    /// there. The default ignores it.
+    fn plan(&self, _state: &mut Self::State, _positions: usize) {}
 }
 
 /// One generated sequence.
@@ -123,6 +128,8 @@ pub fn generate_with<D: Decoder + ?Sized>(
             .collect());
     }
     let mut state = decoder.start(batch)?;
+    // The last token is never fed back: a row caches at most `max_len - 1` positions.
+    decoder.plan(&mut state, max_len - 1);
     // Each input is repeated, one row per beam (beam search) or per returned sequence.
     let repeat = if config.num_beams() > 1 {
         config.num_beams()

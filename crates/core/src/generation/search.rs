@@ -2,7 +2,7 @@
 //! beam search (the `num_beams` best partial sequences per input), each reproducing
 //! transformers' `generate` token for token.
 
-use super::logits::{apply, LogitsProcessor};
+use super::logits::{apply, apply_with_spare, LogitsProcessor};
 use super::stream::{Hooks, StopStrings, Token};
 use super::{Decoder, EarlyStopping, GenerationConfig, Sequence};
 use crate::text::tensor_to_rows;
@@ -480,8 +480,9 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
                 fresh
             }
         };
-        drop(logits);
-        let log_probs = apply(&processors, &tensor_to_rows(&so_far)?, log_probs)?;
+        // The raw logits are spent: a processor that makes new scores writes them there.
+        let log_probs =
+            apply_with_spare(&processors, &tensor_to_rows(&so_far)?, log_probs, logits)?;
         // [batch, beams·vocab]: each continuation's score, the beam's so far plus its own.
         let mut total = log_probs.f_view([batch, beams, vocab])?.f_to(Device::Cpu)?;
         let _ = total.f_add_(&b.running_scores.f_unsqueeze(-1)?)?;

@@ -149,6 +149,13 @@ impl<M: CausalLm + ?Sized> Decoder for CausalLmDecoder<'_, M> {
     fn reorder(&self, state: &mut CausalLmState, beam_idx: &Tensor) -> Result<()> {
         state.reorder(beam_idx)
     }
+
+    fn plan(&self, state: &mut CausalLmState, positions: usize) {
+        state
+            .caches
+            .iter_mut()
+            .for_each(|c| c.plan(positions as i64));
+    }
 }
 
 /// An encoder-decoder model, as the generation engine needs it.
@@ -312,5 +319,12 @@ impl<M: Seq2SeqLm + ?Sized> Decoder for Seq2SeqDecoder<'_, M> {
 
     fn reorder(&self, state: &mut Seq2SeqState, beam_idx: &Tensor) -> Result<()> {
         state.reorder(beam_idx)
+    }
+
+    fn plan(&self, state: &mut Seq2SeqState, positions: usize) {
+        state
+            .caches
+            .iter_mut()
+            .for_each(|c| c.plan(positions as i64));
     }
 }
