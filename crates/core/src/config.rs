@@ -88,6 +88,23 @@ impl Activation {
         })
     }
 
+    /// [`Activation::forward`] over `x`'s own memory, for a tensor nobody else reads (a
+    /// projection's fresh output): the same kernel, so the same values, without a second
+    /// block of `x`'s size. Out of place where autograd needs the input (training).
+    pub fn forward_owned(self, mut x: Tensor) -> Result<Tensor> {
+        if x.requires_grad() {
+            return self.forward(&x);
+        }
+        let _ = match self {
+            Activation::Gelu => x.f_gelu_("none")?,
+            Activation::GeluTanh => x.f_gelu_("tanh")?,
+            Activation::Relu => x.f_relu_()?,
+            Activation::Silu => x.f_silu_()?,
+            Activation::Tanh => x.f_tanh_()?,
+        };
+        Ok(x)
+    }
+
     /// Parse a config name (`gelu`, `gelu_new`, `relu`, …).
     pub fn parse(name: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {

@@ -49,9 +49,18 @@ impl FeedForward {
                     .map_err(|_| {
                         crate::Error::Unsupported("two projections, two results".into())
                     })?;
-                self.activation.forward(&up)?.f_mul(&linear)? // [..., intermediate]
+                let mut h = self.activation.forward_owned(up)?; // [..., intermediate]
+                if h.requires_grad() {
+                    h.f_mul(&linear)?
+                } else {
+                    let _ = h.f_mul_(&linear)?;
+                    h
+                }
             }
-            None => self.activation.forward(&self.up.forward(x)?)?,
+            // The up-projection's output is this call's own: activated in place (one block
+            // of [..., intermediate] less at the peak: 79 MB in BART-large-size encoders
+            // over 8 × 600 tokens).
+            None => self.activation.forward_owned(self.up.forward(x)?)?,
         };
         self.down.forward(&h)
     }
