@@ -141,18 +141,14 @@ impl T5Stack {
     ) -> Result<Tensor> {
         let n = ids.size()[1];
         let offset = LayerCache::cached_len(caches.as_deref());
-        // [1, heads, n, offset+n]
+        // [1, heads, n, offset+n], shared by every block and every row; the attention adds
+        // each row's mask to it (row by row where the whole batch's sum would be large).
         let bias = self
             .relative_attention_bias
             .forward(n, offset + n, offset)?;
-        // Every block adds the same bias and mask: add them once here, not once per block
-        // (for a batch of long inputs that is a [batch, heads, n, n] tensor each time).
-        let bias = match self_mask {
-            Some(mask) => bias.f_add(mask)?, // [batch or 1, heads, n, offset+n]
-            None => bias,
-        };
         let ctx = LayerContext {
             self_attention: AttentionContext {
+                mask: self_mask,
                 position_bias: Some(&bias),
                 ..Default::default()
             },
