@@ -8,7 +8,7 @@
 //! one encoder output shared by an input's beams) lives here and nowhere else.
 
 use super::Decoder;
-use crate::nn::LayerCache;
+use crate::nn::{LayerCache, RowOrder};
 use crate::text::Batch;
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -97,8 +97,9 @@ impl CausalLmState {
         let idx = beam_idx
             .f_to(self.attention_mask.device())?
             .f_to_kind(Kind::Int64)?;
+        let order = RowOrder::new(&idx)?; // read to the host once for every layer
         for cache in &mut self.caches {
-            cache.reorder(&idx)?;
+            cache.reorder_by(&order)?;
         }
         self.attention_mask = self.attention_mask.f_index_select(0, &idx)?;
         if let Some(last) = &self.last_position {
@@ -254,14 +255,16 @@ impl Seq2SeqState {
                 let input_of = idx.f_floor_divide_scalar(self.copies)?;
                 self.encoder_hidden = self.encoder_hidden.f_index_select(0, &input_of)?;
                 self.encoder_mask = self.encoder_mask.f_index_select(0, &input_of)?;
+                let inputs = RowOrder::new(&input_of)?;
                 for cache in &mut self.caches {
-                    cache.cross_attn.reorder(&input_of)?;
+                    cache.cross_attn.reorder_by(&inputs)?;
                 }
                 self.copies = 1;
             }
         }
+        let order = RowOrder::new(&idx)?; // read to the host once for every layer
         for cache in &mut self.caches {
-            cache.self_attn.reorder(&idx)?;
+            cache.self_attn.reorder_by(&order)?;
         }
         Ok(())
     }

@@ -146,7 +146,13 @@ impl KvCache {
     }
 
     /// Keep batch rows in the order `beam_idx` (`[batch]` int64) gives: row `i` becomes
-    /// the old row `beam_idx[i]`.
+    /// the old row `beam_idx[i]`. (Several caches reordered alike: [`RowOrder`], worked out
+    /// once.)
+    pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
+        self.reorder_by(&RowOrder::new(beam_idx)?)
+    }
+
+    /// [`KvCache::reorder`] by an order worked out once for all the caches of a step.
     ///
     /// With as many rows as before (every beam-search step), the rows that change are
     /// rewritten in place over the cached positions only: a copy of their sources is taken
@@ -155,22 +161,60 @@ impl KvCache {
     /// stays, and left the freed buffers to fragment the heap (OPUS-MT beam 4 over 64
     /// sentences: 12 such buffers of 8–17 MB a step). With a different number of rows (the
     /// engine's first reorder, which repeats each input for its beams) a new buffer is made.
-    pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
-        let idx = beam_idx.f_to_kind(Kind::Int64)?;
+    pub fn reorder_by(&mut self, order: &RowOrder) -> Result<()> {
         let (Some(k), Some(v)) = (&self.k, &self.v) else {
             return Ok(());
         };
         let rows = k.size()[0];
-        if idx.size() != [rows] {
-            self.k = Some(k.f_index_select(0, &idx.f_to(k.device())?)?);
-            self.v = Some(v.f_index_select(0, &idx.f_to(v.device())?)?);
+        if order.rows != rows {
+            self.k = Some(k.f_index_select(0, &order.index.f_to(k.device())?)?);
+            self.v = Some(v.f_index_select(0, &order.index.f_to(v.device())?)?);
             return Ok(());
         }
-        let order = Vec::<i64>::try_from(&idx.f_to(tch::Device::Cpu)?)?;
-        if let Some(&bad) = order.iter().find(|&&i| i < 0 || i >= rows) {
+        if order.max >= rows {
             return Err(crate::Error::Input(format!(
-                "beam index {bad} is outside the cache's {rows} rows"
+                "beam index {} is outside the cache's {rows} rows",
+                order.max
             )));
+        }
+        let Some((moved, from)) = &order.moves else {
+            return Ok(()); // every row stays
+        };
+        if self.len == 0 {
+            return Ok(());
+        }
+        let (moved, from) = (moved.f_to(k.device())?, from.f_to(k.device())?);
+        for buffer in [k, v] {
+            let mut filled = buffer.f_narrow(2, 0, self.len)?; // [rows, heads, len, head_dim]
+            let sources = filled.f_index_select(0, &from)?; // taken before any row is written
+            let _ = filled.f_index_copy_(0, &moved, &sources)?;
+        }
+        Ok(())
+    }
+}
+
+/// A reorder of batch rows (row `i` becomes the old row `index[i]`), read to the host once for
+/// all the caches of a step: which rows change and where each comes from.
+#[derive(Debug)]
+pub struct RowOrder {
+    /// `[rows]` int64, on the caller's device.
+    index: Tensor,
+    /// Its length.
+    rows: i64,
+    /// Its largest entry.
+    max: i64,
+    /// The rows that change and their sources (`[moved]` int64 each), or `None` when every
+    /// row stays.
+    moves: Option<(Tensor, Tensor)>,
+}
+
+impl RowOrder {
+    /// The order `beam_idx` (`[rows]`, any integer kind) gives; negative entries are errors.
+    pub fn new(beam_idx: &Tensor) -> Result<Self> {
+        let index = beam_idx.f_to_kind(Kind::Int64)?;
+        let order = Vec::<i64>::try_from(&index.f_to(tch::Device::Cpu)?)?;
+        if let Some(&bad) = order.iter().find(|&&i| i < 0) {
+            return Err(crate::Error::Input(format!("beam index {bad} is negative")));
         }
         let (moved, from): (Vec<i64>, Vec<i64>) = order
             .iter()
@@ -178,20 +222,21 @@ impl KvCache {
             .map(|(i, &from)| (i as i64, from))
             .filter(|(i, from)| i != from)
             .unzip();
-        if moved.is_empty() || self.len == 0 {
-            return Ok(());
-        }
-        let device = k.device();
-        let (moved, from) = (
-            Tensor::f_from_slice(&moved)?.f_to(device)?,
-            Tensor::f_from_slice(&from)?.f_to(device)?,
-        );
-        for buffer in [k, v] {
-            let mut filled = buffer.f_narrow(2, 0, self.len)?; // [rows, heads, len, head_dim]
-            let sources = filled.f_index_select(0, &from)?; // taken before any row is written
-            let _ = filled.f_index_copy_(0, &moved, &sources)?;
-        }
-        Ok(())
+        let moves = if moved.is_empty() {
+            None
+        } else {
+            let device = index.device();
+            Some((
+                Tensor::f_from_slice(&moved)?.f_to(device)?,
+                Tensor::f_from_slice(&from)?.f_to(device)?,
+            ))
+        };
+        Ok(RowOrder {
+            rows: order.len() as i64,
+            max: order.iter().copied().max().unwrap_or(0),
+            index,
+            moves,
+        })
     }
 }
 
@@ -234,8 +279,13 @@ impl LayerCache {
 
     /// Reorder both caches along the batch axis.
     pub fn reorder(&mut self, beam_idx: &Tensor) -> Result<()> {
-        self.self_attn.reorder(beam_idx)?;
-        self.cross_attn.reorder(beam_idx)
+        self.reorder_by(&RowOrder::new(beam_idx)?)
+    }
+
+    /// [`LayerCache::reorder`] by an order worked out once for all the layers.
+    pub fn reorder_by(&mut self, order: &RowOrder) -> Result<()> {
+        self.self_attn.reorder_by(order)?;
+        self.cross_attn.reorder_by(order)
     }
 }
 
@@ -281,6 +331,8 @@ mod tests {
         assert_eq!(cache.get().unwrap().unwrap().0.size()[0], 10);
         let bad = cache.reorder(&Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5, 6, 7, 8, 10]));
         assert!(bad.unwrap_err().to_string().contains("outside"));
+        let negative = RowOrder::new(&Tensor::from_slice(&[0i64, -1]));
+        assert!(negative.unwrap_err().to_string().contains("negative"));
     }
 
     #[test]

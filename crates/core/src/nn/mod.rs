@@ -23,7 +23,7 @@ pub mod streamed;
 pub mod streamed_int8;
 
 pub use attention::{AttentionContext, MultiHeadAttention, Projections};
-pub use cache::{KvCache, LayerCache};
+pub use cache::{KvCache, LayerCache, RowOrder};
 pub use dropout::{dropout, SublayerDropout};
 pub use feed_forward::FeedForward;
 pub use layer::{forward_stack, LayerContext, NormPosition, TransformerLayer};
