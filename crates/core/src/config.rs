@@ -137,6 +137,25 @@ impl TokenIds {
 
 #[cfg(test)]
 mod tests {
+    /// In place or not, every activation gives the same values, bit for bit.
+    #[test]
+    fn activations_in_place_equal_out_of_place() {
+        let x = tch::Tensor::randn([4, 33], (tch::Kind::Float, tch::Device::Cpu)) * 3.0;
+        for a in [
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::Relu,
+            Activation::Silu,
+            Activation::Tanh,
+        ] {
+            let fresh = x.copy();
+            let ptr = fresh.data_ptr();
+            let owned = a.forward_owned(fresh).unwrap();
+            assert!(owned.equal(&a.forward(&x).unwrap()), "{a:?}");
+            assert_eq!(owned.data_ptr(), ptr, "{a:?} in place");
+        }
+    }
+
     use super::*;
 
     #[test]

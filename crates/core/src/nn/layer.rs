@@ -143,6 +143,8 @@ fn add_residual(mut sublayer: Tensor, residual: &Tensor) -> Result<Tensor> {
         || residual.requires_grad()
         || sublayer.size() != residual.size()
         || sublayer.kind() != residual.kind()
+        || sublayer.data_ptr() == residual.data_ptr()
+    // a sublayer that returned its input
     {
         return Ok(residual.f_add(&sublayer)?);
     }
@@ -179,4 +181,33 @@ pub fn forward_stack(
         }
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    /// The residual sum over the sublayer's output equals the plain sum and leaves the
+    /// residual alone, also when a sublayer hands back its input or autograd is on.
+    #[test]
+    fn the_residual_sum_is_written_over_the_sublayer_only() {
+        let x = Tensor::randn([2, 3, 4], (Kind::Float, Device::Cpu));
+        let before = x.copy();
+        let out = Tensor::randn([2, 3, 4], (Kind::Float, Device::Cpu));
+        let expected = &x + &out;
+        let ptr = out.data_ptr();
+        let sum = add_residual(out, &x).unwrap();
+        assert!(sum.equal(&expected));
+        assert_eq!(sum.data_ptr(), ptr); // written in place
+        assert!(x.equal(&before));
+        // A sublayer that returned its input: a new tensor, the input unchanged.
+        let doubled = add_residual(x.shallow_clone(), &x).unwrap();
+        assert!(doubled.equal(&(&before + &before)));
+        assert!(x.equal(&before));
+        // Under autograd: out of place.
+        let grad = Tensor::randn([2, 3, 4], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let g = grad.data_ptr();
+        assert_ne!(add_residual(grad, &x).unwrap().data_ptr(), g);
+    }
 }
