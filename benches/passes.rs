@@ -8,6 +8,7 @@
 //!   attn.c_proj, c_fc, mlp.c_proj, then the head);
 //! - Trident's streamed batch-1 product over each of them, as `Linear` runs it, alone and
 //!   inside a decoding step with helpers (`nn::parallel::decoding_step`);
+//! - libtorch's own product over each of them (`linear`: MKL's matrix-vector product);
 //!
 //! each repeated, alternating, and reported as GB/s of weights (median, 25th percentile,
 //! best).
@@ -74,8 +75,9 @@ fn main() -> anyhow::Result<()> {
         "each weight, libtorch sum",
         "each weight, streamed product",
         "each weight, streamed product, in a helped step",
+        "each weight, libtorch's product (MKL's gemv)",
     ];
-    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut rates: [Vec<f64>; 5] = Default::default();
     let site = &rates as *const _ as usize; // (any address that names this step)
     for repeat in 0..=repeats {
         let mut timed = |i: usize, f: &mut dyn FnMut() -> anyhow::Result<()>| {
@@ -99,6 +101,12 @@ fn main() -> anyhow::Result<()> {
         })?;
         timed(2, &mut || Ok(passes()?))?;
         timed(3, &mut || Ok(parallel::decoding_step(site, 1, passes)?))?;
+        timed(4, &mut || {
+            for ((w, b), x) in weights.iter().zip(&inputs) {
+                let _ = x.f_linear(w, *b)?;
+            }
+            Ok(())
+        })?;
     }
     println!(
         "{model}: {} projection weights, {:.1} MB, {repeats} rounds",

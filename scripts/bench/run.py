@@ -37,6 +37,7 @@ system that earlier files have:
 
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -270,6 +271,7 @@ def this_machine(threads):
     flops, bw = bounds(threads)
     m = cpuinfo()
     m.update(cores=os.cpu_count(), threads=threads, flops=flops, bandwidth=bw,
+             bandwidth_buffer_mb=bandwidth_buffer_bytes() >> 20, last_level_cache_mb=(last_level_cache_bytes() or 0) >> 20,
              date=datetime.date.today().isoformat(), versions=versions())
     m["tag"] = machine_tag(m)
     return m
@@ -290,20 +292,44 @@ def bounds(threads):
     return flops, bandwidth(threads, seconds=1.0)
 
 
+def last_level_cache_bytes():
+    """The largest CPU cache's size in bytes (the last level: L3 on x86), from sysfs; None when
+    the kernel does not say."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        m = re.fullmatch(r"(\d+)([KMG]?)", text)
+        if m:
+            sizes.append(int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)])
+    return max(sizes, default=None)
+
+
+def bandwidth_buffer_bytes():
+    """How much the bandwidth measurement reads: 256 MB, or four times the last-level cache
+    where that is larger. A buffer that fits in the cache measures the cache: on the Intel Xeon
+    family 6 model 207 (a 300 MB L3) sums over 32–128 MB read at 44–55 GB/s, over 256 MB at
+    27–34 (partly from the cache), over 512 MB–2 GB at 23–29, which is what a model of more
+    than the cache's size can be read at (2026-12-05)."""
+    return max(256 << 20, 4 * (last_level_cache_bytes() or 0))
+
+
 def bandwidth(threads, seconds=0.5):
-    """Memory read bandwidth now (bytes/s): a sum over a 256 MB float32 matrix on every thread,
-    repeated for `seconds` (at least 9 times), the median less the first. (A plain `v @ w`
-    runs on one thread here and reads at about half this rate.) Some machines' bandwidth
-    changes by a factor of two within minutes (a shared host), so the decoding workloads take
-    it again around each run. Half a second, not a few sums: the 2-core Zen 5 VM reads ~93
-    GB/s most of the time but dips to ~55 GB/s for 0.1–0.6 s now and then, and 9 sums (25 ms)
-    landed in a dip often enough to set bounds 40 % low (2026-12-05: 94 and 53–55 GB/s before
-    and after the same runs; 0.5 s medians 92–94)."""
+    """Memory read bandwidth now (bytes/s): a sum over a float32 buffer of
+    `bandwidth_buffer_bytes()` on every thread, repeated for `seconds` (at least 9 times), the
+    median less the first. (A plain `v @ w` runs on one thread here and reads at about half this
+    rate.) Some machines' bandwidth changes by a factor of two within minutes (a shared host), so
+    the decoding workloads take it again around each run. Half a second, not a few sums: the
+    2-core Zen 5 VM reads ~93 GB/s most of the time but dips to ~55 GB/s for 0.1–0.6 s now and
+    then, and 9 sums (25 ms) landed in a dip often enough to set bounds 40 % low (2026-12-05: 94
+    and 53–55 GB/s before and after the same runs; 0.5 s medians 92–94)."""
     import torch
     torch.set_num_threads(threads)
-    if getattr(bandwidth, "matrix", None) is None:
-        bandwidth.matrix = torch.randn(8192, 8192)
-    w = bandwidth.matrix
+    if getattr(bandwidth, "buffer", None) is None:
+        bandwidth.buffer = torch.randn(bandwidth_buffer_bytes() // 4)
+    w = bandwidth.buffer
     times = []
     start = time.perf_counter()
     while len(times) < 9 or time.perf_counter() - start < seconds:
@@ -633,8 +659,11 @@ Q8_0; TinyLlama-1.1B: 1,034.4 M, 4,138 / 2,069 / 1,034 / 1,099 MB. Left out: the
 GPT-2's biases), the one row of the token table a token looks up, int8 scales, and the KV
 cache (0.1–0.5 % of the f32 weights at the workloads' 96 positions on average, up to 2.2 % of
 the int8 ones). The bound in tokens/s is the memory bandwidth over those bytes. The bandwidth
-is measured as for the machine line (sums over a 256 MB f32 matrix on the benchmark's threads
-for half a second, their median), again just before and just after each decoding run. On a
+is measured as for the machine line (sums over an f32 buffer on the benchmark's threads for
+half a second, their median; the buffer is 256 MB, or four times the last-level cache where
+that is larger, because a buffer the cache holds measures the cache: on the Intel Xeon with a
+300 MB L3 a 256 MB one read at 27–34 GB/s where 512 MB–2 GB read at 23–29), again just before
+and just after each decoding run. On a
 shared host it switches between levels (on the Zen 5 VM about 93 and 55 GB/s, in spells of
 0.1 s to seconds), so a run and the measurements beside it can fall in different spells: the
 bound uses the highest bandwidth measured around a workload's runs and sets it against the
@@ -674,7 +703,9 @@ def section(m, results, acc, logs, runs):
         f"{m.get('threads', '?')} threads for every system, {runs} runs per system, alternating; medians.", "",
         version_line(m.get("versions")), "",
         f"Measured bounds on this machine: f32 matmul {m['flops'] / 1e9:.0f} GFLOP/s; memory bandwidth "
-        f"(reading 256 MB on {m.get('threads', '?')} threads) {m['bandwidth'] / 1e9:.1f} GB/s.", "",
+        f"(reading {m.get('bandwidth_buffer_mb', 256)} MB on {m.get('threads', '?')} threads"
+        + (f"; last-level cache {m['last_level_cache_mb']} MB" if m.get("last_level_cache_mb") else "")
+        + f") {m['bandwidth'] / 1e9:.1f} GB/s.", "",
     ]
     if logs:
         lines += ["Raw lines: " + ", ".join(f"`{p}`" for p in logs) + ".", ""]
