@@ -24,7 +24,7 @@
 //! reordered together; it is not batched here (callers run it with `generate`).
 
 use super::logits::{apply, LogitsProcessor};
-use super::search::{no_candidates, probabilities, Rng};
+use super::search::{argmax_rows, no_candidates, probabilities, Rng};
 use super::state::position_ids;
 use super::stream::{Detokenize, StopStrings};
 use super::{CausalLm, GenerationConfig, Sequence};
@@ -109,7 +109,10 @@ impl Row {
             let row = p.first().ok_or_else(no_candidates)?;
             self.rng.categorical(row).ok_or_else(no_candidates)? as i64
         } else {
-            scores.f_argmax(-1, false)?.f_int64_value(&[0])?
+            argmax_rows(&scores)?
+                .first()
+                .copied()
+                .ok_or_else(no_candidates)?
         };
         self.ids.push(id);
         let stops = StopStrings::new(&self.stop_strings, detokenize)?;

@@ -103,6 +103,78 @@ pub(crate) fn no_candidates() -> Error {
     )
 }
 
+/// Greedy search's pick: the index of each row's largest score, `[rows, vocab]` → one id per
+/// row, as `torch.argmax(scores, -1)` gives it (the first of equal maxima; the first NaN where
+/// a row has one). On the CPU, for f32 scores, its own loop, rows spread over the threads:
+/// libtorch's reduction runs on one thread, one element at a time, and took 3.9 % of OPUS-MT
+/// greedy decoding's samples (64 rows × 58,101 scores a step, ≈ 3.5 ms; 2-core Intel Xeon).
+/// Elsewhere libtorch's.
+pub(crate) fn argmax_rows(scores: &Tensor) -> Result<Vec<i64>> {
+    let size = scores.size();
+    let ours = scores.device() == Device::Cpu
+        && scores.kind() == Kind::Float
+        && size.len() == 2
+        && size[1] > 0
+        && scores.is_contiguous();
+    if !ours {
+        return Ok(Vec::<i64>::try_from(
+            &scores.f_argmax(-1, false)?.f_to(Device::Cpu)?,
+        )?);
+    }
+    let (rows, vocab) = (size[0] as usize, size[1] as usize);
+    // SAFETY: a contiguous CPU f32 tensor of rows × vocab values, alive for the call and
+    // only read.
+    let all = unsafe { std::slice::from_raw_parts(scores.data_ptr() as *const f32, rows * vocab) };
+    let mut picks = vec![0i64; rows];
+    let out = crate::nn::parallel::SharedMut(picks.as_mut_ptr());
+    let pick = |r: usize| {
+        let best = first_max(&all[r * vocab..(r + 1) * vocab]) as i64;
+        // SAFETY: `picks` has `rows` elements and outlives the loop; task r alone writes
+        // element r.
+        unsafe { *out.get().add(r) = best };
+    };
+    if rows > 1 {
+        crate::nn::parallel::for_each_task(rows, &pick);
+    } else {
+        (0..rows).for_each(pick);
+    }
+    Ok(picks)
+}
+
+/// The index of the first largest value of a non-empty slice (the first NaN if there is one),
+/// in two passes the compiler vectorizes: the maximum in 16 lanes, then the first chunk of 16
+/// holding it.
+fn first_max(xs: &[f32]) -> usize {
+    const LANES: usize = 16;
+    let mut top = [f32::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            let v = chunk[i];
+            nan[i] |= v.is_nan();
+            top[i] = if v > top[i] { v } else { top[i] };
+        }
+    }
+    if nan.contains(&true) || rest.iter().any(|v| v.is_nan()) {
+        return xs.iter().position(|v| v.is_nan()).unwrap_or(0);
+    }
+    let max = top
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut start = 0;
+    for chunk in xs.chunks(LANES) {
+        // No early exit inside a chunk, so that the comparison vectorizes.
+        if chunk.iter().fold(false, |hit, &v| hit | (v == max)) {
+            return start + chunk.iter().position(|&v| v == max).unwrap_or(0);
+        }
+        start += chunk.len();
+    }
+    0 // (not reached: the maximum is one of the values)
+}
+
 /// Probabilities of each row of `scores` as f64, on the CPU.
 pub(crate) fn probabilities(scores: &Tensor) -> Result<Vec<Vec<f64>>> {
     let probs = scores
@@ -154,7 +226,7 @@ pub(crate) fn greedy_or_sample<D: Decoder + ?Sized>(
             }
             picks
         } else {
-            Vec::<i64>::try_from(&scores.f_argmax(-1, false)?.f_to(Device::Cpu)?)?
+            argmax_rows(&scores)?
         };
         for (i, row) in rows.iter_mut().enumerate() {
             if lens[i].is_some() {
@@ -546,6 +618,49 @@ pub(crate) fn beam_search<D: Decoder + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn greedy_picks_are_torchs_argmax() {
+        // Rows of every length class (under one chunk of 16, a multiple of it, with a
+        // remainder), ties (the first wins), all -inf, -inf beside values, NaN (the first
+        // NaN wins), and random rows over the threads.
+        let nan = f32::NAN;
+        let ninf = f32::NEG_INFINITY;
+        let fixed: Vec<Vec<f32>> = vec![
+            vec![0.5],
+            vec![1.0, 3.0, 3.0, 2.0],
+            vec![ninf; 5],
+            vec![ninf, ninf, -1e30, ninf],
+            vec![1.0, nan, 7.0, nan],
+            (0..40).map(|i| if i == 33 { 9.0 } else { 1.0 }).collect(),
+            (0..32)
+                .map(|i| if i % 16 == 3 { 2.0 } else { 0.0 })
+                .collect(),
+            (0..37)
+                .map(|i| if i == 36 { nan } else { i as f32 })
+                .collect(),
+        ];
+        for row in &fixed {
+            let t = Tensor::from_slice(row).view([1, -1]);
+            let want = Vec::<i64>::try_from(&t.argmax(-1, false)).unwrap();
+            assert_eq!(argmax_rows(&t).unwrap(), want, "row {row:?}");
+        }
+        tch::manual_seed(5);
+        for (rows, vocab) in [(1, 50257), (8, 50257), (64, 1000), (3, 17)] {
+            let t = Tensor::randn([rows, vocab], (Kind::Float, Device::Cpu));
+            // Repeated maxima: rounding to a coarse grid makes ties common.
+            let t = (t * 4.0).round();
+            let want = Vec::<i64>::try_from(&t.argmax(-1, false)).unwrap();
+            assert_eq!(argmax_rows(&t).unwrap(), want, "{rows} × {vocab}");
+        }
+        // Not ours (f64, a view with strides): libtorch's, the same answer.
+        let t = Tensor::from_slice(&[1.0f64, 5.0, 2.0]).view([1, 3]);
+        assert_eq!(argmax_rows(&t).unwrap(), vec![1]);
+        let t = Tensor::from_slice(&[1.0f32, 5.0, 2.0, 7.0])
+            .view([2, 2])
+            .tr();
+        assert_eq!(argmax_rows(&t).unwrap(), vec![1, 1]);
+    }
 
     #[test]
     fn the_sampler_is_reproducible_and_follows_the_weights() {
