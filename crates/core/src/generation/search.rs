@@ -114,6 +114,7 @@ pub(crate) fn argmax_rows(scores: &Tensor) -> Result<Vec<i64>> {
     let ours = scores.device() == Device::Cpu
         && scores.kind() == Kind::Float
         && size.len() == 2
+        && size[0] > 0
         && size[1] > 0
         && scores.is_contiguous();
     if !ours {
@@ -188,6 +189,7 @@ pub(crate) fn topk_rows(scores: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
     let ours = scores.device() == Device::Cpu
         && scores.kind() == Kind::Float
         && size.len() == 2
+        && size[0] > 0
         && (1..=64).contains(&k)
         && k <= size[1]
         && scores.is_contiguous();
@@ -812,6 +814,10 @@ mod tests {
             .view([2, 2])
             .tr();
         assert_eq!(argmax_rows(&t).unwrap(), vec![1, 1]);
+        // No rows: no picks (an empty tensor's memory may be a null pointer).
+        let none = Tensor::zeros([0, 5], (Kind::Float, Device::Cpu));
+        assert!(argmax_rows(&none).unwrap().is_empty());
+        assert_eq!(topk_rows(&none, 2).unwrap().1.size(), [0, 2]);
     }
 
     #[test]
