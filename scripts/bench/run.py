@@ -797,6 +797,12 @@ def workload_bound(m, workload, system, ms=()):
         decoding = (statistics.median(batch * x["decode_steps"] / x["decode_s"] for x in steps)
                     if steps else None)
     limit = batch * bw / nbytes
+    cache_mb = m.get("last_level_cache_mb") or 0
+    if nbytes <= cache_mb * (1 << 20):
+        # Weights the last-level cache can hold may be read from it, faster than from memory
+        # (GPT-2's 124 MB of int8 weights on the Intel Xeon with a 300 MB L3 ran at 102–110 %
+        # of the memory bound): the memory bound is then no bound.
+        basis += f"; the weights fit in the {cache_mb} MB last-level cache, so this is not a bound"
     return basis, limit, speed, speed / limit, decoding, (decoding / limit if decoding else None)
 
 
