@@ -134,12 +134,18 @@ pub(crate) fn argmax_rows(scores: &Tensor) -> Result<Vec<i64>> {
         // element r.
         unsafe { *out.get().add(r) = best };
     };
-    if rows > 1 {
-        crate::nn::parallel::for_each_task(rows, &pick);
-    } else {
-        (0..rows).for_each(pick);
-    }
+    each_row(rows, &pick);
     Ok(picks)
+}
+
+/// `task(r)` for each row `r` of a score tensor: one task per row on libtorch's threads, or
+/// on this thread alone for a single row (no parallel region to start for one task).
+fn each_row(rows: usize, task: &(dyn Fn(usize) + Sync)) {
+    if rows > 1 {
+        crate::nn::parallel::for_each_task(rows, task);
+    } else {
+        (0..rows).for_each(task);
+    }
 }
 
 /// The index of the first largest value of a non-empty slice (the first NaN if there is one),
@@ -219,11 +225,7 @@ pub(crate) fn topk_rows(scores: &Tensor, k: i64) -> Result<(Tensor, Tensor)> {
             }
         }
     };
-    if rows > 1 {
-        crate::nn::parallel::for_each_task(rows, &row_task);
-    } else {
-        (0..rows).for_each(row_task);
-    }
+    each_row(rows, &row_task);
     if nan.contains(&true) {
         return Ok(scores.f_topk(k as i64, -1, true, true)?);
     }
