@@ -74,8 +74,9 @@ pub enum Kernel {
     /// oneDNN's GEMM (`mkldnn_linear`), f32 only.
     OneDnn,
     /// Trident's own product for few rows, the weight read as stored: f32, or bf16 widened in
-    /// registers, on AVX-512 CPUs ([`super::streamed`]), int8 with the 8-bit dot-product
-    /// instruction on AVX-512 VNNI CPUs ([`super::streamed_int8`]).
+    /// registers, on AVX-512 CPUs ([`super::streamed`]: streamed once up to 4 rows, register
+    /// tiles above, up to 64 f32 rows), int8 with the 8-bit dot-product instruction on
+    /// AVX-512 VNNI CPUs ([`super::streamed_int8`]).
     Streamed,
 }
 
@@ -214,7 +215,7 @@ impl ShapeClass {
             c.push(Kernel::OneDnn);
         }
         if super::streamed::takes(self.kind)
-            && self.rows <= super::streamed::MAX_ROWS
+            && self.rows <= super::streamed::max_rows(self.kind)
             && super::streamed::available()
         {
             c.push(Kernel::Streamed);
@@ -926,10 +927,27 @@ mod tests {
             f32_decoding.push(Streamed);
         }
         assert_eq!(c.candidates(true), f32_decoding);
-        // 16 rows: split still, streamed no longer.
+        // 16 rows: split still, and for f32 the streamed product's tiles (up to 64 rows);
+        // bf16 streams up to 8 rows only.
         assert_eq!(
             ShapeClass::new(Kind::Float, 768, 768, 16).candidates(true),
-            [Library, Split, OneDnn]
+            f32_decoding
+        );
+        assert_eq!(
+            ShapeClass::new(Kind::BFloat16, 768, 768, 16).candidates(true),
+            [Library, Split]
+        );
+        let mut f32_tiles = vec![Library, OneDnn];
+        if crate::nn::streamed::available() {
+            f32_tiles.push(Streamed);
+        }
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, 64).candidates(true),
+            f32_tiles
+        );
+        assert_eq!(
+            ShapeClass::new(Kind::Float, 768, 768, 65).candidates(true),
+            [Library, OneDnn]
         );
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 1).rows, 1);
         assert_eq!(ShapeClass::new(Kind::Float, 768, 768, 0).rows, 1);
@@ -946,7 +964,7 @@ mod tests {
             crate::nn::streamed::available()
         );
         assert_eq!(
-            ShapeClass::new(Kind::Float, 768, 768, 17).candidates(false),
+            ShapeClass::new(Kind::Float, 768, 768, 65).candidates(false),
             [Library]
         );
         // int8: libtorch's integer product, and for few rows the streamed one where the

@@ -27,9 +27,26 @@ use super::parallel::{for_each_task, rows_per_thread, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
-/// Rows up to which the kernel is a candidate: it re-reads the weight once per block of
-/// [`ROWS_PER_PASS`] rows, which only pays while the product is bound by memory.
+/// Rows up to which the kernel is a candidate for bf16 weights. Up to [`ROWS_PER_PASS`] rows
+/// it streams the weight once, bound by memory; above, it multiplies register tiles
+/// ([`tiled_block`]).
 pub const MAX_ROWS: i64 = 8;
+
+/// Rows up to which the kernel is a candidate for f32 weights: the tiles compete with the
+/// library's GEMM, which packs the weight on every call, up to 64 rows (measured like every
+/// candidate, so it runs only where it wins). For bf16 the tiles widen each weight vector on
+/// the shuffle port that the FMAs' operands also need, and lost to the library's product
+/// (oneDNN) at 8 rows (GPT-2's head 10.5 against 6.8 ms): bf16 stays at [`MAX_ROWS`].
+pub const MAX_ROWS_F32: i64 = 64;
+
+/// Rows up to which the kernel is a candidate for weights of `kind`.
+pub fn max_rows(kind: Kind) -> i64 {
+    if kind == Kind::Float {
+        MAX_ROWS_F32
+    } else {
+        MAX_ROWS
+    }
+}
 
 /// Input rows multiplied in one pass over the weight (one accumulator each).
 const ROWS_PER_PASS: usize = 4;
@@ -147,9 +164,10 @@ fn stream<T: Stored>(
     // consecutive rows per thread: one long stream per thread reads faster than 512 KB
     // tasks handed out in turn, each of which starts a stream of its own (same binary, 3–5
     // alternating runs: batch 1 f32 GPT-2 1.09–1.14×, SmolLM2-360M 1.07–1.10×, TinyLlama
-    // 1.07×, bf16 1.07–1.26×; `…-stream-per-thread-ab.log`). Above it each row block
-    // re-reads the weight and the threads meet less evenly: there the tasks of
-    // [`task_bytes`] balance them (GPT-2 at 8 rows ran 0.89× with one run per thread).
+    // 1.07×, bf16 1.07–1.26×; `…-stream-per-thread-ab.log`). Above it the product is
+    // tiled, bound by arithmetic rather than memory, and the threads meet less evenly: there
+    // the tasks of [`task_bytes`] balance them (GPT-2 at 8 rows ran 0.89× with one run per
+    // thread).
     let row_bytes = in_dim * std::mem::size_of::<T>();
     let all_rows = outs.iter().sum::<i64>() as usize;
     let rows_per_task = if rows <= ROWS_PER_PASS {
@@ -176,7 +194,11 @@ fn stream<T: Stored>(
         let n = rows_per_task.min(out - first);
         let w = &w_all[i][first * in_dim..(first + n) * in_dim];
         let mut yt = vec![0f32; n * rows]; // [n, rows]
-        product_block(w, in_dim, xs, rows, &mut yt);
+        if rows > ROWS_PER_PASS {
+            tiled_block(w, in_dim, xs, rows, &mut yt);
+        } else {
+            product_block(w, in_dim, xs, rows, &mut yt);
+        }
         for (j, outputs) in yt.chunks_exact(rows).enumerate() {
             let c = first + j;
             let b = biases[i].as_ref().map_or(0.0, |b| b[c]);
@@ -198,24 +220,102 @@ fn stream<T: Stored>(
         .collect()
 }
 
-/// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]`.
+/// `y[j * rows + r] = Σ_k x[r * in + k] · w[j * in + k]` for the weight rows `w` `[n, in]` and
+/// up to [`ROWS_PER_PASS`] input rows: one pass over the weight.
 fn product_block<T: Stored>(w: &[T], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]) {
-    for r0 in (0..rows).step_by(ROWS_PER_PASS) {
-        let take = ROWS_PER_PASS.min(rows - r0);
-        for (j, w_row) in w.chunks_exact(in_dim).enumerate() {
-            let mut sums = [0f32; ROWS_PER_PASS];
-            #[cfg(target_arch = "x86_64")]
-            {
-                // SAFETY: `available()` (checked by `linear`) says AVX-512F is there.
-                unsafe { avx512::dot_rows(w_row, &x[r0 * in_dim..], in_dim, take, &mut sums) };
+    for (j, w_row) in w.chunks_exact(in_dim).enumerate() {
+        let mut sums = [0f32; ROWS_PER_PASS];
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: `available()` (checked by `linear`) says AVX-512F is there.
+            unsafe { avx512::dot_rows(w_row, x, in_dim, rows, &mut sums) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            scalar_dot_rows(w_row, x, in_dim, rows, &mut sums);
+        }
+        y[j * rows..(j + 1) * rows].copy_from_slice(&sums[..rows]);
+    }
+}
+
+/// The product above [`ROWS_PER_PASS`] input rows, where it is no longer bound by memory but
+/// by arithmetic, for the weight rows `w` `[n, in]`: `y[j * rows + r] = w[j] · x[r]`.
+///
+/// It multiplies register tiles of [`TILE_ROWS`] input rows by [`TILE_OUTS`] weight rows:
+/// each weight vector is loaded once for all of a tile's input rows and each input vector
+/// once for all of its weight rows (24 accumulators, 10 loads per 24 FMAs). The weight is
+/// taken in blocks of [`BLOCK_OUTS`] rows by [`BLOCK_IN`] columns (32 KB of f32), each
+/// multiplied by every group of input rows before the next, so that the block is read from
+/// memory once and then from the first-level cache: tiles that took their weight rows from
+/// the second-level cache instead (the whole task's rows for each group of input rows)
+/// stalled on those loads, and ran at 96 rather than 112 GFLOP/s on the Intel Xeon f6m207.
+///
+/// Copying each block first into the tiles' order (as the library's GEMM packs its weight
+/// on every call) was slower here (71 GFLOP/s): the copy reads the block from memory with no
+/// arithmetic to overlap it.
+fn tiled_block<T: Stored>(w: &[T], in_dim: usize, x: &[f32], rows: usize, y: &mut [f32]) {
+    let n = w.len() / in_dim;
+    for k0 in (0..in_dim).step_by(BLOCK_IN) {
+        let len = BLOCK_IN.min(in_dim - k0);
+        for b0 in (0..n).step_by(BLOCK_OUTS) {
+            let b_end = (b0 + BLOCK_OUTS).min(n);
+            for r0 in (0..rows).step_by(TILE_ROWS) {
+                let nr = TILE_ROWS.min(rows - r0);
+                let xs = &x[r0 * in_dim + k0..];
+                for j0 in (b0..b_end).step_by(TILE_OUTS) {
+                    let nw = TILE_OUTS.min(b_end - j0);
+                    let ws = &w[j0 * in_dim + k0..];
+                    let mut sums = [[0f32; TILE_OUTS]; TILE_ROWS];
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        // SAFETY: `available()` (checked by `linear`) says AVX-512F is there;
+                        // `ws` holds `nw` and `xs` `nr` rows of stride `in_dim` from column
+                        // k0, each with `len` columns left.
+                        unsafe { avx512::tile(ws, xs, in_dim, len, nr, nw, &mut sums) };
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    {
+                        scalar_tile(ws, xs, in_dim, len, nr, nw, &mut sums);
+                    }
+                    for (r, outs) in sums.iter().take(nr).enumerate() {
+                        for (j, v) in outs.iter().take(nw).enumerate() {
+                            y[(j0 + j) * rows + r0 + r] += *v;
+                        }
+                    }
+                }
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            {
-                scalar_dot_rows(w_row, &x[r0 * in_dim..], in_dim, take, &mut sums);
-            }
-            for (r, s) in sums.iter().take(take).enumerate() {
-                y[j * rows + r0 + r] = *s;
-            }
+        }
+    }
+}
+
+/// Input rows per register tile of [`tiled_block`].
+const TILE_ROWS: usize = 6;
+/// Weight rows per register tile of [`tiled_block`].
+const TILE_OUTS: usize = 4;
+/// Weight rows per cache block of [`tiled_block`].
+const BLOCK_OUTS: usize = 16;
+/// Weight columns per cache block of [`tiled_block`] (16 × 512 f32: 32 KB).
+const BLOCK_IN: usize = 512;
+
+/// Portable reference of [`avx512::tile`] (also its test oracle): `sums[r][j] = w[j] · x[r]`
+/// over `len` columns of rows of stride `stride`.
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+fn scalar_tile<T: Stored>(
+    w: &[T],
+    x: &[f32],
+    stride: usize,
+    len: usize,
+    rows: usize,
+    outs: usize,
+    sums: &mut [[f32; TILE_OUTS]; TILE_ROWS],
+) {
+    for (r, row) in sums.iter_mut().take(rows).enumerate() {
+        for (j, s) in row.iter_mut().take(outs).enumerate() {
+            let (wj, xr) = (
+                &w[j * stride..j * stride + len],
+                &x[r * stride..r * stride + len],
+            );
+            *s = wj.iter().zip(xr).map(|(&b, &v)| b.widen() * v).sum();
         }
     }
 }
@@ -269,7 +369,7 @@ fn scalar_dot_rows<T: Stored>(w: &[T], x: &[f32], in_dim: usize, rows: usize, su
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Stored, ROWS_PER_PASS};
+    use super::{Stored, ROWS_PER_PASS, TILE_OUTS, TILE_ROWS};
     use std::arch::x86_64::*;
 
     /// `sums[r] = w · x[r]` for `rows` ≤ [`ROWS_PER_PASS`] rows of `x` (row stride `in_dim`).
@@ -338,6 +438,81 @@ mod avx512 {
                 s += (*w.add(kk)).widen() * *x.add(r * in_dim + kk);
             }
             *sum = s;
+        }
+    }
+
+    /// [`super::scalar_tile`]: `sums[r][j] = w[j] · x[r]` over `len` columns, for `rows` ≤
+    /// [`TILE_ROWS`] rows of `x` and `outs` ≤ [`TILE_OUTS`] rows of `w` (both of stride
+    /// `stride`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F; `w` must hold `(outs - 1) · stride + len` elements and `x`
+    /// `(rows - 1) · stride + len`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn tile<T: Stored>(
+        w: &[T],
+        x: &[f32],
+        stride: usize,
+        len: usize,
+        rows: usize,
+        outs: usize,
+        sums: &mut [[f32; TILE_OUTS]; TILE_ROWS],
+    ) {
+        // One copy per shape, so that the accumulators are registers, not an array: full
+        // tiles, and the last input rows (rows mod 6) and weight rows (mod 4) of a product.
+        let (w, x) = (w.as_ptr(), x.as_ptr());
+        macro_rules! by_rows {
+            ($j:literal) => {
+                match rows {
+                    6 => block::<T, 6, $j>(w, x, stride, len, sums),
+                    5 => block::<T, 5, $j>(w, x, stride, len, sums),
+                    4 => block::<T, 4, $j>(w, x, stride, len, sums),
+                    3 => block::<T, 3, $j>(w, x, stride, len, sums),
+                    2 => block::<T, 2, $j>(w, x, stride, len, sums),
+                    _ => block::<T, 1, $j>(w, x, stride, len, sums),
+                }
+            };
+        }
+        match outs {
+            4 => by_rows!(4),
+            3 => by_rows!(3),
+            2 => by_rows!(2),
+            _ => by_rows!(1),
+        }
+    }
+
+    /// [`tile`] for exactly `R` input rows and `J` weight rows.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block<T: Stored, const R: usize, const J: usize>(
+        w: *const T,
+        x: *const f32,
+        stride: usize,
+        len: usize,
+        sums: &mut [[f32; TILE_OUTS]; TILE_ROWS],
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); J]; R];
+        let mut k = 0;
+        while k + 16 <= len {
+            let mut wide = [_mm512_setzero_ps(); J];
+            for (j, v) in wide.iter_mut().enumerate() {
+                *v = T::load16(w.add(j * stride + k));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let xv = _mm512_loadu_ps(x.add(r * stride + k));
+                for (a, wv) in row.iter_mut().zip(&wide) {
+                    *a = _mm512_fmadd_ps(*wv, xv, *a);
+                }
+            }
+            k += 16;
+        }
+        for (r, (out, row)) in sums.iter_mut().zip(&acc).enumerate() {
+            for (j, (s, a)) in out.iter_mut().zip(row).enumerate() {
+                *s = _mm512_reduce_add_ps(*a);
+                // The last len mod 16 columns.
+                for kk in k..len {
+                    *s += (*w.add(j * stride + kk)).widen() * *x.add(r * stride + kk);
+                }
+            }
         }
     }
 }
@@ -435,6 +610,73 @@ mod tests {
                 .max()
                 .double_value(&[]);
             assert!(diff < 1e-4, "{rows}x{out}x{in_dim} without bias: {diff}");
+        }
+    }
+
+    /// The tiled product (above 4 rows): row counts that fill no tile, one tile, several with
+    /// a remainder; weight rows under a tile, over a cache block, not a multiple of 4; input
+    /// widths under 16, with a tail, over one cache block (512) with a tail — against f64.
+    #[test]
+    fn the_tiled_product_equals_the_exact_one() {
+        if !available() {
+            return;
+        }
+        tch::manual_seed(8);
+        for (rows, out, in_dim) in [
+            (5, 3, 10),
+            (6, 4, 16),
+            (13, 37, 1050),
+            (64, 70, 530),
+            (33, 17, 512),
+            (7, 1, 1030),
+        ] {
+            let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([out], (Kind::Float, Device::Cpu));
+            let x = Tensor::randn([rows, in_dim], (Kind::Float, Device::Cpu));
+            let ours = linear(&x, &w, Some(&b)).unwrap();
+            assert_eq!(ours.size(), [rows, out]);
+            let exact = x
+                .to_kind(Kind::Double)
+                .linear(&w.to_kind(Kind::Double), Some(&b.to_kind(Kind::Double)));
+            let diff = (&ours.to_kind(Kind::Double) - &exact)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(diff < 2e-4, "{rows}x{out}x{in_dim}: {diff}");
+        }
+    }
+
+    /// The vector tile sums what the scalar reference sums, for every tile shape, with and
+    /// without a tail (bf16 and f32 weights).
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_vector_tile_equals_the_scalar_one() {
+        if !available() {
+            return;
+        }
+        let (stride, len) = (40, 37);
+        let xs: Vec<f32> = (0..TILE_ROWS * stride)
+            .map(|i| (i % 7) as f32 - 3.0)
+            .collect();
+        let wf: Vec<f32> = (0..TILE_OUTS * stride)
+            .map(|i| (i % 5) as f32 * 0.5)
+            .collect();
+        let wb: Vec<u16> = wf.iter().map(|v| (v.to_bits() >> 16) as u16).collect();
+        for rows in 1..=TILE_ROWS {
+            for outs in 1..=TILE_OUTS {
+                let (mut fast, mut slow) = (
+                    [[0f32; TILE_OUTS]; TILE_ROWS],
+                    [[0f32; TILE_OUTS]; TILE_ROWS],
+                );
+                // SAFETY: AVX-512F checked above; both hold full rows of `stride`.
+                unsafe { avx512::tile(&wf, &xs, stride, len, rows, outs, &mut fast) };
+                scalar_tile(&wf, &xs, stride, len, rows, outs, &mut slow);
+                assert_eq!(fast, slow, "f32 {rows}x{outs}");
+                // SAFETY: as above.
+                unsafe { avx512::tile(&wb, &xs, stride, len, rows, outs, &mut fast) };
+                scalar_tile(&wb, &xs, stride, len, rows, outs, &mut slow);
+                assert_eq!(fast, slow, "bf16 {rows}x{outs}");
+            }
         }
     }
 
