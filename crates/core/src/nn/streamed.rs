@@ -576,6 +576,10 @@ mod tests {
         }
     }
 
+    /// Streamed (up to 4 rows) and tiled (above): for the tiles, row counts that fill no
+    /// tile, one, several with a remainder; weight rows under a tile, over a cache block, not
+    /// a multiple of 4; input widths under 16, with a tail, over one cache block (512) with a
+    /// tail.
     #[test]
     fn the_streamed_f32_product_equals_libtorchs() {
         if !available() {
@@ -588,6 +592,12 @@ mod tests {
             (8, 67, 300),
             (5, 3, 1024),
             (2, 600, 130),
+            (5, 3, 10),
+            (6, 4, 16),
+            (13, 37, 1050),
+            (64, 70, 530),
+            (33, 17, 512),
+            (7, 1, 1030),
         ] {
             let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
             let b = Tensor::randn([out], (Kind::Float, Device::Cpu));
@@ -602,7 +612,7 @@ mod tests {
                 .abs()
                 .max()
                 .double_value(&[]);
-            // f32 sums of ≤ 1024 products of unit normals: rounding error well under 1e-4.
+            // f32 sums of ≤ 1050 products of unit normals: rounding error well under 1e-4.
             assert!(diff < 1e-4, "{rows}x{out}x{in_dim}: {diff}");
             let no_bias = linear(&x, &w, None).unwrap();
             let diff = (&no_bias - x.linear::<Tensor>(&w, None))
@@ -610,39 +620,6 @@ mod tests {
                 .max()
                 .double_value(&[]);
             assert!(diff < 1e-4, "{rows}x{out}x{in_dim} without bias: {diff}");
-        }
-    }
-
-    /// The tiled product (above 4 rows): row counts that fill no tile, one tile, several with
-    /// a remainder; weight rows under a tile, over a cache block, not a multiple of 4; input
-    /// widths under 16, with a tail, over one cache block (512) with a tail — against f64.
-    #[test]
-    fn the_tiled_product_equals_the_exact_one() {
-        if !available() {
-            return;
-        }
-        tch::manual_seed(8);
-        for (rows, out, in_dim) in [
-            (5, 3, 10),
-            (6, 4, 16),
-            (13, 37, 1050),
-            (64, 70, 530),
-            (33, 17, 512),
-            (7, 1, 1030),
-        ] {
-            let w = Tensor::randn([out, in_dim], (Kind::Float, Device::Cpu));
-            let b = Tensor::randn([out], (Kind::Float, Device::Cpu));
-            let x = Tensor::randn([rows, in_dim], (Kind::Float, Device::Cpu));
-            let ours = linear(&x, &w, Some(&b)).unwrap();
-            assert_eq!(ours.size(), [rows, out]);
-            let exact = x
-                .to_kind(Kind::Double)
-                .linear(&w.to_kind(Kind::Double), Some(&b.to_kind(Kind::Double)));
-            let diff = (&ours.to_kind(Kind::Double) - &exact)
-                .abs()
-                .max()
-                .double_value(&[]);
-            assert!(diff < 2e-4, "{rows}x{out}x{in_dim}: {diff}");
         }
     }
 
