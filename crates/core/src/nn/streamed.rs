@@ -16,6 +16,11 @@
 //!           └ 16 k at a time: 16 elements of W[j] → 16 f32, one FMA per row r
 //! ```
 //!
+//! Above 4 input rows (a batch of sequences, beams) the product is bound by arithmetic
+//! rather than memory, and the same sums are taken as register tiles of 6 input rows × 4
+//! weight rows over cache-sized blocks of the weight ([`tiled_block`]), still reading the
+//! weight once; there it competes with the library's GEMM (up to [`MAX_ROWS_F32`] rows).
+//!
 //! The output rows `j` are split into blocks that libtorch's threads share
 //! ([`super::parallel`]). For bf16 the products are exact in f32 (bf16 × bf16 fits an f32
 //! mantissa) and the sums are f32, as libtorch's are; only the order of the additions
