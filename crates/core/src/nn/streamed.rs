@@ -18,7 +18,7 @@
 //!
 //! Above 4 input rows (a batch of sequences, beams) the product is bound by arithmetic
 //! rather than memory, and the same sums are taken as register tiles of 6 input rows × 4
-//! weight rows over cache-sized blocks of the weight ([`tiled_block`]), still reading the
+//! weight rows over cache-sized blocks of the weight (`tiled_block`), still reading the
 //! weight once; there it competes with the library's GEMM (up to [`MAX_ROWS_F32`] rows).
 //!
 //! The output rows `j` are split into blocks that libtorch's threads share
@@ -34,7 +34,7 @@ use tch::{Device, Kind, Tensor};
 
 /// Rows up to which the kernel is a candidate for bf16 weights. Up to [`ROWS_PER_PASS`] rows
 /// it streams the weight once, bound by memory; above, it multiplies register tiles
-/// ([`tiled_block`]).
+/// (`tiled_block`).
 pub const MAX_ROWS: i64 = 8;
 
 /// Rows up to which the kernel is a candidate for f32 weights: the tiles compete with the
