@@ -395,6 +395,7 @@ fn run(
         "kernels": trident::core::nn::kernels::report()
             .iter()
             .map(ToString::to_string)
+            .chain(trident::core::nn::panels::report())
             .collect::<Vec<_>>(),
         // Decoding steps run in one parallel region with helpers (`parallel::decoding_step`).
         "helped_steps": trident::core::nn::parallel::helped_steps(),

@@ -144,6 +144,17 @@ fn kernels() {
             "one parallel region per product (TRIDENT_STEP_HELPERS=off)"
         }
     );
+    let panels = match Policy::from_env() {
+        _ if !trident_core::nn::panels::available() => {
+            "kept as rows, the library's product (no AVX-512)"
+        }
+        Ok(Policy::Measure | Policy::Force(kernels::Kernel::Streamed)) => {
+            "an f32 token table tied to its head is stored in panels: the head's product \
+             skips the library's per-call packing (TRIDENT_KERNELS=fixed: kept as rows)"
+        }
+        _ => "kept as rows, the head measured like any projection (TRIDENT_KERNELS)",
+    };
+    println!("tied heads      {panels}");
     let shapes = [(768, 768), (2304, 768), (3072, 768), (768, 3072)];
     let classes = [false, true]
         .into_iter()

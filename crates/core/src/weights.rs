@@ -432,6 +432,11 @@ impl Weights {
         Ok(self)
     }
 
+    /// Whether the model is being loaded for training ([`Weights::for_training`]).
+    pub fn is_training(&self) -> bool {
+        self.training.borrow().is_some()
+    }
+
     /// The path under which the model's top-level names are declared.
     pub fn root(&self) -> WeightPath<'_> {
         WeightPath {

@@ -2,10 +2,12 @@
 //! computes in.
 
 use super::kernels::{self, Kernel, Plan, ShapeClass};
+use super::panels::{self, Panels};
 use super::parallel::{for_each_task, SharedMut};
 use super::streamed_int8;
 use crate::weights::WeightPath;
 use crate::{Dtype, Error, Result};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -32,6 +34,9 @@ pub struct Linear {
     sums: RowSums,
     /// The model it belongs to, for the kernel choice ([`crate::weights::Weights::scope`]; 0: none).
     scope: u32,
+    /// A head tied to a token table stored in panels ([`panels`]): its product then runs
+    /// over them, and `weight`'s memory no longer reads as rows.
+    panels: Option<Arc<OnceLock<Panels>>>,
 }
 
 /// The row sums of an int8 weight, computed once when first needed.
@@ -58,6 +63,7 @@ impl Linear {
             scales,
             sums: RowSums::default(),
             scope: p.weights().scope(),
+            panels: None,
         })
     }
 
@@ -70,12 +76,15 @@ impl Linear {
             scales,
             sums: RowSums::default(),
             scope: p.weights().scope(),
+            panels: None,
         })
     }
 
     /// The output head tied to a token table (`[vocab, dim]`): the same tensors, stored once.
     /// An int8 table ([`Embedding::vocabulary`]) serves as the int8 head as it is; a float
-    /// table in an int8 model is quantized into a copy of its own and stays intact.
+    /// table in an int8 model is quantized into a copy of its own and stays intact. An f32
+    /// token table of a model loaded for inference, on a CPU with AVX-512, is rearranged into
+    /// panels for the head's product ([`panels`]; `TRIDENT_KERNELS=fixed` keeps it as rows).
     pub fn tied(table: &Embedding, dtype: Dtype) -> Result<Self> {
         if let Some(scales) = &table.scales {
             return Ok(Linear {
@@ -84,6 +93,7 @@ impl Linear {
                 scales: Some(scales.shallow_clone()),
                 sums: RowSums::default(),
                 scope: table.scope,
+                panels: None,
             });
         }
         if dtype == Dtype::Int8 {
@@ -94,7 +104,15 @@ impl Linear {
                 scales: Some(scales),
                 sums: RowSums::default(),
                 scope: table.scope,
+                panels: None,
             });
+        }
+        // An f32 table for inference on AVX-512 is stored in panels, which the head's
+        // product reads without the library's per-call packing ([`panels`]); the table's
+        // other holders (lookups in the encoder and decoder) share them.
+        if table.may_rearrange && panels::wanted(&table.weight) && table.panels.get().is_none() {
+            let stored = Panels::rearrange(&table.weight)?;
+            let _ = table.panels.set(stored);
         }
         Ok(Linear {
             weight: table.weight.shallow_clone(),
@@ -102,6 +120,11 @@ impl Linear {
             scales: None,
             sums: RowSums::default(),
             scope: table.scope,
+            panels: table
+                .panels
+                .get()
+                .is_some()
+                .then(|| Arc::clone(&table.panels)),
         })
     }
 
@@ -131,6 +154,7 @@ impl Linear {
             scales: None,
             sums: RowSums::default(),
             scope: 0,
+            panels: None,
         }
     }
 
@@ -144,6 +168,7 @@ impl Linear {
             scales: Some(scales),
             sums: RowSums::default(),
             scope: 0,
+            panels: None,
         })
     }
 
@@ -163,6 +188,7 @@ impl Linear {
             scales: self.scales.as_ref().map(pick).transpose()?,
             sums: RowSums::default(),
             scope: self.scope,
+            panels: None,
         })
     }
 
@@ -183,7 +209,20 @@ impl Linear {
         }
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
+        let panels = self.panels.as_ref().and_then(|p| p.get());
         let y = match &self.scales {
+            // A head over a table in panels: their product, the only one that reads them.
+            None if panels.is_some() && x.device() == Device::Cpu && !x.requires_grad() => {
+                let panels = panels.ok_or_else(|| Error::Input("no panels".into()))?;
+                panels.linear(&x2, self.bias.as_ref())?
+            }
+            None if panels.is_some() => {
+                return Err(Error::Unsupported(
+                    "a head stored in panels computes on the CPU, without gradients: load the \
+                     model for training, or with TRIDENT_KERNELS=fixed, to keep its table as rows"
+                        .into(),
+                ))
+            }
             // (The streamed product reads the weight's memory as rows: contiguous only.)
             Some(scales)
                 if x.device() != Device::Cpu || rows == 0 || !self.weight.is_contiguous() =>
@@ -262,6 +301,7 @@ impl Linear {
                 || l.scales.is_some() != int8
                 || !l.weight.is_contiguous()
                 || l.weight.requires_grad()
+                || l.panels.is_some()
                 || (!int8 && l.weight.kind() != x.kind())
                 || kernels::decided(class) != Some(Kernel::Streamed)
             {
@@ -701,7 +741,9 @@ fn max_abs(row: &[f32]) -> f32 {
 /// A lookup table from ids to vectors (`p.weight` `[num, dim]`).
 #[derive(Debug)]
 pub struct Embedding {
-    /// `[num, dim]`: float, or int8 for the token table of an int8 model.
+    /// `[num, dim]`: float, or int8 for the token table of an int8 model. Once a tied head
+    /// has stored an f32 table in panels ([`Linear::tied`]), its memory holds the panels:
+    /// [`Embedding::rows`] gives the rows.
     pub weight: Tensor,
     /// `[num]` f32, the scale of each row of an int8 table.
     scales: Option<Tensor>,
@@ -710,6 +752,12 @@ pub struct Embedding {
     names: Option<(&'static str, &'static str)>,
     /// The model it belongs to, passed on to a tied head ([`crate::weights::Weights::scope`]; 0: none).
     scope: u32,
+    /// Whether a tied head may rearrange the table into panels: a token table of a model
+    /// loaded for inference ([`Embedding::vocabulary`]).
+    may_rearrange: bool,
+    /// The table in panels, once a tied head has rearranged it ([`Linear::tied`]): shared by
+    /// every handle of the table ([`Embedding::shared`]), which then look rows up in it.
+    panels: Arc<OnceLock<Panels>>,
 }
 
 impl Embedding {
@@ -732,6 +780,8 @@ impl Embedding {
             scales,
             names: None,
             scope: p.weights().scope(),
+            may_rearrange: !p.weights().is_training(),
+            panels: Arc::default(),
         })
     }
 
@@ -742,6 +792,8 @@ impl Embedding {
             scales: None,
             names: None,
             scope: 0,
+            may_rearrange: false,
+            panels: Arc::default(),
         }
     }
 
@@ -752,6 +804,8 @@ impl Embedding {
             scales: self.scales.as_ref().map(Tensor::shallow_clone),
             names: self.names,
             scope: self.scope,
+            may_rearrange: self.may_rearrange,
+            panels: Arc::clone(&self.panels),
         }
     }
 
@@ -765,6 +819,14 @@ impl Embedding {
     /// Rows in the table (the vocabulary size of a token embedding).
     pub fn num_embeddings(&self) -> i64 {
         self.weight.size()[0]
+    }
+
+    /// The table as `[num, dim]` rows: the weight itself, or a copy out of its panels.
+    pub fn rows(&self) -> Result<Tensor> {
+        match self.panels.get() {
+            Some(panels) => panels.rows(),
+            None => Ok(self.weight.shallow_clone()),
+        }
     }
 
     /// `[...] ids → [..., dim]`. An id outside the table is an error naming it (libtorch
@@ -782,6 +844,9 @@ impl Embedding {
                     None => format!("id {bad} is outside the embedding table of {limit} rows"),
                 }));
             }
+        }
+        if let Some(panels) = self.panels.get() {
+            return panels.lookup(ids); // [..., dim]
         }
         let rows = Tensor::f_embedding(&self.weight, ids, -1, false, false)?; // [..., dim]
         match &self.scales {
@@ -821,6 +886,45 @@ mod tests {
         a.size() == b.size() && a.allclose(b, tol, tol, false)
     }
 
+    /// A head tied to an f32 token table of a model loaded for inference stores the table in
+    /// panels where the CPU runs them; every handle of the table (the encoder's, the
+    /// decoder's) then looks its rows up there, and lookups and the head's product equal the
+    /// table's as rows. A table outside a model (no loader to say it is not being trained)
+    /// stays as rows.
+    #[test]
+    fn a_tied_head_shares_its_table_in_panels() {
+        let table = Tensor::randn([101, 8], (Kind::Float, Device::Cpu));
+        let tokens = Embedding {
+            may_rearrange: true,
+            ..Embedding::from_weight(table.copy())
+        };
+        let encoder_tokens = tokens.shared();
+        let head = Linear::tied(&tokens, Dtype::F32).unwrap();
+        assert_eq!(tokens.panels.get().is_some(), panels::wanted(&table));
+        assert_eq!(
+            head.weight.data_ptr(),
+            tokens.weight.data_ptr(),
+            "one table"
+        );
+        let ids = Tensor::from_slice(&[0i64, 47, 48, 100, 99, 5]).view([2, 3]);
+        let rows = table.index_select(0, &ids.view([6])).view([2, 3, 8]);
+        assert_eq!(encoder_tokens.forward(&ids).unwrap(), rows);
+        assert_eq!(tokens.forward(&ids).unwrap(), rows);
+        assert_eq!(tokens.rows().unwrap(), table);
+        assert!(tokens.forward(&Tensor::from_slice(&[101i64])).is_err());
+        let x = Tensor::randn([3, 4, 8], (Kind::Float, Device::Cpu));
+        assert!(close(
+            &head.forward(&x).unwrap(),
+            &x.linear::<Tensor>(&table, None),
+            1e-5
+        ));
+
+        let alone = Embedding::from_weight(table.copy());
+        let _head = Linear::tied(&alone, Dtype::F32).unwrap();
+        assert!(alone.panels.get().is_none());
+        assert_eq!(alone.weight, table);
+    }
+
     /// Selected outputs are the projection's outputs in that order, float or int8.
     #[test]
     fn selected_outputs_are_the_outputs_reordered() {
@@ -836,6 +940,7 @@ mod tests {
             scales: Some(scales),
             sums: RowSums::default(),
             scope: 0,
+            panels: None,
         };
         for linear in [float, int8] {
             let expected = linear.forward(&x).unwrap().index_select(1, &index);
@@ -973,6 +1078,7 @@ mod tests {
                 scales: Some(scales.shallow_clone()),
                 sums: RowSums::default(),
                 scope: 0,
+                panels: None,
             };
             for rows in [1i64, 3, 1000] {
                 let x = Tensor::randn([rows, 40], (Kind::Float, Device::Cpu)) * 3.0;

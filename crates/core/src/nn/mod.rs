@@ -16,6 +16,7 @@ pub mod layer;
 pub mod linear;
 pub mod mask;
 pub mod norm;
+pub mod panels;
 pub mod parallel;
 pub mod position;
 pub mod probe;
