@@ -281,7 +281,9 @@ impl Panels {
         let per_task = if rows <= STREAM_ROWS {
             rows_per_thread(panels)
         } else {
-            PANELS_PER_TASK
+            // (Two tasks per thread at least where the table has few panels.)
+            let threads = tch::get_num_threads().max(1) as usize;
+            PANELS_PER_TASK.min(panels.div_ceil(2 * threads))
         };
         let groups = panels.div_ceil(per_task);
         for_each_task(rows.div_ceil(ROWS_PER_TASK) * groups, &|t| {
