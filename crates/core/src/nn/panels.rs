@@ -50,16 +50,10 @@ const STREAM_ROWS: usize = 4;
 /// stay in the second-level cache while its tiles pass.
 const ROWS_PER_TASK: usize = 256;
 
-/// Whether this CPU runs the panel product (x86-64 with AVX-512F).
+/// Whether this CPU runs the panel product: x86-64 with AVX-512F, the streamed product's
+/// own requirement ([`super::streamed::available`]).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    super::streamed::available()
 }
 
 /// Whether a tied head over `table` is stored in panels: an f32 table on the CPU, not being
