@@ -209,20 +209,20 @@ impl Linear {
         }
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
-        let panels = self.panels.as_ref().and_then(|p| p.get());
-        let y = match &self.scales {
-            // A head over a table in panels: their product, the only one that reads them.
-            None if panels.is_some() && x.device() == Device::Cpu && !x.requires_grad() => {
-                let panels = panels.ok_or_else(|| Error::Input("no panels".into()))?;
-                panels.linear(&x2, self.bias.as_ref())?
-            }
-            None if panels.is_some() => {
+                                               // A head over a table in panels: their product, the only one that reads them.
+        if let Some(panels) = self.panels.as_ref().and_then(|p| p.get()) {
+            if x.device() != Device::Cpu || x.requires_grad() {
                 return Err(Error::Unsupported(
                     "a head stored in panels computes on the CPU, without gradients: load the \
                      model for training, or with TRIDENT_KERNELS=fixed, to keep its table as rows"
                         .into(),
-                ))
+                ));
             }
+            let y = panels.linear(&x2, self.bias.as_ref())?; // [rows, out]
+            out_shape.push(panels.vocab());
+            return Ok(y.f_reshape(out_shape.as_slice())?);
+        }
+        let y = match &self.scales {
             // (The streamed product reads the weight's memory as rows: contiguous only.)
             Some(scales)
                 if x.device() != Device::Cpu || rows == 0 || !self.weight.is_contiguous() =>

@@ -196,30 +196,37 @@ impl Panels {
         }
     }
 
-    /// The rows of `ids` (`[...]` int64, each in `0..vocab`: the caller checks), as
-    /// `[..., dim]` f32.
+    /// The rows of `ids` (`[...]`, each in `0..vocab`; another is an error), as `[..., dim]`
+    /// f32, written straight into the result.
     pub fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
         let mut shape = ids.size();
         let flat = Vec::<i64>::try_from(ids.f_to_kind(Kind::Int64)?.f_flatten(0, -1)?)?;
         let dim = self.dim;
-        let mut out = vec![0f32; flat.len() * dim];
-        let (data, full) = (self.data(), self.vocab / WIDTH * WIDTH);
-        for (row, &id) in out.chunks_exact_mut(dim.max(1)).zip(&flat) {
-            let id = usize::try_from(id)
-                .ok()
-                .filter(|&i| i < self.vocab)
-                .ok_or_else(|| Error::Input(format!("id {id} is outside the table")))?;
-            if id < full {
-                let panel = &data[id / WIDTH * WIDTH * dim..][..WIDTH * dim];
-                for (v, column) in row.iter_mut().zip(panel.chunks_exact(WIDTH)) {
-                    *v = column[id % WIDTH];
+        let rows = Tensor::f_empty([flat.len() as i64, dim as i64], (Kind::Float, Device::Cpu))?;
+        if flat.len() * dim > 0 {
+            // SAFETY: the fresh contiguous [ids, dim] f32 tensor just made, written only
+            // through this slice before it is returned.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(rows.data_ptr() as *mut f32, flat.len() * dim)
+            };
+            let (data, full) = (self.data(), self.vocab / WIDTH * WIDTH);
+            for (row, &id) in out.chunks_exact_mut(dim).zip(&flat) {
+                let id = usize::try_from(id)
+                    .ok()
+                    .filter(|&i| i < self.vocab)
+                    .ok_or_else(|| Error::Input(format!("id {id} is outside the table")))?;
+                if id < full {
+                    let panel = &data[id / WIDTH * WIDTH * dim..][..WIDTH * dim];
+                    for (v, column) in row.iter_mut().zip(panel.chunks_exact(WIDTH)) {
+                        *v = column[id % WIDTH];
+                    }
+                } else {
+                    row.copy_from_slice(&data[id * dim..(id + 1) * dim]);
                 }
-            } else {
-                row.copy_from_slice(&data[id * dim..(id + 1) * dim]);
             }
         }
         shape.push(dim as i64);
-        Ok(Tensor::f_from_slice(&out)?.f_view(shape.as_slice())?)
+        Ok(rows.f_view(shape.as_slice())?)
     }
 
     /// The whole table as `[vocab, dim]` rows (a copy).
