@@ -19,8 +19,9 @@ use tch::{Device, Kind, Tensor};
 /// be missed. On the CPU, [`Linear::forward`] runs a float projection with the kernel measured
 /// cheapest on this machine for all projections of its row count (see [`kernels`]: the
 /// library's product, a split batched product, or oneDNN's GEMM); int8 runs an integer
-/// product. A projection being trained (its weight requires grad) always runs the library's
-/// product, which autograd differentiates, and is never measured.
+/// product. A head tied to an f32 token table stored in panels ([`Linear::tied`]) runs the
+/// panel product ([`panels`]). A projection being trained (its weight requires grad) always
+/// runs the library's product, which autograd differentiates, and is never measured.
 #[derive(Debug)]
 pub struct Linear {
     /// The weight `[out, in]`: float, or int8 when quantized.
@@ -209,7 +210,8 @@ impl Linear {
         }
         let rows = out_shape.iter().product::<i64>();
         let x2 = x.f_reshape([rows, in_dim])?; // [rows, in]
-                                               // A head over a table in panels: their product, the only one that reads them.
+
+        // A head over a table in panels: their product, the only one that reads them.
         if let Some(panels) = self.panels.as_ref().and_then(|p| p.get()) {
             if x.device() != Device::Cpu || x.requires_grad() {
                 return Err(Error::Unsupported(

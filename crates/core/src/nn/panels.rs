@@ -26,8 +26,9 @@
 //! measurement (both layouts at once would hold the table twice): an f32 table tied to its
 //! head, on a CPU with AVX-512, in a model loaded for inference, unless `TRIDENT_KERNELS`
 //! fixes the library's product ([`wanted`]). The rule stands on what the kernel skips (the
-//! library's per-call copy), and was measured on an Intel Xeon (family 6 model 207), against
-//! MKL's GEMM on the same shapes: 1.1–1.4× at 1–256 rows (BENCHMARKS.md).
+//! library's per-call copy), and was measured on an Intel Xeon (family 6 model 207, 2 threads),
+//! against MKL's GEMM on the same heads: 0.95–2.1× (level at 1–2 rows on T5's 32,128-row
+//! table, 1.9–2.1× at 8 rows on OPUS-MT's and GPT-2's, 0.95–1.15× at 256; BENCHMARKS.md).
 
 use super::kernels::{self, Kernel, Policy};
 use super::parallel::{for_each_task, rows_per_thread, SharedMut};

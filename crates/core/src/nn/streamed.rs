@@ -32,7 +32,7 @@ use super::parallel::{for_each_task, rows_per_thread, task_bytes, SharedMut};
 use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
-/// Rows up to which the kernel is a candidate for bf16 weights. Up to [`ROWS_PER_PASS`] rows
+/// Rows up to which the kernel is a candidate for bf16 weights. Up to 4 rows
 /// it streams the weight once, bound by memory; above, it multiplies register tiles
 /// (`tiled_block`).
 pub const MAX_ROWS: i64 = 8;
