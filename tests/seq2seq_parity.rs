@@ -107,6 +107,53 @@ fn encoder_and_decoder_match_transformers() {
     }
 }
 
+/// The encoder on real tokens only (what generation runs): `encode`'s and transformers'
+/// values at real tokens, zeros at padding, and the decoder's logits unchanged.
+#[test]
+fn the_unpadded_encoder_matches_at_real_tokens() {
+    for (name, layout) in FIXTURES {
+        let m = model(name, layout, Dtype::F32);
+        let r = reference(name).unwrap();
+        let b = &r["batch"];
+        let input_ids = int_tensor(&b["input_ids"]).unwrap();
+        let mask = int_tensor(&b["attention_mask"]).unwrap();
+        let real = mask.unsqueeze(-1).to_kind(Kind::Float); // [batch, src, 1]
+        let padding = 1.0 - real.mean(Kind::Float).double_value(&[]);
+        assert!(
+            padding >= trident::core::nn::packing::WORTH_PACKING,
+            "{name}: {padding} of the batch is padding, too little to pack"
+        );
+        let unpadded = m.encode_unpadded(&input_ids, &mask).unwrap();
+        let padded = m.encode(&input_ids, &mask).unwrap();
+        assert_close(
+            &unpadded,
+            &(&padded * &real),
+            1e-5,
+            &format!("{name}: real tokens"),
+        );
+        assert_close(
+            &unpadded.narrow(-1, 0, 8),
+            &(tensor(&b["encoder_last_hidden_state_first8"]).unwrap() * &real),
+            1e-4,
+            &format!("{name}: against transformers"),
+        );
+        let dec = int_tensor(&b["decoder_input_ids"]).unwrap();
+        let encoder_mask = BartForConditionalGeneration::encoder_mask(&mask).unwrap();
+        let logits = m
+            .lm_logits(
+                &m.decode_hidden(&dec, &unpadded, &encoder_mask, 1, None)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_close(
+            &logits.narrow(-1, 0, 32),
+            &tensor(&b["logits_first32"]).unwrap(),
+            1e-4,
+            &format!("{name}: logits over the unpadded encoder"),
+        );
+    }
+}
+
 #[test]
 fn cached_decoding_equals_uncached() {
     for (name, layout) in FIXTURES {

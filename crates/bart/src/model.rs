@@ -21,7 +21,7 @@ use trident_core::generation::Seq2SeqLm;
 use trident_core::nn::probe;
 use trident_core::nn::{
     mask, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
-    MultiHeadAttention, Norm, NormPosition, Projections, TransformerLayer,
+    MultiHeadAttention, Norm, NormPosition, Packing, Projections, TransformerLayer,
 };
 use trident_core::{Dtype, Error, ModelFiles, Result, WeightPath, Weights};
 
@@ -262,13 +262,15 @@ impl BartStack {
     }
 
     /// `[batch, n]` ids → `[batch, n, d_model]`; see [`BartForConditionalGeneration::decode_hidden`]
-    /// for the arguments.
+    /// for the arguments. With a `packing` (an encoder's), the layers run on the real tokens
+    /// only and the result is `[tokens, d_model]`.
     fn forward(
         &self,
         ids: &Tensor,
         self_mask: Option<&Tensor>,
         encoder: Option<(&Tensor, &Tensor, i64)>,
         mut caches: Option<&mut [LayerCache]>,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let past = LayerCache::cached_len(caches.as_deref());
         // [batch, n, d_model]: token meaning (scaled) plus position.
@@ -284,9 +286,13 @@ impl BartStack {
         if let Some(norm) = &self.layernorm_embedding {
             x = norm.forward(&x)?;
         }
+        if let Some(packing) = packing {
+            x = packing.pack(&x)?; // [tokens, d_model]
+        }
         let ctx = LayerContext {
             self_attention: AttentionContext {
                 mask: self_mask,
+                packing,
                 ..Default::default()
             },
             encoder_hidden: encoder.map(|(h, _, _)| h),
@@ -411,7 +417,24 @@ impl BartForConditionalGeneration {
         let _guard = tch::no_grad_guard();
         let self_mask = Self::encoder_mask(attention_mask)?;
         self.encoder
-            .forward(input_ids, Some(&self_mask), None, None)
+            .forward(input_ids, Some(&self_mask), None, None, None)
+    }
+
+    /// [`encode`](Self::encode) on the real tokens only: every projection and feed-forward
+    /// network skips the batch's padding ([`Packing`]). Real tokens get `encode`'s values;
+    /// padded positions are not computed and hold zeros, which every cross-attention masks.
+    /// What generation runs. A batch with little padding runs [`encode`](Self::encode)
+    /// ([`Packing::worth_it`]).
+    pub fn encode_unpadded(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let Some(packing) = Packing::worth_it(attention_mask)? else {
+            return self.encode(input_ids, attention_mask);
+        };
+        let _guard = tch::no_grad_guard();
+        let self_mask = Self::encoder_mask(attention_mask)?;
+        let x = self
+            .encoder
+            .forward(input_ids, Some(&self_mask), None, None, Some(&packing))?;
+        packing.unpack(&x) // [batch, src, d_model]
     }
 
     /// Decoder hidden states `[batch, n, d_model]` for `decoder_ids` `[batch, n]`, given the
@@ -434,6 +457,7 @@ impl BartForConditionalGeneration {
             causal.as_ref(),
             Some((encoder_hidden, encoder_mask, groups)),
             caches,
+            None,
         )
     }
 
@@ -500,7 +524,7 @@ impl Seq2SeqLm for BartForConditionalGeneration {
     }
 
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        BartForConditionalGeneration::encode(self, input_ids, attention_mask)
+        self.encode_unpadded(input_ids, attention_mask)
     }
 
     fn max_input_positions(&self) -> Option<usize> {

@@ -144,9 +144,11 @@ impl SequenceClassificationModel {
         Ok(SequenceClassificationModel { encoder, head })
     }
 
-    /// `[batch, labels]` logits (f32 whatever the model computes in).
+    /// `[batch, labels]` logits (f32 whatever the model computes in). They are read off the
+    /// first token, so the encoder computes only what that token's state needs
+    /// ([`Encoder::forward_first_token`]).
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
-        let hidden = self.encoder.forward_batch(batch)?;
+        let hidden = self.encoder.forward_first_token(batch)?; // [batch, 1, hidden]
         Ok(self.head.forward(&hidden)?.f_to_kind(Kind::Float)?)
     }
 }
@@ -184,9 +186,18 @@ impl TokenClassificationModel {
         })
     }
 
-    /// `[batch, seq, labels]` logits (f32 whatever the model computes in).
+    /// `[batch, seq, labels]` logits (f32 whatever the model computes in), at every position
+    /// as transformers computes them.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         let hidden = self.encoder.forward_batch(batch)?;
+        Ok(self.classifier.forward(&hidden)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// [`forward`](Self::forward) at the real tokens, the padding skipped
+    /// ([`Encoder::forward_unpadded`]): padded positions are not computed (they hold the
+    /// classifier's bias). What the NER pipeline runs.
+    pub fn forward_unpadded(&self, batch: &Batch) -> Result<Tensor> {
+        let hidden = self.encoder.forward_unpadded(batch)?;
         Ok(self.classifier.forward(&hidden)?.f_to_kind(Kind::Float)?)
     }
 }
@@ -210,8 +221,19 @@ impl EncoderModel {
         Ok(EncoderModel { encoder })
     }
 
-    /// `[batch, seq, hidden]` last hidden state (f32 whatever the model computes in).
+    /// `[batch, seq, hidden]` last hidden state (f32 whatever the model computes in), at
+    /// every position as transformers computes it.
     pub fn forward(&self, batch: &Batch) -> Result<Tensor> {
         Ok(self.encoder.forward_batch(batch)?.f_to_kind(Kind::Float)?)
+    }
+
+    /// [`forward`](Self::forward) at the real tokens, the padding skipped
+    /// ([`Encoder::forward_unpadded`]): zeros at padded positions. What the embedding
+    /// pipeline runs (its pooling reads real tokens only).
+    pub fn forward_unpadded(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self
+            .encoder
+            .forward_unpadded(batch)?
+            .f_to_kind(Kind::Float)?)
     }
 }

@@ -11,7 +11,7 @@ use trident_core::nn::mask::padding_mask;
 use trident_core::nn::probe;
 use trident_core::nn::{
     AttentionContext, Embedding, FeedForward, LayerContext, Linear, MultiHeadAttention, Norm,
-    NormPosition, Projections, SublayerDropout, TransformerLayer,
+    NormPosition, Packing, Projections, SublayerDropout, TransformerLayer,
 };
 use trident_core::{Result, WeightPath};
 
@@ -215,6 +215,72 @@ impl Encoder {
         )
     }
 
+    /// A padded batch → `[batch, seq, hidden]`, computed on its real tokens only: every
+    /// projection and feed-forward network skips the padding ([`Packing`]), so a batch of
+    /// uneven sentences costs what its tokens cost. Real tokens get [`forward`](Self::forward)'s
+    /// values; padded positions are not computed and hold zeros. For pipelines, which never
+    /// read padded positions. A batch with less padding than pays for the packing's copies
+    /// ([`WORTH_PACKING`](trident_core::nn::packing::WORTH_PACKING)), or one the [`probe`]
+    /// records, runs [`forward`](Self::forward).
+    pub fn forward_unpadded(&self, batch: &trident_core::Batch) -> Result<Tensor> {
+        let Some(packing) = Packing::worth_it(&batch.attention_mask)? else {
+            return self.forward_batch(batch);
+        };
+        // [batch, seq, hidden] → [tokens, hidden]
+        let x = packing.pack(
+            &self
+                .embeddings
+                .forward(&batch.input_ids, Some(&batch.token_type_ids))?,
+        )?;
+        let x =
+            self.layers_forward(&self.layers, x, &batch.attention_mask, Some(&packing), None)?;
+        packing.unpack(&x) // [batch, seq, hidden]
+    }
+
+    /// A padded batch → `[batch, 1, hidden]`: the last hidden state at the first token only
+    /// (`[CLS]`, `<s>`), what a sequence-classification head reads. The layers before the
+    /// last run as in [`forward_unpadded`](Self::forward_unpadded); the last computes only
+    /// the first token's row, attending over every key and value
+    /// ([`TransformerLayer::forward_at`]): of a 6-layer encoder that is about a seventh of
+    /// the work. Equal to `forward`'s first token.
+    pub fn forward_first_token(&self, batch: &trident_core::Batch) -> Result<Tensor> {
+        let Some((last, before)) = self.layers.split_last() else {
+            return self
+                .forward_batch(batch)?
+                .f_narrow(1, 0, 1)
+                .map_err(Into::into);
+        };
+        if probe::is_recording() {
+            // The probe shows every layer at every position.
+            return Ok(self.forward_batch(batch)?.f_narrow(1, 0, 1)?);
+        }
+        let x = self
+            .embeddings
+            .forward(&batch.input_ids, Some(&batch.token_type_ids))?; // [batch, seq, hidden]
+        let x = match Packing::worth_it(&batch.attention_mask)? {
+            Some(packing) => {
+                let rows = self.layers_forward(
+                    before,
+                    packing.pack(&x)?,
+                    &batch.attention_mask,
+                    Some(&packing),
+                    None,
+                )?;
+                packing.unpack(&rows)?
+            }
+            None => self.layers_forward(before, x, &batch.attention_mask, None, None)?,
+        };
+        let mask = padding_mask(&batch.attention_mask, x.kind())?; // [batch, 1, 1, seq]
+        let ctx = LayerContext {
+            self_attention: AttentionContext {
+                mask: Some(&mask),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        last.forward_at(&x, &x.f_narrow(1, 0, 1)?, &ctx) // [batch, 1, hidden]
+    }
+
     /// [`forward`](Self::forward) of a model being trained, with `dropout` after the
     /// embeddings and on each sublayer's output (the same modules).
     pub fn forward_with_dropout(
@@ -225,17 +291,32 @@ impl Encoder {
         dropout: &EncoderDropout,
     ) -> Result<Tensor> {
         let x = self.embeddings.forward(input_ids, token_type_ids)?; // [batch, seq, hidden]
-        let mut x = trident_core::nn::dropout(&x, dropout.embeddings)?;
+        let x = trident_core::nn::dropout(&x, dropout.embeddings)?;
+        self.layers_forward(&self.layers, x, attention_mask, None, Some(dropout))
+    }
+
+    /// `layers` over embedded tokens `x`: `[batch, seq, hidden]`, or `[tokens, hidden]` with
+    /// their `packing`.
+    fn layers_forward(
+        &self,
+        layers: &[TransformerLayer],
+        mut x: Tensor,
+        attention_mask: &Tensor,
+        packing: Option<&Packing>,
+        dropout: Option<&EncoderDropout>,
+    ) -> Result<Tensor> {
         let mask = padding_mask(attention_mask, x.kind())?; // [batch, 1, 1, seq], built once for all layers
         let ctx = LayerContext {
             self_attention: AttentionContext {
                 mask: Some(&mask),
+                packing,
                 ..Default::default()
             },
             ..Default::default()
         };
-        for layer in &self.layers {
-            x = layer.forward_with_dropout(&x, &ctx, None, dropout.layers)?;
+        let dropout = dropout.map(|d| d.layers).unwrap_or_default();
+        for layer in layers {
+            x = layer.forward_with_dropout(&x, &ctx, None, dropout)?;
         }
         Ok(x)
     }

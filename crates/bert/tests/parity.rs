@@ -128,6 +128,93 @@ fn logits_and_hidden_states_match_transformers() {
     }
 }
 
+/// Skipping the padding: at real tokens the hidden states and NER logits are the padded
+/// computation's (and transformers'), padded positions hold zeros; a batch without padding
+/// gives `forward`'s values. The first token alone equals `forward`'s first token.
+#[test]
+fn the_unpadded_encoder_matches_at_real_tokens() {
+    for name in NER.iter().chain(CLASSIFY) {
+        let r = reference(name).unwrap();
+        let files = files(name);
+        let config = EncoderConfig::from_file(&files.get("config.json").unwrap()).unwrap();
+        let batch = reference_batch(&r);
+        let real = batch.attention_mask.unsqueeze(-1).to_kind(tch::Kind::Float); // [batch, seq, 1]
+        assert!(
+            real.min().double_value(&[]) == 0.0,
+            "{name}: the batch has padding"
+        );
+        let m =
+            TokenClassificationModel::load(&files, &config, Device::Cpu, trident_core::Dtype::F32);
+        let (encoder, ner) = match m {
+            Ok(m) => (None, Some(m)),
+            Err(_) => (
+                Some(
+                    SequenceClassificationModel::load(
+                        &files,
+                        &config,
+                        Device::Cpu,
+                        trident_core::Dtype::F32,
+                    )
+                    .unwrap()
+                    .encoder,
+                ),
+                None,
+            ),
+        };
+        let encoder = encoder
+            .as_ref()
+            .unwrap_or_else(|| &ner.as_ref().unwrap().encoder);
+        let padded = encoder.forward_batch(&batch).unwrap();
+        let unpadded = encoder.forward_unpadded(&batch).unwrap();
+        assert_close(
+            &unpadded,
+            &(&padded * &real),
+            1e-5,
+            &format!("{name}: real tokens"),
+        );
+        // The first token alone (what sequence classification reads), its last layer
+        // computed for that row only.
+        assert_close(
+            &encoder.forward_first_token(&batch).unwrap(),
+            &padded.narrow(1, 0, 1),
+            1e-5,
+            &format!("{name}: first token"),
+        );
+        assert_close(
+            &unpadded.narrow(2, 0, 8),
+            &(tensor(&r["batch"]["last_hidden_state_first8"]).unwrap() * &real),
+            1e-4,
+            &format!("{name}: against transformers"),
+        );
+        if let Some(ner) = &ner {
+            let logits = ner.forward_unpadded(&batch).unwrap();
+            assert_close(
+                &(logits * &real),
+                &(tensor(&r["batch"]["logits"]).unwrap() * &real),
+                1e-4,
+                &format!("{name}: NER logits at real tokens"),
+            );
+        }
+        // The first row alone has no padding: forward's values (to rounding: each call may
+        // run another measured kernel).
+        let first = r["batch"]["attention_mask"][0].as_array().unwrap();
+        let len = first.iter().filter(|v| v.as_i64() == Some(1)).count() as i64;
+        let one = Batch {
+            input_ids: batch.input_ids.narrow(0, 0, 1).narrow(1, 0, len),
+            attention_mask: batch.attention_mask.narrow(0, 0, 1).narrow(1, 0, len),
+            token_type_ids: batch.token_type_ids.narrow(0, 0, 1).narrow(1, 0, len),
+            encodings: Vec::new(),
+            padding_side: PaddingSide::Right,
+        };
+        assert_close(
+            &encoder.forward_unpadded(&one).unwrap(),
+            &encoder.forward_batch(&one).unwrap(),
+            1e-5,
+            &format!("{name}: a batch without padding"),
+        );
+    }
+}
+
 fn ner_options(kwargs: &Value) -> NerOptions {
     let mut o = NerOptions {
         batch_size: kwargs["batch_size"].as_u64().unwrap_or(8) as usize,

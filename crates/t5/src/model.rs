@@ -15,7 +15,8 @@ use trident_core::generation::Seq2SeqLm;
 use trident_core::nn::probe;
 use trident_core::nn::{
     mask, AttentionContext, Embedding, FeedForward, LayerCache, LayerContext, Linear,
-    MultiHeadAttention, Norm, NormPosition, Projections, RelativePositionBias, TransformerLayer,
+    MultiHeadAttention, Norm, NormPosition, Packing, Projections, RelativePositionBias,
+    TransformerLayer,
 };
 use trident_core::{Dtype, ModelFiles, Result, WeightPath, Weights};
 
@@ -131,13 +132,16 @@ impl T5Stack {
     /// - `encoder`: the encoder output, its additive `[inputs, 1, 1, src]` mask and the decoder
     ///   rows per input (decoder);
     /// - `caches`: one per block, for incremental decoding; positions continue from their
-    ///   length.
+    ///   length;
+    /// - `packing`: the encoder's blocks run on the real tokens only, and the result is
+    ///   `[tokens, d_model]`.
     fn forward(
         &self,
         ids: &Tensor,
         self_mask: Option<&Tensor>,
         encoder: Option<(&Tensor, &Tensor, i64)>,
         mut caches: Option<&mut [LayerCache]>,
+        packing: Option<&Packing>,
     ) -> Result<Tensor> {
         let n = ids.size()[1];
         let offset = LayerCache::cached_len(caches.as_deref());
@@ -150,6 +154,7 @@ impl T5Stack {
             self_attention: AttentionContext {
                 mask: self_mask,
                 position_bias: Some(&bias),
+                packing,
                 ..Default::default()
             },
             encoder_hidden: encoder.map(|(h, _, _)| h),
@@ -161,6 +166,9 @@ impl T5Stack {
         };
         let mut x = self.embed_tokens.forward(ids)?; // [batch, n, d_model]
         probe::embeddings(&x, None); // positions act in attention, as the bias above
+        if let Some(packing) = packing {
+            x = packing.pack(&x)?; // [tokens, d_model]
+        }
         for (i, layer) in self.block.iter().enumerate() {
             let cache = caches.as_deref_mut().and_then(|c| c.get_mut(i));
             x = layer.forward(&x, &ctx, cache)?;
@@ -237,7 +245,24 @@ impl T5ForConditionalGeneration {
         let _guard = tch::no_grad_guard();
         let self_mask = Self::encoder_mask(attention_mask)?;
         self.encoder
-            .forward(input_ids, Some(&self_mask), None, None)
+            .forward(input_ids, Some(&self_mask), None, None, None)
+    }
+
+    /// [`encode`](Self::encode) on the real tokens only: every projection and feed-forward
+    /// network skips the batch's padding ([`Packing`]). Real tokens get `encode`'s values;
+    /// padded positions are not computed and hold zeros, which every cross-attention masks.
+    /// What generation runs. A batch with little padding runs [`encode`](Self::encode)
+    /// ([`Packing::worth_it`]).
+    pub fn encode_unpadded(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let Some(packing) = Packing::worth_it(attention_mask)? else {
+            return self.encode(input_ids, attention_mask);
+        };
+        let _guard = tch::no_grad_guard();
+        let self_mask = Self::encoder_mask(attention_mask)?;
+        let x = self
+            .encoder
+            .forward(input_ids, Some(&self_mask), None, None, Some(&packing))?;
+        packing.unpack(&x) // [batch, src, d_model]
     }
 
     /// Decoder hidden states `[batch, n, d_model]` for `decoder_ids` `[batch, n]`, given the
@@ -260,6 +285,7 @@ impl T5ForConditionalGeneration {
             causal.as_ref(),
             Some((encoder_hidden, encoder_mask, groups)),
             caches,
+            None,
         )
     }
 
@@ -323,7 +349,7 @@ impl Seq2SeqLm for T5ForConditionalGeneration {
     }
 
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        T5ForConditionalGeneration::encode(self, input_ids, attention_mask)
+        self.encode_unpadded(input_ids, attention_mask)
     }
 
     fn next_logits(

@@ -152,7 +152,7 @@ impl Embedder {
             device,
             &self.tokens,
             |batch, _| {
-                let hidden = self.model.forward(batch)?; // [batch, seq, hidden] f32
+                let hidden = self.model.forward_unpadded(batch)?; // [batch, seq, hidden] f32
                 let pooled = self.pool(&hidden, &batch.attention_mask)?; // [batch, hidden]
                 let pooled = if self.normalize {
                     l2_normalize(&pooled)?

@@ -274,7 +274,7 @@ impl TokenClassifier {
             device,
             &self.tokens,
             |batch, group| {
-                let logits = self.model.forward(batch)?; // [batch, seq, labels] f32
+                let logits = self.model.forward_unpadded(batch)?; // [batch, seq, labels] f32
                 let probs = logits
                     .f_softmax(-1, Kind::Float)?
                     .f_to_device(tch::Device::Cpu)?;

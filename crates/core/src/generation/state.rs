@@ -170,7 +170,9 @@ pub trait Seq2SeqLm {
     /// The id every output starts with (`decoder_start_token_id`).
     fn decoder_start_token_id(&self) -> i64;
 
-    /// The encoder: `[batch, src]` ids and 1/0 mask → `[batch, src, hidden]`.
+    /// The encoder: `[batch, src]` ids and 1/0 mask → `[batch, src, hidden]`. Only the real
+    /// tokens' rows are read (through the masked cross-attention): an implementation may
+    /// skip the padding and leave zeros there ([`crate::nn::Packing`]).
     fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor>;
 
     /// The most input tokens the encoder has positions for (BART's learned table: 1,024;

@@ -6,6 +6,7 @@
 
 use super::cache::KvCache;
 use super::linear::Linear;
+use super::packing::Packing;
 use super::position::RotaryAngles;
 use super::probe;
 use crate::Result;
@@ -41,6 +42,10 @@ pub struct AttentionContext<'a> {
     /// Query rows per key/value row in cross-attention: an input's beams share its encoder
     /// output on consecutive rows. 0 or 1: one query row per key/value row.
     pub groups: i64,
+    /// Self-attention over packed real tokens (an encoder skipping padding): the input is
+    /// `[tokens, hidden]`, unpacked to the padded layout for attention only, and the output
+    /// is `[tokens, hidden]` again. No cache, no cross-attention.
+    pub packing: Option<&'a Packing>,
 }
 
 /// Multi-head attention: self-attention when no key/value input is given, cross-attention
@@ -172,6 +177,9 @@ impl MultiHeadAttention {
         cache: Option<&mut KvCache>,
         probs_dropout: f64,
     ) -> Result<Tensor> {
+        if let Some(packing) = ctx.packing {
+            return self.forward_packed(x, kv, ctx, cache, packing, probs_dropout);
+        }
         let (b, q_len) = (x.size()[0], x.size()[1]);
         let (q, k, v) = match (kv.is_some(), cache) {
             // Cross-attention with keys/values already cached: only the query is new.
@@ -206,18 +214,79 @@ impl MultiHeadAttention {
                 }
             }
         };
+        let context = self.attention_of(&q, &k, &v, ctx, kv.is_some(), probs_dropout)?;
+        // [batch, heads, q_len, head_dim] → [batch, q_len, heads·head_dim]
+        let context = context.f_transpose(1, 2)?.f_contiguous()?.f_view([
+            b,
+            q_len,
+            self.num_heads * self.head_dim,
+        ])?;
+        self.out.forward(&context)
+    }
+
+    /// Self-attention of packed real tokens `x` `[tokens, hidden]`: the projections run on
+    /// the tokens' rows; queries, keys and values are unpacked to `[batch, seq, ·]` (zeros at
+    /// padding, which the context's mask blocks) for the attention itself, and its output is
+    /// packed back before the output projection.
+    fn forward_packed(
+        &self,
+        x: &Tensor,
+        kv: Option<&Tensor>,
+        ctx: &AttentionContext,
+        cache: Option<&mut KvCache>,
+        packing: &Packing,
+        probs_dropout: f64,
+    ) -> Result<Tensor> {
+        if kv.is_some() || cache.is_some() || ctx.groups > 1 {
+            return Err(crate::Error::Unsupported(
+                "packed tokens are for uncached self-attention (an encoder's)".into(),
+            ));
+        }
+        let (q, k, v) = self.project(x, None)?; // [tokens, ·] each
+        let (b, seq) = packing.padded_shape();
+        // [batch, heads, seq, head_dim]
+        let q = self.split_heads(&packing.unpack(&q)?, self.num_heads)?;
+        let k = self.split_heads(&packing.unpack(&k)?, self.num_kv_heads)?;
+        let v = self.split_heads(&packing.unpack(&v)?, self.num_kv_heads)?;
+        let (q, k) = match ctx.rotary {
+            Some(rotary) => (rotary.apply(&q)?, rotary.apply(&k)?),
+            None => (q, k),
+        };
+        let context = self.attention_of(&q, &k, &v, ctx, false, probs_dropout)?;
+        // [batch, heads, seq, head_dim] → [batch, seq, heads·head_dim] → [tokens, ·]
+        let context = context.f_transpose(1, 2)?.f_contiguous()?.f_view([
+            b,
+            seq,
+            self.num_heads * self.head_dim,
+        ])?;
+        self.out.forward(&packing.pack(&context)?)
+    }
+
+    /// The attention of projected heads, `[batch, heads, q_len, head_dim]`, by the path the
+    /// context calls for: grouped (beams on one encoder row), row by row (a large position
+    /// bias with a per-row mask), or batched. `cross`: for the probe's record.
+    fn attention_of(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &AttentionContext,
+        cross: bool,
+        probs_dropout: f64,
+    ) -> Result<Tensor> {
+        let (b, q_len) = (q.size()[0], q.size()[2]);
         let groups = ctx.groups.max(1);
         // Grouped-query attention: each key/value head serves `repeat` query heads. `attend`
         // lets the fused kernel do that itself; the grouped path gets the heads repeated.
         let repeat = self.num_heads / self.num_kv_heads;
         let (k, v) = if repeat > 1 && groups > 1 {
-            repeat_heads(&k, &v, repeat)?
+            repeat_heads(k, v, repeat)?
         } else {
-            (k, v)
+            (k.shallow_clone(), v.shallow_clone())
         };
         let (context, weights) = if groups > 1 {
             let bias = combined_bias(ctx.mask, ctx.position_bias, q.kind())?;
-            self.grouped_attention(&q, &k, &v, bias, groups, probs_dropout)?
+            self.grouped_attention(q, &k, &v, bias, groups, probs_dropout)?
         } else {
             if k.size()[0] != b {
                 return Err(crate::Error::Input(format!(
@@ -233,24 +302,18 @@ impl MultiHeadAttention {
                             * std::mem::size_of::<f32>()
                             > ROW_BY_ROW_BIAS_BYTES =>
                 {
-                    self.attend_row_by_row(&q, &k, &v, mask, position)?
+                    self.attend_row_by_row(q, &k, &v, mask, position)?
                 }
                 (mask, position) => {
                     let bias = combined_bias(mask, position, q.kind())?;
-                    self.attend(&q, &k, &v, bias, probs_dropout)?
+                    self.attend(q, &k, &v, bias, probs_dropout)?
                 }
             }
         };
         if let Some(weights) = weights {
-            probe::attention(kv.is_some(), &weights); // [batch, heads, q_len, k_len]
+            probe::attention(cross, &weights); // [batch, heads, q_len, k_len]
         }
-        // [batch, heads, q_len, head_dim] → [batch, q_len, heads·head_dim]
-        let context = context.f_transpose(1, 2)?.f_contiguous()?.f_view([
-            b,
-            q_len,
-            self.num_heads * self.head_dim,
-        ])?;
-        self.out.forward(&context)
+        Ok(context)
     }
 
     /// `softmax(q·kᵀ·scale + bias)·v` for `q` `[batch, heads, q_len, head_dim]` and `k`, `v`

@@ -134,6 +134,58 @@ impl TransformerLayer {
     }
 }
 
+impl TransformerLayer {
+    /// The layer's output at some positions only: `x` `[batch, seq, hidden]` is the whole
+    /// input and `at` `[batch, q, hidden]` its rows at the positions wanted (an encoder's
+    /// first token, which a classification head reads). Those queries attend over every
+    /// key and value of `x`, as in [`forward`](Self::forward), and only their rows go on
+    /// through the output projection and the feed-forward network: for one position of
+    /// `seq`, the last layer costs the keys' and values' projections instead of a whole
+    /// layer. The result equals `forward`'s at those positions.
+    ///
+    /// Self-attention of an encoder only: no cache, no cross-attention, no rotary angles or
+    /// position bias (theirs would have to be cut to the positions), and a mask that
+    /// broadcasts over the queries (`[batch, 1, 1, seq]`, a padding mask).
+    pub fn forward_at(&self, x: &Tensor, at: &Tensor, ctx: &LayerContext) -> Result<Tensor> {
+        let attention = &ctx.self_attention;
+        if self.cross_attention.is_some()
+            || attention.rotary.is_some()
+            || attention.position_bias.is_some()
+            || attention.packing.is_some()
+            || attention.mask.is_some_and(|m| m.size().get(2) != Some(&1))
+        {
+            return Err(crate::Error::Unsupported(
+                "a layer's output at some positions is for encoder layers with a padding mask"
+                    .into(),
+            ));
+        }
+        // Queries from `at`, keys and values from all of `x`, each normalised as `forward`
+        // normalises its input.
+        let attend = |queries: &Tensor, all: &Tensor| {
+            self.self_attention
+                .forward(queries, Some(all), attention, None)
+        };
+        let x = match self.norm_position {
+            NormPosition::Post => self
+                .self_attention_norm
+                .forward(&add_residual(attend(at, x)?, at)?)?,
+            NormPosition::Pre => {
+                let norm = &self.self_attention_norm;
+                add_residual(attend(&norm.forward(at)?, &norm.forward(x)?)?, at)?
+            }
+            NormPosition::PreNormedResidual => {
+                let norm = &self.self_attention_norm;
+                let normed = norm.forward(at)?;
+                add_residual(attend(&normed, &norm.forward(x)?)?, &normed)?
+            }
+        };
+        // [batch, q, hidden]: the feed-forward network works row by row.
+        self.residual(&x, &self.feed_forward_norm, 0.0, |h| {
+            self.feed_forward.forward(h)
+        })
+    }
+}
+
 /// `sublayer + residual`, written over the sublayer's output (this call's own tensor) outside
 /// autograd: the same sum (float addition commutes), without a fresh `[batch, seq, hidden]`
 /// block per residual connection (two per layer, 20 MB each in a BART-large-size encoder over
@@ -187,6 +239,92 @@ pub fn forward_stack(
 mod tests {
     use super::*;
     use tch::{Device, Kind};
+
+    fn random_layer(hidden: i64, heads: i64, norm_position: NormPosition) -> TransformerLayer {
+        use super::super::attention::Projections;
+        use super::super::linear::Linear;
+        let linear = |o: i64, i: i64| {
+            Linear::from_tensors(
+                Tensor::randn([o, i], (Kind::Float, Device::Cpu)) * 0.2,
+                Some(Tensor::randn([o], (Kind::Float, Device::Cpu)) * 0.1),
+            )
+        };
+        let norm = || Norm::LayerNorm {
+            weight: Tensor::randn([hidden], (Kind::Float, Device::Cpu)) * 0.1 + 1.0,
+            bias: Tensor::randn([hidden], (Kind::Float, Device::Cpu)) * 0.1,
+            eps: 1e-5,
+        };
+        TransformerLayer {
+            self_attention: MultiHeadAttention::new(
+                Projections::Separate {
+                    q: linear(hidden, hidden),
+                    k: linear(hidden, hidden),
+                    v: linear(hidden, hidden),
+                },
+                linear(hidden, hidden),
+                heads,
+                hidden / heads,
+            ),
+            self_attention_norm: norm(),
+            cross_attention: None,
+            feed_forward: FeedForward::new(
+                linear(4 * hidden, hidden),
+                linear(hidden, 4 * hidden),
+                crate::config::Activation::Gelu,
+            ),
+            feed_forward_norm: norm(),
+            norm_position,
+        }
+    }
+
+    /// A layer's output at the first position, computed alone, equals its whole output
+    /// there, for every norm position and a padded batch; what it cannot do is an error.
+    #[test]
+    fn the_output_at_some_positions_equals_the_whole_outputs_rows() {
+        tch::manual_seed(5);
+        let (batch, seq, hidden) = (3i64, 7i64, 16i64);
+        let keep = Tensor::from_slice(&[7i64, 4, 1]).view([batch, 1]);
+        let keep = Tensor::arange(seq, (Kind::Int64, Device::Cpu))
+            .view([1, seq])
+            .lt_tensor(&keep)
+            .to_kind(Kind::Int64);
+        let mask = crate::nn::mask::padding_mask(&keep, Kind::Float).unwrap();
+        let ctx = LayerContext {
+            self_attention: crate::nn::AttentionContext {
+                mask: Some(&mask),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let x = Tensor::randn([batch, seq, hidden], (Kind::Float, Device::Cpu));
+        for position in [
+            NormPosition::Post,
+            NormPosition::Pre,
+            NormPosition::PreNormedResidual,
+        ] {
+            let layer = random_layer(hidden, 4, position);
+            let whole = layer.forward(&x, &ctx, None).unwrap();
+            let first = layer.forward_at(&x, &x.narrow(1, 0, 1), &ctx).unwrap();
+            assert_eq!(first.size(), [batch, 1, hidden]);
+            let d = (&first - whole.narrow(1, 0, 1))
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d < 1e-5, "{position:?}: {d}");
+        }
+        let layer = random_layer(hidden, 4, NormPosition::Post);
+        let causal = crate::nn::mask::causal_mask(seq, seq, Kind::Float, Device::Cpu).unwrap();
+        let per_query = LayerContext {
+            self_attention: crate::nn::AttentionContext {
+                mask: Some(&causal),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(layer
+            .forward_at(&x, &x.narrow(1, 0, 1), &per_query)
+            .is_err());
+    }
 
     /// The residual sum over the sublayer's output equals the plain sum and leaves the
     /// residual alone, also when a sublayer hands back its input or autograd is on.
