@@ -236,4 +236,13 @@ impl EncoderModel {
             .forward_unpadded(batch)?
             .f_to_kind(Kind::Float)?)
     }
+
+    /// `[batch, 1, hidden]`: the last hidden state at the first token only
+    /// ([`Encoder::forward_first_token`]), f32. What `[CLS]` pooling runs.
+    pub fn forward_first_token(&self, batch: &Batch) -> Result<Tensor> {
+        Ok(self
+            .encoder
+            .forward_first_token(batch)?
+            .f_to_kind(Kind::Float)?)
+    }
 }

@@ -152,7 +152,12 @@ impl Embedder {
             device,
             &self.tokens,
             |batch, _| {
-                let hidden = self.model.forward_unpadded(batch)?; // [batch, seq, hidden] f32
+                // [batch, seq, hidden] f32; [CLS] pooling reads one row, and only it is
+                // computed in the last layer.
+                let hidden = match self.pooling {
+                    Pooling::Cls => self.model.forward_first_token(batch)?,
+                    Pooling::Mean | Pooling::Max => self.model.forward_unpadded(batch)?,
+                };
                 let pooled = self.pool(&hidden, &batch.attention_mask)?; // [batch, hidden]
                 let pooled = if self.normalize {
                     l2_normalize(&pooled)?
