@@ -535,7 +535,9 @@ def from_log(a):
     order = {w: i for i, w in enumerate(WORKLOADS)}
     rows = sorted(acc.values(), key=lambda r: (order.get(r["workload"], 99), list(COMPARED.values()).index(
         (r["system"], r["dtype"])) if (r["system"], r["dtype"]) in COMPARED.values() else 99))
-    runs = max((len(ms) for ss in results.values() for ms in ss.values()), default=0)
+    counts = sorted({len(ms) for ss in results.values() for ms in ss.values()})
+    # Logs that replace some workloads' runs leave different counts: say so, not the largest.
+    runs = (str(counts[0]) if len(counts) == 1 else f"{counts[0]}–{counts[-1]}") if counts else "0"
     logs = [str(Path(p).resolve().relative_to(ROOT)) if Path(p).resolve().is_relative_to(ROOT) else str(Path(p).resolve())
             for p in a.from_log]
     write(a, m, results, rows, logs, runs=runs, log=print)
