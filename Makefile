@@ -46,6 +46,7 @@ examples:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 ## Side-by-side speed benchmark against transformers and CTranslate2; writes BENCHMARKS.md.
 ## Needs the fixture venv (transformers, torch) plus CTranslate2; takes a while on 2 cores.

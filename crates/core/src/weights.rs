@@ -1,9 +1,11 @@
-//! The one weight loader: safetensors files (single or sharded) into a `VarStore`.
+//! The one weight loader: safetensors checkpoints (single or sharded) read straight into the
+//! model's own tensors.
 //!
-//! Models declare their parameters with Hugging Face's names (`bert.encoder.layer.0...`);
-//! [`load`] then fills every declared parameter from the checkpoint, looking each name up
-//! through [`QUIRKS`], the single table of the ways checkpoints spell names differently.
-//! A parameter that is absent or has the wrong shape is an error naming it.
+//! Models declare their parameters with Hugging Face's names through [`Weights::root`]
+//! (`bert.encoder.layer.0...`); each is read from the checkpoint as it is declared, its name
+//! looked up through [`QUIRKS`], the single table of the ways checkpoints spell names
+//! differently, and converted to the model's kind (or quantized) on the way. Parameters that
+//! are absent or have the wrong shape are collected, and [`Weights::finish`] names them all.
 
 use crate::files::ModelFiles;
 use crate::{Error, Result};

@@ -10,7 +10,7 @@
 //! never fails another's. A job whose client has gone is dropped before it runs; a
 //! generation whose client goes stops at the next token.
 //!
-//! Generation is batched continuously ([`generation_loop`]): a request that arrives while
+//! Generation is batched continuously (`generation_loop`): a request that arrives while
 //! others are decoding is prefilled and joins the running batch at the next step, and leaves
 //! it the step it finishes, each with its own options; its output is what it would get alone
 //! (core's `ContinuousGenerator`). Beam search requests run on their own, between two steps.

@@ -19,7 +19,7 @@
 //! A row's result does not depend on its companions: its prompt is prefilled alone, exactly
 //! as [`generate`](super::generate) would for a batch of one, and later steps differ only by
 //! the masked padding in front of it. Its processors see its own ids (no padding), and a
-//! seeded sampler draws from the row's own stream ([`Rng::stream`]), so a seed gives the
+//! seeded sampler draws from the row's own stream (`Rng::stream`), so a seed gives the
 //! same text alone or batched. Beam search keeps several rows per input that must be
 //! reordered together; it is not batched here (callers run it with `generate`).
 

@@ -45,7 +45,7 @@ pub const SAMPLES: usize = 3;
 /// than this fraction: within timing noise, the library's own choice stays.
 pub const MARGIN: f64 = 0.03;
 /// A candidate whose fastest counted call is slower than this many times another's slowest
-/// is not measured further ([`ruled_out`]).
+/// is not measured further (`ruled_out`).
 pub const RULED_OUT: f64 = 2.0;
 /// Counted calls a candidate needs before [`RULED_OUT`] can drop it: one call can be a
 /// hiccup. Measured: in 3 runs of about 45, oneDNN's one counted call on OPUS-MT's 512×512

@@ -4,7 +4,7 @@
 //! measurement) and embeddings, [`position`]al encodings, [`mask`]s and the [`packing`] of a
 //! padded batch's real tokens, multi-head [`attention`] with its KV [`cache`], the
 //! [`feed_forward`] network, [`norm`]alisation, and the [`layer`] that wires them together. A
-//! [`probe`] records what they compute, per call; [`dropout`] serves models being trained.
+//! [`probe`] records what they compute, per call; [`dropout`](mod@dropout) serves models being trained.
 
 pub mod attention;
 pub mod cache;

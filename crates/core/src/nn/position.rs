@@ -1,7 +1,7 @@
 //! Positional information: attention itself is blind to word order, so each model adds it.
 //!
 //! - sinusoidal: the fixed table of "Attention Is All You Need";
-//! - learned absolute: an [`Embedding`](super::Embedding) indexed by position (BERT, GPT-2);
+//! - learned absolute: an [`Embedding`] indexed by position (BERT, GPT-2);
 //! - relative: T5's learned bias per (bucketed) query–key distance, added to attention scores;
 //! - rotary: queries and keys turned by position-dependent angles ([`Rotary`], Llama family),
 //!   so that their dot product depends on the distance between them;

@@ -33,7 +33,7 @@ use crate::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
 /// Rows up to which the kernel is a candidate: it re-reads the weight once per pass of
-/// [`ROWS_PER_PASS`] rows, which only pays while the product is bound by memory.
+/// `ROWS_PER_PASS` rows, which only pays while the product is bound by memory.
 pub const MAX_ROWS: i64 = 8;
 
 /// Input rows multiplied in one pass over the weight (one accumulator each per weight row).

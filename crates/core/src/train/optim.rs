@@ -120,7 +120,7 @@ impl AdamW {
     ///
     /// The last line is computed as PyTorch's capturable path writes it, with the step size
     /// folded into the denominator. On the CPU the whole update is one pass over each
-    /// parameter ([`fused_update`]) where PyTorch's single-tensor path makes eight, each
+    /// parameter (`fused_update`) where PyTorch's single-tensor path makes eight, each
     /// reading and writing whole tensors (a token table is tens of MB); elsewhere it runs as
     /// those in-place tensor operations, on one reused scratch tensor.
     pub fn step(&mut self, lr: f64, grads: &[Tensor], clip: f32) -> Result<()> {
