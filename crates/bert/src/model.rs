@@ -223,18 +223,10 @@ impl Encoder {
     /// ([`WORTH_PACKING`](trident_core::nn::packing::WORTH_PACKING)), or one the [`probe`]
     /// records, runs [`forward`](Self::forward).
     pub fn forward_unpadded(&self, batch: &trident_core::Batch) -> Result<Tensor> {
-        let Some(packing) = Packing::worth_it(&batch.attention_mask)? else {
-            return self.forward_batch(batch);
-        };
-        // [batch, seq, hidden] → [tokens, hidden]
-        let x = packing.pack(
-            &self
-                .embeddings
-                .forward(&batch.input_ids, Some(&batch.token_type_ids))?,
-        )?;
-        let x =
-            self.layers_forward(&self.layers, x, &batch.attention_mask, Some(&packing), None)?;
-        packing.unpack(&x) // [batch, seq, hidden]
+        let x = self
+            .embeddings
+            .forward(&batch.input_ids, Some(&batch.token_type_ids))?; // [batch, seq, hidden]
+        self.layers_unpadded(&self.layers, x, &batch.attention_mask)
     }
 
     /// A padded batch → `[batch, 1, hidden]`: the last hidden state at the first token only
@@ -257,19 +249,7 @@ impl Encoder {
         let x = self
             .embeddings
             .forward(&batch.input_ids, Some(&batch.token_type_ids))?; // [batch, seq, hidden]
-        let x = match Packing::worth_it(&batch.attention_mask)? {
-            Some(packing) => {
-                let rows = self.layers_forward(
-                    before,
-                    packing.pack(&x)?,
-                    &batch.attention_mask,
-                    Some(&packing),
-                    None,
-                )?;
-                packing.unpack(&rows)?
-            }
-            None => self.layers_forward(before, x, &batch.attention_mask, None, None)?,
-        };
+        let x = self.layers_unpadded(before, x, &batch.attention_mask)?;
         let mask = padding_mask(&batch.attention_mask, x.kind())?; // [batch, 1, 1, seq]
         let ctx = LayerContext {
             self_attention: AttentionContext {
@@ -293,6 +273,23 @@ impl Encoder {
         let x = self.embeddings.forward(input_ids, token_type_ids)?; // [batch, seq, hidden]
         let x = trident_core::nn::dropout(&x, dropout.embeddings)?;
         self.layers_forward(&self.layers, x, attention_mask, None, Some(dropout))
+    }
+
+    /// `layers` over embedded tokens `x` `[batch, seq, hidden]` at inference, on the real
+    /// tokens only where that pays ([`Packing::unpadded`]): zeros at padded positions.
+    fn layers_unpadded(
+        &self,
+        layers: &[TransformerLayer],
+        x: Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
+        Packing::unpadded(attention_mask, |packing| {
+            let x = match packing {
+                Some(p) => p.pack(&x)?, // [tokens, hidden]
+                None => x,
+            };
+            self.layers_forward(layers, x, attention_mask, packing, None)
+        })
     }
 
     /// `layers` over embedded tokens `x`: `[batch, seq, hidden]`, or `[tokens, hidden]` with

@@ -252,17 +252,14 @@ impl T5ForConditionalGeneration {
     /// network skips the batch's padding ([`Packing`]). Real tokens get `encode`'s values;
     /// padded positions are not computed and hold zeros, which every cross-attention masks.
     /// What generation runs. A batch with little padding runs [`encode`](Self::encode)
-    /// ([`Packing::worth_it`]).
+    /// ([`Packing::unpadded`]).
     pub fn encode_unpadded(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let Some(packing) = Packing::worth_it(attention_mask)? else {
-            return self.encode(input_ids, attention_mask);
-        };
         let _guard = tch::no_grad_guard();
         let self_mask = Self::encoder_mask(attention_mask)?;
-        let x = self
-            .encoder
-            .forward(input_ids, Some(&self_mask), None, None, Some(&packing))?;
-        packing.unpack(&x) // [batch, src, d_model]
+        Packing::unpadded(attention_mask, |packing| {
+            self.encoder
+                .forward(input_ids, Some(&self_mask), None, None, packing)
+        })
     }
 
     /// Decoder hidden states `[batch, n, d_model]` for `decoder_ids` `[batch, n]`, given the

@@ -67,6 +67,20 @@ impl Packing {
             .filter(|p| p.padding_fraction() >= WORTH_PACKING))
     }
 
+    /// An encoder's layers on a batch's real tokens when [`worth_it`](Self::worth_it): `run`
+    /// gets the packing and returns `[tokens, hidden]`, unpacked here to
+    /// `[batch, seq, hidden]` with zeros at padding; otherwise `run` gets `None` and computes
+    /// the padded batch.
+    pub fn unpadded(
+        attention_mask: &Tensor,
+        run: impl FnOnce(Option<&Packing>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        match Self::worth_it(attention_mask)? {
+            Some(packing) => packing.unpack(&run(Some(&packing))?),
+            None => run(None),
+        }
+    }
+
     /// Real tokens in the batch.
     pub fn tokens(&self) -> i64 {
         self.index.size()[0]
