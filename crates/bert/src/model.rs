@@ -236,16 +236,11 @@ impl Encoder {
     /// ([`TransformerLayer::forward_at`]): of a 6-layer encoder that is about a seventh of
     /// the work. Equal to `forward`'s first token.
     pub fn forward_first_token(&self, batch: &trident_core::Batch) -> Result<Tensor> {
-        let Some((last, before)) = self.layers.split_last() else {
-            return self
-                .forward_batch(batch)?
-                .f_narrow(1, 0, 1)
-                .map_err(Into::into);
+        let (last, before) = match self.layers.split_last() {
+            // No layers, or the probe, which shows every layer at every position.
+            Some(split) if !probe::is_recording() => split,
+            _ => return Ok(self.forward_batch(batch)?.f_narrow(1, 0, 1)?),
         };
-        if probe::is_recording() {
-            // The probe shows every layer at every position.
-            return Ok(self.forward_batch(batch)?.f_narrow(1, 0, 1)?);
-        }
         let x = self
             .embeddings
             .forward(&batch.input_ids, Some(&batch.token_type_ids))?; // [batch, seq, hidden]

@@ -132,9 +132,7 @@ impl TransformerLayer {
         probe::layer(input, &output);
         Ok(output)
     }
-}
 
-impl TransformerLayer {
     /// The layer's output at some positions only: `x` `[batch, seq, hidden]` is the whole
     /// input and `at` `[batch, q, hidden]` its rows at the positions wanted (an encoder's
     /// first token, which a classification head reads). Those queries attend over every
